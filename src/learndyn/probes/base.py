@@ -1,0 +1,86 @@
+"""The probe interface: one class per measured quantity, run by a :class:`~learndyn.probes.Monitor`.
+
+A probe reads a :class:`ProbeContext` (model, loss, the current batch and lazily computed shared
+intermediates such as per-sample gradients) and returns a :data:`Measurement`: a flat mapping from
+metric name to either a float (a scalar series, stored per step) or a numpy array (a spectrum, a kernel:
+stored beside the scalars). Probes never write files and never change the model, its parameters, the
+optimizer state or the global RNG state as seen by the training loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from learndyn.validation import check_int
+
+Measurement = Mapping[str, float | np.ndarray]
+"""Metric name -> scalar (float) or array (np.ndarray). Names are ``"<probe>/<quantity>"``."""
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(outputs, targets) -> scalar`` with mean reduction over the batch."""
+
+
+@dataclass
+class ProbeContext:
+    """Everything a probe may look at for one measurement.
+
+    ``inputs`` has shape ``(B, ...)`` and ``targets`` ``(B, ...)``; ``loss_fn`` must use mean reduction.
+    ``shared(key, fn)`` memoises intermediates for this step, so per-sample gradients (or a Hessian-vector
+    product closure, or hidden activations) are computed once and read by every probe that needs them.
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    step: int
+    lr: float | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    init_params: Mapping[str, torch.Tensor] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Return the cached value for ``key``, computing it with ``compute()`` on first use."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters by qualified name (detached views; do not modify)."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+class Probe(abc.ABC):
+    """Base class of all probes.
+
+    Subclasses set ``name`` (the metric prefix), optionally ``needs`` (names of shared intermediates they
+    read, for documentation and presets) and implement :meth:`measure`. ``every`` is how many optimizer
+    steps pass between two measurements; a probe runs at step ``s`` when ``s % every == 0``.
+    """
+
+    name: ClassVar[str] = "probe"
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = check_int("every", every, low=1, owner=type(self).__name__)
+
+    def should_run(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @abc.abstractmethod
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        """Return this probe's metrics for the state in ``ctx`` (names prefixed ``f"{self.name}/"``)."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget state kept between measurements (e.g. the previous kernel). Default: nothing."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(every={self.every})"

@@ -1,0 +1,1 @@
+"""learndyn.theory."""
