@@ -22,14 +22,15 @@ class ExperimentResult:
     ``summary``: named scalars for the run's summary table (e.g. final losses, the agreement figure).
     ``agreement`` / ``tolerance``: for phenomena with a closed form, the theory-vs-simulation figure and
     the tolerance it is tested against (``None`` for experiments without theory).
-    ``figures``: name -> plotly ``Figure`` for the report.
+    Figures are never returned: reports read the store only. An experiment logs its simulated series and,
+    where it has one, the theory curve as metrics named ``sim/<quantity>`` and ``theory/<quantity>``; the
+    report overlays series that share a quantity name.
     ``table``: rows (list of dicts) to print, e.g. one row per optimizer.
     """
 
     summary: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
     tolerance: float | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
 
     @property
