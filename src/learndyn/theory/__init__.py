@@ -1,1 +1,105 @@
-"""learndyn.theory."""
+"""Closed-form predictions of learning dynamics: pure functions of parameters and a time grid.
+
+numpy in, numpy out (float64); no training happens here. Each module is one result, with its equations,
+assumptions and source paper in the module docstring, and a test that compares it with a simulation of the
+actual dynamics at a stated tolerance (``tests/test_theory_*.py``).
+
+Conventions shared by all modules
+---------------------------------
+* Time: ``t = lr · step`` (gradient-flow time; ``τ = 1/lr`` steps per unit), see :mod:`.timescale`.
+  Functions that are exact for *discrete* GD/SGD take ``lr`` and integer ``steps`` instead.
+* Squared losses carry ½ and a per-sample mean: ``L = 1/(2n) Σ_i ‖f(x_i) − y_i‖²``.
+* Exact vs approximate: every docstring says which. Approximations (small ``lr``, small init, finite
+  width, adiabatic elimination) are named, and their tests use honest tolerances.
+
+Modules
+-------
+``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
+``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
+``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
+``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance.
+``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
+"""
+
+from learndyn.theory.deep_linear import (
+    LinearTeacher,
+    decoupled_init,
+    deep_linear_loss,
+    learning_time,
+    make_teacher,
+    measure_mode_strengths,
+    mode_strength,
+    time_to_strength,
+    whitened_inputs,
+)
+from learndyn.theory.ntk import (
+    NTKPrediction,
+    ntk_max_stable_lr,
+    ntk_predictions_flow,
+    ntk_predictions_gd,
+    ntk_train_loss,
+)
+from learndyn.theory.sgd_stationary import (
+    langevin_stationary_covariance,
+    sgd_max_stable_lr,
+    sgd_noise_covariance,
+    sgd_second_moment_trajectory,
+    sgd_stationary_covariance,
+    sgd_stationary_excess_loss,
+    sgd_temperature,
+)
+from learndyn.theory.ssl import (
+    aligned_init,
+    embedding_eigenvalues,
+    learned_dimensions,
+    projected_init,
+    ssl_loss,
+    ssl_step_times,
+    view_correlation,
+)
+from learndyn.theory.symmetry import (
+    balance_flow,
+    balance_gd,
+    neuron_balance,
+    scalar_balance_sgd,
+    scalar_balance_step,
+)
+from learndyn.theory.timescale import gradient_flow_time, steps_for_time
+
+__all__ = [
+    "LinearTeacher",
+    "NTKPrediction",
+    "aligned_init",
+    "balance_flow",
+    "balance_gd",
+    "decoupled_init",
+    "deep_linear_loss",
+    "embedding_eigenvalues",
+    "gradient_flow_time",
+    "langevin_stationary_covariance",
+    "learned_dimensions",
+    "learning_time",
+    "make_teacher",
+    "measure_mode_strengths",
+    "mode_strength",
+    "neuron_balance",
+    "ntk_max_stable_lr",
+    "ntk_predictions_flow",
+    "ntk_predictions_gd",
+    "ntk_train_loss",
+    "projected_init",
+    "scalar_balance_sgd",
+    "scalar_balance_step",
+    "sgd_max_stable_lr",
+    "sgd_noise_covariance",
+    "sgd_second_moment_trajectory",
+    "sgd_stationary_covariance",
+    "sgd_stationary_excess_loss",
+    "sgd_temperature",
+    "ssl_loss",
+    "ssl_step_times",
+    "steps_for_time",
+    "time_to_strength",
+    "view_correlation",
+    "whitened_inputs",
+]
