@@ -1,1 +1,32 @@
-"""learndyn.report."""
+"""learndyn.report: figures and reports that read the run store (never write it).
+
+- :func:`build_html_report` — one self-contained interactive HTML file (plotly.js inlined) of runs or a sweep;
+- :func:`save_png_figures` — matplotlib PNGs of a run for papers;
+- :func:`register_figure` — add experiment-specific plotly figures to the report.
+
+Imports are lazy: ``import learndyn.report`` does not load plotly or matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from learndyn.report.hooks import register_figure, unregister_figure
+
+if TYPE_CHECKING:
+    from learndyn.report.html import build_html_report
+    from learndyn.report.png import save_png_figures
+
+__all__ = ["build_html_report", "register_figure", "save_png_figures", "unregister_figure"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_html_report":
+        from learndyn.report.html import build_html_report
+
+        return build_html_report
+    if name == "save_png_figures":
+        from learndyn.report.png import save_png_figures
+
+        return save_png_figures
+    raise AttributeError(f"module 'learndyn.report' has no attribute {name!r}")

@@ -1,0 +1,294 @@
+"""Experiment configs: ``--set key=value`` overrides with type coercion, and conversion to/from plain dicts.
+
+An experiment's config is a dataclass whose fields all have defaults and type hints, validated in
+``__post_init__``. :func:`apply_overrides` parses ``key=value`` strings, coerces each value to its field's
+type (int, float, bool, str, Literal, Enum, ``X | None``, tuple/list of those: ``lrs=0.1,0.01``) and builds a
+new config with :func:`dataclasses.replace`, so the dataclass's own validation runs afterwards::
+
+    >>> apply_overrides(Config(), ["steps=200", "lrs=0.1,0.01", "optimizer=adam"], experiment="demo")
+
+Every failure is a one-line :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+from typing import Any, Literal, Union
+
+import numpy as np
+
+from learndyn.validation import LearndynValueError
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "config_fields",
+    "config_from_dict",
+    "config_to_dict",
+    "parse_value",
+]
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+_NONE = {"none", "null"}
+_INT_RE = re.compile(r"[+-]?\d[\d_]*")
+
+
+class ConfigError(LearndynValueError):
+    """A bad config override or config dict; the message is one line."""
+
+
+class _Mismatch(Exception):
+    """Internal: a value does not parse as the expected type."""
+
+
+def _owner(config_cls: type, experiment: str | None) -> str:
+    return f"experiment {experiment!r}" if experiment else config_cls.__name__
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{config_cls!r} is not a dataclass; configs must be dataclasses")
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_cls) if f.init}
+
+
+def config_fields(config_cls: type) -> list[tuple[str, str, Any]]:
+    """``(name, type description, default)`` for each settable field of a config dataclass."""
+    types_ = _field_types(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out.append((f.name, type_name(types_[f.name]), default))
+    return out
+
+
+def type_name(tp: Any) -> str:
+    """A short human description of a type hint (used in error messages and ``--show-config``)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return "any"
+    if tp is type(None):
+        return "none"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin in (tuple, list, Sequence, typing.Sequence):
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return f"{len(args)} comma-separated values ({', '.join(type_name(a) for a in args)})"
+        inner = args[0] if args else Any
+        return f"comma-separated {type_name(inner)}s"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.name) for m in tp)
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_value(text: str, tp: Any) -> Any:
+    """Coerce the string ``text`` to the type hint ``tp``; raise ``ValueError`` when it does not fit."""
+    try:
+        return _parse(text, tp)
+    except _Mismatch:
+        raise ValueError(f"{text!r} is not {type_name(tp)}") from None
+
+
+def _parse(text: str, tp: Any) -> Any:
+    text = text.strip()
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return text
+    if tp is type(None):
+        if text.lower() in _NONE:
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        for choice in args:
+            try:
+                parsed = choice if isinstance(choice, str) else _parse(text, type(choice))
+            except _Mismatch:
+                continue
+            if (isinstance(choice, str) and text == choice) or (
+                not isinstance(choice, str) and parsed == choice
+            ):
+                return choice
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        if type(None) in args and text.lower() in _NONE:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse(text, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
+        if text[:1] + text[-1:] in ("[]", "()"):
+            text = text[1:-1].strip()
+        parts = [p.strip() for p in text.split(",")] if text else []
+        if parts and parts[-1] == "":  # allow a trailing comma: "lrs=0.1,"
+            parts = parts[:-1]
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(parts) != len(args):
+                raise _Mismatch
+            return tuple(_parse(p, a) for p, a in zip(parts, args, strict=True))
+        inner = args[0] if args else Any
+        values = [_parse(p, inner) for p in parts]
+        return values if origin is list or tp is list else tuple(values)
+    if tp is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise _Mismatch
+    if tp is int:
+        if _INT_RE.fullmatch(text):
+            return int(text)
+        try:
+            as_float = float(text)  # "1e4" is a fine way to write 10000
+        except ValueError:
+            raise _Mismatch from None
+        if as_float.is_integer():
+            return int(as_float)
+        raise _Mismatch
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise _Mismatch from None
+    if tp is str:
+        return text
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        for member in tp:
+            if text == member.name or text == str(member.value):
+                return member
+        raise _Mismatch
+    if isinstance(tp, type) and issubclass(tp, PurePath):
+        return tp(text)
+    raise _Mismatch
+
+
+def _split(item: str) -> tuple[str, str]:
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"--set {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r} has an empty key; expected key=value")
+    return key, value
+
+
+def _coerce_given(value: Any, tp: Any) -> Any:
+    """Values given as Python objects (quick overrides): lists become tuples for tuple fields."""
+    origin = typing.get_origin(tp)
+    if isinstance(value, list) and (origin is tuple or tp is tuple):
+        return tuple(value)
+    if isinstance(value, list | tuple) and origin in (Union, types.UnionType):
+        if any(typing.get_origin(a) is tuple or a is tuple for a in typing.get_args(tp)):
+            return tuple(value)
+    return value
+
+
+def apply_overrides(
+    config: Any, overrides: Sequence[str] | Mapping[str, Any] | None, *, experiment: str | None = None
+) -> Any:
+    """A copy of the dataclass ``config`` with ``overrides`` applied (``["key=value", ...]`` or a mapping).
+
+    String values are coerced to the field's type; other mapping values are used as given. Later keys win.
+    The dataclass's ``__post_init__`` validation runs on the result. Raises :class:`ConfigError` (one line)
+    for an unknown key (naming the experiment and the allowed keys) or a value of the wrong type (naming the
+    field, the value and the expected type); validation errors from ``__post_init__`` propagate as raised.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"apply_overrides needs a dataclass instance, got {config!r}")
+    if not overrides:
+        return dataclasses.replace(config)
+    field_types = _field_types(type(config))
+    owner = _owner(type(config), experiment)
+    items = list(overrides.items()) if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
+    changes: dict[str, Any] = {}
+    for key, value in items:
+        if key not in field_types:
+            allowed = ", ".join(sorted(field_types)) or "(none)"
+            raise ConfigError(f"unknown config key {key!r} for {owner}; allowed: {allowed}")
+        tp = field_types[key]
+        if isinstance(value, str) and tp is not str:
+            try:
+                value = _parse(value, tp)
+            except _Mismatch:
+                raise ConfigError(
+                    f"{key}={value!r} has the wrong type for {owner}; expected: {type_name(tp)}"
+                ) from None
+        else:
+            value = _coerce_given(value, tp)
+        changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)  # torch dtypes, devices, callables: stored by name
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (or mapping): tuples become lists, enums their values."""
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return _plain(config)
+    if isinstance(config, Mapping):
+        return _plain(config)
+    raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
+
+
+def config_from_dict(config_cls: type, data: Mapping[str, Any], *, experiment: str | None = None) -> Any:
+    """Rebuild a config dataclass from :func:`config_to_dict` output (lists become tuples where typed so).
+
+    Unknown keys raise :class:`ConfigError`; missing keys take their defaults.
+    """
+    field_types = _field_types(config_cls)
+    unknown = sorted(set(data) - set(field_types))
+    if unknown:
+        allowed = ", ".join(sorted(field_types))
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r} for {_owner(config_cls, experiment)}; allowed: {allowed}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        tp = field_types[key]
+        if isinstance(tp, type) and issubclass(tp, enum.Enum) and not isinstance(value, tp):
+            value = tp(value)
+        kwargs[key] = _coerce_given(value, tp)
+    return config_cls(**kwargs)
