@@ -1,0 +1,235 @@
+"""The Monitor: runs probes after optimizer steps and sends their metrics to a recorder.
+
+::
+
+    with Monitor(model, F.cross_entropy, probes="standard", recorder=run, optimizer=opt) as monitor:
+        for step, (x, y) in enumerate(loader):
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+            monitor.after_step(step, (x, y))
+
+At a step where some probes are due (``step % probe.every == 0``) the Monitor builds one
+:class:`~learndyn.probes.base.ProbeContext` for the batch, so intermediates (per-sample gradient Grams, the
+Hessian-vector product, the batch loss) are computed once and shared; probes measure the state *after* the
+optimizer step on the batch that produced it. Scalars go to ``recorder.log(step, {...})`` in one call,
+arrays to ``recorder.log_array(step, name, array)``.
+
+A Monitor never changes the training trajectory. Around the probes it
+
+- forks the global RNG (CPU and the CUDA devices the model lives on), so the loop's next random draws are
+  the same as without it;
+- keeps every ``param.grad`` (same tensor object, same values) and ``param.requires_grad``: during the probes
+  ``param.grad`` is ``None`` (hidden, so no probe can accumulate into it), and is put back afterwards;
+- sets the model to eval mode (``mode="eval"``, default: dropout off, BatchNorm uses running statistics, so
+  per-sample gradients are well defined) or train mode (``"train"``) or leaves it (``"keep"``), and restores
+  each module's own ``training`` flag afterwards; buffers (BatchNorm running statistics) are restored too;
+- keeps no autograd graph: the context and everything cached in it is dropped after the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from learndyn.probes.base import LossFn, Probe, ProbeContext
+from learndyn.probes.presets import PRESETS, PROBES, make_probe, preset_probes
+from learndyn.store.recorder import NullRecorder, Recorder
+from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+
+MODES = ("eval", "train", "keep")
+
+
+def resolve_probes(probes: str | Sequence[Probe | str]) -> list[Probe]:
+    """A preset name, or a list of probes and probe names, as a list of probe instances.
+
+    Raises ``ValueError`` naming the allowed values for an unknown preset or probe name, and for two
+    probes with the same metric prefix.
+    """
+    if isinstance(probes, str):
+        check_choice("probes", probes, PRESETS, owner="Monitor")
+        out = preset_probes(probes)
+    else:
+        out = []
+        for p in probes:
+            if isinstance(p, str):
+                check_choice("probes", p, PROBES, owner="Monitor")
+                out.append(make_probe(p))
+            elif isinstance(p, Probe):
+                out.append(p)
+            else:
+                allowed = ", ".join(repr(n) for n in (*PRESETS, *PROBES))
+                raise LearndynValueError(
+                    f"Monitor.probes entry {p!r} is not allowed; allowed: a Probe or one of {allowed}"
+                )
+    names = [p.name for p in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LearndynValueError(
+            f"Monitor.probes has two probes named {dup[0]!r}; allowed: one probe per name"
+        )
+    return out
+
+
+def _to_metric(value: Any) -> float | np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        return float(value) if value.dim() == 0 else value.numpy()
+    if isinstance(value, np.ndarray):
+        return float(value) if value.ndim == 0 else value
+    return float(value)
+
+
+class Monitor:
+    """Run probes during training without changing it (see the module docstring).
+
+    Args:
+        model: the trained module.
+        loss_fn: ``loss_fn(outputs, targets)`` with mean reduction over the batch.
+        probes: a preset name (``"light"``, ``"standard"``, ``"full"``, see :mod:`~learndyn.probes.presets`)
+            or a list of :class:`Probe` instances and probe names (``"noise"``, ``"curvature"``, ...).
+        recorder: where metrics go (default: nowhere; results are still returned by :meth:`after_step`).
+        lr: learning rate for temperature and sharpness; default: ``optimizer.param_groups[0]["lr"]`` read at
+            every step (so schedulers are followed), else unknown.
+        optimizer: the optimizer (probes may read its state, e.g. CovariantGD's metric).
+        mode: model mode while probing, ``"eval"`` (default), ``"train"`` or ``"keep"``.
+
+    ``init_params`` (a detached copy of the trainable parameters when the Monitor is made) is given to every
+    probe as the initial point; ``timings[name]`` accumulates each probe's wall time in seconds.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        probes: str | Sequence[Probe | str] = "standard",
+        recorder: Recorder | None = None,
+        lr: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        mode: str = "eval",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise LearndynValueError(f"Monitor.model={model!r} is not allowed; allowed: a torch.nn.Module")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.probes = resolve_probes(probes)
+        self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
+        self._lr = None if lr is None else check_real("lr", lr, low=0.0, low_open=True, owner="Monitor")
+        self.optimizer = optimizer
+        self.mode = check_choice("mode", mode, MODES, owner="Monitor")
+        self.init_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.timings: dict[str, float] = defaultdict(float)
+        self.closed = False
+
+    @property
+    def lr(self) -> float | None:
+        if self._lr is not None:
+            return self._lr
+        if self.optimizer is not None and self.optimizer.param_groups:
+            lr = self.optimizer.param_groups[0].get("lr")
+            return float(lr) if isinstance(lr, int | float | Tensor) else None
+        return None
+
+    def due(self, step: int) -> list[Probe]:
+        """The probes that run at ``step``."""
+        return [p for p in self.probes if p.should_run(step)]
+
+    def after_step(
+        self, step: int, batch: tuple[Tensor, Tensor], metrics: Mapping[str, float] | None = None
+    ) -> dict[str, float | np.ndarray]:
+        """Run the probes due at ``step`` on ``batch = (inputs, targets)``; log and return their metrics.
+
+        ``metrics`` (optional) are values the training loop already has, e.g. ``{"loss": loss.item()}``; they
+        are offered to the probes as ``ctx.cache["metrics"]`` (a StageProbe on a logged metric reads them)
+        and are not logged by the Monitor.
+        """
+        if self.closed:
+            raise RuntimeError("Monitor.after_step called after close()")
+        step = check_int("step", step, low=0, owner="Monitor")
+        due = self.due(step)
+        if not due:
+            return {}
+        inputs, targets = batch
+        results: dict[str, float | np.ndarray] = {}
+        with self._untouched():
+            ctx = ProbeContext(
+                model=self.model,
+                loss_fn=self.loss_fn,
+                inputs=inputs.detach(),
+                targets=targets.detach(),
+                step=step,
+                lr=self.lr,
+                optimizer=self.optimizer,
+                init_params=self.init_params,
+            )
+            if metrics is not None:
+                ctx.cache["metrics"] = dict(metrics)
+            try:
+                for probe in due:
+                    t0 = time.perf_counter()
+                    measured = probe.measure(ctx)
+                    self.timings[probe.name] += time.perf_counter() - t0
+                    results.update({k: _to_metric(v) for k, v in measured.items()})
+            finally:
+                ctx.cache.clear()
+                del ctx
+        scalars = {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
+        if scalars:
+            self.recorder.log(step, scalars)
+        for name, value in results.items():
+            if isinstance(value, np.ndarray):
+                self.recorder.log_array(step, name, value)
+        return results
+
+    @contextlib.contextmanager
+    def _untouched(self) -> Iterator[None]:
+        """RNG, grads, requires_grad, module modes and buffers as found; grad mode on inside."""
+        model = self.model
+        params = list(model.parameters())
+        grads = [p.grad for p in params]
+        flags = [(p, p.requires_grad) for p in params]
+        modes = [(m, m.training) for m in model.modules()]
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+        try:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                for p in params:
+                    p.grad = None
+                if self.mode != "keep":
+                    model.train(self.mode == "train")
+                yield
+        finally:
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def reset(self) -> None:
+        """Reset every probe's state (previous kernel, reference quantities, ...)."""
+        for p in self.probes:
+            p.reset()
+
+    def close(self) -> None:
+        """Flush the recorder. Idempotent."""
+        if not self.closed:
+            self.recorder.flush()
+            self.closed = True
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Monitor(probes={self.probes!r}, mode={self.mode!r})"

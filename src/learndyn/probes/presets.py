@@ -1,0 +1,86 @@
+"""Probe names and presets: instrument sets with a known overhead.
+
+Like a pilot's instrument sets, a preset is a fixed choice of probes and how often each runs, chosen so that
+the cost of leaving it on is known (measured by ``benchmarks/bench_probe_overhead.py``: wall time per step of
+instrumented over plain training, MLP and small CNN on the digits data, batch 128, one thread):
+
+=========  ==========================================================================  ===============
+preset     probes (``every``)                                                           target overhead
+=========  ==========================================================================  ===============
+light      parameters (50): weight norms, update size, distance from init;              ≤ 1.1×
+           stages (50): loss stage detection
+standard   light + noise (50, hook route) + symmetry (50) + representation (100)        ≤ 1.5×
+full       standard + curvature (200) + kernel (200, 32 probe samples)                 ≤ 3×
+=========  ==========================================================================  ===============
+
+The schedules are tuned on the worst case, a small MLP whose plain step costs ~0.3 ms: per measurement the
+Monitor itself costs ~0.05 ms, light's probes ~0.5 ms (~2 plain steps), the noise probe ~4 plain steps,
+representation ~6, curvature (20 Lanczos + 10 Hutchinson Hessian-vector products) ~60 and the kernel probe
+~80. Larger models amortise better. For denser series pass your own probes,
+``Monitor(probes=[NoiseProbe(every=5), ...])``.
+
+Probe classes are imported lazily by name, so a preset only needs the modules of the probes it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from learndyn.probes.base import Probe
+from learndyn.validation import check_choice
+
+PROBES: dict[str, tuple[str, str]] = {
+    "noise": ("learndyn.probes.noise", "NoiseProbe"),
+    "curvature": ("learndyn.probes.curvature", "CurvatureProbe"),
+    "kernel": ("learndyn.probes.kernel", "KernelProbe"),
+    "symmetry": ("learndyn.probes.symmetry", "SymmetryProbe"),
+    "representation": ("learndyn.probes.representation", "RepresentationProbe"),
+    "parameters": ("learndyn.probes.representation", "ParameterDistanceProbe"),
+    "stages": ("learndyn.probes.stages", "StageProbe"),
+}
+"""Probe name -> (module, class). The name is what ``Monitor(probes=[...])`` accepts as a string."""
+
+_LIGHT: list[tuple[str, dict[str, Any]]] = [
+    ("parameters", {"every": 50}),
+    ("stages", {"every": 50}),
+]
+_STANDARD = _LIGHT + [
+    ("noise", {"every": 50, "route": "hooks"}),
+    ("symmetry", {"every": 50}),
+    ("representation", {"every": 100}),
+]
+_FULL = _STANDARD + [
+    ("curvature", {"every": 200, "lanczos_iters": 20, "hutchinson_samples": 10}),
+    ("kernel", {"every": 200, "n_samples": 32}),
+]
+
+PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {"light": _LIGHT, "standard": _STANDARD, "full": _FULL}
+"""Preset name -> list of ``(probe name, constructor keyword arguments)``."""
+
+TARGET_OVERHEAD: dict[str, float] = {"light": 1.1, "standard": 1.5, "full": 3.0}
+"""Preset name -> target ratio of instrumented to plain wall time per training step."""
+
+
+def probe_class(name: str) -> type[Probe]:
+    """The probe class registered as ``name`` (imported on first use)."""
+    check_choice("probe", name, PROBES, owner="probes")
+    module, cls = PROBES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_probe(name: str, **kwargs: Any) -> Probe:
+    """Construct the probe registered as ``name`` with ``kwargs`` (e.g. ``every=10``)."""
+    return probe_class(name)(**kwargs)
+
+
+def preset_probes(preset: str) -> list[Probe]:
+    """Fresh probe instances of ``preset`` (``"light"``, ``"standard"`` or ``"full"``)."""
+    check_choice("preset", preset, PRESETS, owner="probes")
+    return [make_probe(name, **kwargs) for name, kwargs in PRESETS[preset]]
+
+
+def describe_preset(preset: str) -> list[tuple[str, int]]:
+    """``[(probe name, every), ...]`` of a preset, without importing any probe."""
+    check_choice("preset", preset, PRESETS, owner="probes")
+    return [(name, int(kwargs.get("every", 1))) for name, kwargs in PRESETS[preset]]

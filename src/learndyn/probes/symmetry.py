@@ -1,0 +1,695 @@
+"""Conserved quantities of continuous parameter symmetries.
+
+If the loss is invariant under a one-parameter group ``θ → exp(εA)θ`` of parameter transformations, its
+gradient is orthogonal to the generator ``Aθ`` (Noether: ``⟨∇L, Aθ⟩ = 0``), and every quadratic form
+``Q(θ)`` with ``∇Q ∝ Aθ`` is conserved by gradient flow ``θ̇ = −∇L``. Finite steps, weight decay and
+adaptive (non-isotropic) optimizers break the conservation in known ways, which is what makes the drift of
+these quantities a useful instrument. Four families are detected from the architecture:
+
+**Rescaling** (``kind="rescale"``) between a layer producing units and the layer consuming them, through a
+positively homogeneous, unit-wise map ``σ(a x) = a σ(x)`` for ``a > 0`` (ReLU, LeakyReLU, PReLU, identity,
+dropout, max/avg pooling). Scaling the incoming weights of unit ``j`` (row ``j`` of ``W₁`` with its bias)
+by ``a`` and its outgoing weights (column ``j`` of ``W₂``) by ``1/a`` leaves the function unchanged, so per
+unit
+
+    q_j = ‖W₁[j,:]‖² + b₁[j]² − ‖W₂[:,j]‖²          dq/dt = 0 under gradient flow.
+
+For convolutions "row" and "column" are the output-channel slice of the producer and the input-channel
+slice of the consumer (a flatten in between maps channel ``c`` to a block of input columns); an affine
+normalisation layer can be the producer (its ``γ_j, β_j`` are the incoming weights of unit ``j``).
+
+**Linear pairs** (``kind="linear"``): with no nonlinearity in between, any invertible ``A`` acts,
+``W₁ → A W₁, b₁ → A b₁, W₂ → W₂ A⁻¹``, and with ``M₁ = [W₁ b₁]`` (units × fan-in) and ``M₂`` the outgoing
+weights arranged units × fan-out (``W₂ᵀ`` for dense layers) the whole matrix
+
+    Q = M₁M₁ᵀ − M₂M₂ᵀ   ( = W₁W₁ᵀ − W₂ᵀW₂ without biases)
+
+is conserved (its diagonal is the rescaling ``q``). Deep linear networks start "balanced" when ``Q ≈ 0``.
+
+**Translation** (``kind="translation"``) of softmax logits: a final dense layer ``z = W h + b`` feeding a
+softmax (or cross-entropy) is invariant under ``W → W + 1vᵀ, b → b + s1``, so the class-sum of the gradient
+vanishes and ``v = (1ᵀW, 1ᵀb)`` is conserved -- exactly, even by finite GD steps; weight decay ``λ`` makes it
+decay as ``(1 − ηλ)^t``.
+
+**Scale** (``kind="scale"``) before normalisation: weights ``w_c`` (row with bias) feeding a BatchNorm (per
+channel, training mode), GroupNorm (per group) or LayerNorm (all units together) can be scaled freely, so
+``∇L ⊥ w`` and ``s = ‖w‖²`` (per normalised group) is conserved by the flow; finite steps make it grow,
+``‖w_{t+1}‖² = ‖w_t‖² + η²‖∇_w L‖²``. (BatchNorm in eval mode and a nonzero ``eps`` break it slightly.)
+
+With weight decay ``λ`` (``∇L + λθ``), every quadratic invariant above decays as ``e^{−2λt}``
+(``t = η·steps``) and the translation vector as ``e^{−λt}``.
+
+Detection traces the model with ``torch.fx`` and follows single-use data paths from each layer; when tracing
+fails it falls back to the order of ``nn.Sequential`` containers. A path is accepted only if every step is
+known to respect the symmetry (anything else -- tanh, GELU, a residual branch, a reused module, tied or
+frozen weights -- breaks it). Pairs can also be declared explicitly.
+
+Metrics (prefix ``symmetry/``; ``<tag>`` is ``<producer>-<consumer>`` for pairs, ``<producer>`` otherwise):
+
+- ``<kind>/<tag>/norm``       ‖quantity‖ (Euclidean; Frobenius for the linear-pair matrix)
+- ``<kind>/<tag>/drift``      ‖quantity − quantity₀‖ (quantity₀ from ``ctx.init_params`` or the first
+                              measurement)
+- ``<kind>/<tag>/rel_drift``  drift over a scale of the reference: ``‖M₁‖² + ‖M₂‖²`` (pairs), ``√C ‖[W b]‖``
+                              (translation), ``Σ s`` (scale) -- each bounds ``‖quantity‖``
+- ``<kind>/<tag>/value``      the quantity itself (array; ``q``, ``Q``, ``v`` or ``s``)
+- ``scale/<tag>/total``       ``Σ s``, the total squared norm feeding the normalisation
+- ``count``, ``max_rel_drift`` number of tracked symmetries and the largest relative drift
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
+from learndyn.validation import LearndynValueError, check_choice, check_int
+
+KINDS = ("rescale", "linear", "translation", "scale")
+REFERENCES = ("init", "first")
+
+_DENSE = (nn.Linear,)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYERS = _DENSE + _CONV
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_NORMS = _BATCHNORM + _INSTANCENORM + (nn.GroupNorm, nn.LayerNorm)
+_CHANNEL_FIRST = _CONV + _BATCHNORM + _INSTANCENORM + (nn.GroupNorm,)
+
+# Op categories along a data path: "act" unit-wise positively homogeneous (commutes with positive per-unit
+# scaling), "id" identity, "maxpool"/"avgpool" per-channel pooling (avg also commutes with channel mixing),
+# "flatten" (start_dim=1), "softmax" (over the class dimension), "layer", "norm", "output", "other".
+_ACT_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_MAXPOOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_AVGPOOL_MODULES = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+_ACT_FUNCTIONS: set[Any] = {
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    F.leaky_relu,
+    F.leaky_relu_,
+    F.prelu,
+    torch.prelu,
+    F.dropout,
+    torch.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+}
+_MAXPOOL_FUNCTIONS: set[Any] = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    torch.max_pool1d,
+    torch.max_pool2d,
+    torch.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
+_AVGPOOL_FUNCTIONS: set[Any] = {
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    torch.avg_pool1d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+}
+_SOFTMAX_FUNCTIONS: set[Any] = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_ACT_METHODS = {"relu", "relu_"}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """One symmetry of a model, named by module paths (as in ``model.named_modules()``).
+
+    ``kind``: ``"rescale"`` / ``"linear"`` (``producer`` → ``consumer`` pair), ``"translation"`` (``producer``
+    is the final dense layer) or ``"scale"`` (``producer`` feeds the normalisation module ``consumer``;
+    ``groups`` is the number of contiguous unit groups normalised together: ``None`` per unit (BatchNorm),
+    ``1`` all units (LayerNorm), ``G`` for GroupNorm; derived from ``consumer`` when left ``None`` and
+    ``consumer`` is a LayerNorm/GroupNorm).
+    """
+
+    kind: str
+    producer: str
+    consumer: str | None = None
+    groups: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, KINDS, owner="Symmetry")
+        if not isinstance(self.producer, str) or not self.producer:
+            raise LearndynValueError(
+                f"Symmetry.producer={self.producer!r} is not allowed; allowed: a non-empty module name"
+            )
+        if self.kind in ("rescale", "linear") and not (isinstance(self.consumer, str) and self.consumer):
+            raise LearndynValueError(
+                f"Symmetry.consumer={self.consumer!r} is not allowed; allowed: a module name "
+                f"for kind={self.kind!r}"
+            )
+        if self.groups is not None:
+            check_int("groups", self.groups, low=1, owner="Symmetry")
+
+    @property
+    def tag(self) -> str:
+        """``producer-consumer`` for pairs, ``producer`` otherwise (module names never contain ``-``)."""
+        return f"{self.producer}-{self.consumer}" if self.kind in ("rescale", "linear") else self.producer
+
+
+# ----------------------------------------------------------------------------------------------- quantities
+
+
+def _units(module: nn.Module) -> int | None:
+    """Number of units (features/channels) a layer or affine normalisation produces."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, _CONV):
+        return module.out_channels
+    if isinstance(module, _BATCHNORM + _INSTANCENORM):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0]
+    return None
+
+
+def _incoming_names(name: str, module: nn.Module) -> list[str]:
+    return [f"{name}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A symmetry resolved against a model: parameter names and shapes needed to evaluate it."""
+
+    sym: Symmetry
+    incoming: tuple[str, ...]  # producer weight[, bias]
+    norm_producer: bool  # producer is an affine normalisation: incoming params are vectors (γ, β)
+    units: int
+    outgoing: str | None  # consumer weight (pairs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.incoming + ((self.outgoing,) if self.outgoing else ())
+
+    def m_in(self, params: Mapping[str, Tensor]) -> Tensor:
+        """``M₁``: incoming weights of each unit, ``(units, fan_in [+1])``."""
+        ts = [params[n] for n in self.incoming]
+        if self.norm_producer:
+            return torch.stack(ts, dim=1)
+        w = ts[0].reshape(self.units, -1)
+        return torch.cat([w, ts[1].reshape(self.units, 1)], dim=1) if len(ts) > 1 else w
+
+    def m_out(self, params: Mapping[str, Tensor]) -> Tensor:
+        """``M₂``: outgoing weights of each unit, ``(units, fan_out · block)`` (``W₂ᵀ`` for dense layers)."""
+        assert self.outgoing is not None
+        w = params[self.outgoing]
+        return w.reshape(w.shape[0], self.units, -1).transpose(0, 1).reshape(self.units, -1)
+
+    def quantity(self, params: Mapping[str, Tensor]) -> Tensor:
+        kind = self.sym.kind
+        if kind == "rescale":
+            return self.m_in(params).square().sum(1) - self.m_out(params).square().sum(1)
+        if kind == "linear":
+            a, b = self.m_in(params), self.m_out(params)
+            return a @ a.T - b @ b.T
+        if kind == "translation":
+            ts = [params[n] for n in self.incoming]
+            return torch.cat([ts[0].sum(0), ts[1].sum(0, keepdim=True)]) if len(ts) > 1 else ts[0].sum(0)
+        s = self.m_in(params).square().sum(1)
+        return s if self.sym.groups is None else s.reshape(self.sym.groups, -1).sum(1)
+
+    def scale(self, params: Mapping[str, Tensor]) -> float:
+        """A bound on ``‖quantity‖`` used to make the drift relative."""
+        kind = self.sym.kind
+        if kind in ("rescale", "linear"):
+            return float(self.m_in(params).square().sum() + self.m_out(params).square().sum())
+        if kind == "translation":
+            sq = sum(params[n].square().sum() for n in self.incoming)
+            return math.sqrt(self.units * float(sq))
+        return float(self.m_in(params).square().sum())
+
+
+def _module(model: nn.Module, name: str, owner: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LearndynValueError(
+            f"{owner}={name!r} is not a submodule of {type(model).__name__}; "
+            "allowed: a name from named_modules()"
+        ) from None
+
+
+def _bad(sym: Symmetry, why: str) -> LearndynValueError:
+    return LearndynValueError(f"Symmetry {sym.kind} {sym.tag!r} is not allowed: {why}")
+
+
+def resolve_symmetry(model: nn.Module, sym: Symmetry) -> _Spec:
+    """Check ``sym`` against ``model``'s modules and shapes; return its evaluator (raise if inconsistent)."""
+    prod = _module(model, sym.producer, "Symmetry.producer")
+    if sym.kind == "translation":
+        if not isinstance(prod, nn.Linear):
+            raise _bad(sym, f"producer is {type(prod).__name__}; allowed: nn.Linear")
+        return _Spec(sym, tuple(_incoming_names(sym.producer, prod)), False, prod.out_features, None)
+    norm_producer = isinstance(prod, _NORMS)
+    if sym.kind == "rescale" and norm_producer:
+        if _units(prod) is None or getattr(prod, "weight", None) is None:
+            raise _bad(sym, "normalisation producer needs affine weights and a 1-d feature shape")
+    elif not isinstance(prod, _LAYERS):
+        allowed = "nn.Linear, nn.ConvNd" + (" or an affine normalisation" if sym.kind == "rescale" else "")
+        raise _bad(sym, f"producer is {type(prod).__name__}; allowed: {allowed}")
+    units = _units(prod)
+    assert units is not None
+    incoming = tuple(_incoming_names(sym.producer, prod))
+    if sym.kind == "scale":
+        groups = sym.groups
+        if sym.consumer is not None:
+            norm = _module(model, sym.consumer, "Symmetry.consumer")
+            if not isinstance(norm, _NORMS):
+                raise _bad(sym, f"consumer is {type(norm).__name__}; allowed: a normalisation module")
+            if groups is None and isinstance(norm, nn.LayerNorm):
+                groups = 1
+            elif groups is None and isinstance(norm, nn.GroupNorm):
+                groups = norm.num_groups
+        if groups is not None and units % groups:
+            raise _bad(sym, f"groups={groups} does not divide the {units} units")
+        return _Spec(Symmetry("scale", sym.producer, sym.consumer, groups), incoming, False, units, None)
+    assert sym.consumer is not None
+    cons = _module(model, sym.consumer, "Symmetry.consumer")
+    if not isinstance(cons, _LAYERS):
+        raise _bad(sym, f"consumer is {type(cons).__name__}; allowed: nn.Linear or nn.ConvNd")
+    fan = cons.in_features if isinstance(cons, nn.Linear) else cons.in_channels
+    if isinstance(cons, _CONV) and cons.groups != 1:
+        raise _bad(sym, f"consumer has groups={cons.groups}; allowed: groups=1")
+    if fan % units:
+        raise _bad(sym, f"consumer fan-in {fan} is not a multiple of the producer's {units} units")
+    if sym.kind == "linear" and (norm_producer or (isinstance(prod, _CONV) and prod.groups != 1)):
+        raise _bad(sym, "a linear pair needs a dense or ungrouped convolutional producer")
+    return _Spec(sym, incoming, norm_producer, units, f"{sym.consumer}.weight")
+
+
+def symmetry_quantity(model: nn.Module, sym: Symmetry, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """The conserved quantity of ``sym`` (``q``, ``Q``, ``v`` or ``s``; see the module doc), differentiable.
+
+    ``params`` maps parameter names to tensors (default: the model's own parameters), so the quantity can
+    be evaluated at stored parameters or differentiated with ``torch.func``.
+    """
+    spec = resolve_symmetry(model, sym)
+    return spec.quantity(dict(model.named_parameters()) if params is None else params)
+
+
+# ----------------------------------------------------------------------------------------------- detection
+
+
+@dataclass
+class _Node:
+    cat: str
+    name: str | None = None  # module path for module nodes
+    succ: list[tuple[int, bool]] | None = (
+        None  # (user index, the user reads this node only as its main input)
+    )
+
+
+def _module_cat(module: nn.Module) -> str:
+    if isinstance(module, _LAYERS):
+        return "layer"
+    if isinstance(module, _NORMS):
+        return "norm"
+    if isinstance(module, _ACT_MODULES):
+        return "act"
+    if isinstance(module, nn.Identity):
+        return "id"
+    if isinstance(module, _MAXPOOL_MODULES):
+        return "maxpool"
+    if isinstance(module, _AVGPOOL_MODULES):
+        return "avgpool"
+    if isinstance(module, nn.Flatten):
+        return "flatten" if module.start_dim == 1 and module.end_dim == -1 else "other"
+    if isinstance(module, nn.Softmax | nn.LogSoftmax):
+        return "softmax" if module.dim in (None, 1, -1) else "other"
+    return "other"
+
+
+def _arg(node: Any, pos: int, key: str, default: Any) -> Any:
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(key, default)
+
+
+def _fx_cat(node: Any) -> str:
+    if node.op == "output":
+        return "output"
+    if node.op == "call_function":
+        fn = node.target
+        if fn in _ACT_FUNCTIONS:
+            return "act"
+        if fn in _MAXPOOL_FUNCTIONS:
+            return "maxpool"
+        if fn in _AVGPOOL_FUNCTIONS:
+            return "avgpool"
+        if fn is torch.flatten:
+            return (
+                "flatten"
+                if _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1
+                else "other"
+            )
+        if fn in _SOFTMAX_FUNCTIONS:
+            return "softmax" if _arg(node, 1, "dim", None) in (None, 1, -1) else "other"
+        return "other"
+    if node.op == "call_method":
+        if node.target in _ACT_METHODS:
+            return "act"
+        if node.target == "flatten":
+            return (
+                "flatten"
+                if _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1
+                else "other"
+            )
+        if node.target in _SOFTMAX_METHODS:
+            return "softmax" if _arg(node, 1, "dim", None) in (None, 1, -1) else "other"
+    return "other"
+
+
+def _fx_graph(model: nn.Module) -> list[_Node]:
+    from torch import fx
+
+    graph = fx.symbolic_trace(model).graph
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    calls = Counter(n.target for n in nodes if n.op == "call_module")
+    out: list[_Node] = []
+    for n in nodes:
+        if n.op == "call_module":
+            cat = _module_cat(model.get_submodule(n.target)) if calls[n.target] == 1 else "other"
+            name = n.target
+        else:
+            cat, name = _fx_cat(n), None
+        succ = []
+        for u in n.users:
+            rest: list[Any] = []
+            fx.node.map_arg((u.args[1:], u.kwargs), rest.append)
+            succ.append((index[u], bool(u.args) and u.args[0] is n and n not in rest))
+        out.append(_Node(cat, name, succ))
+    return out
+
+
+def _sequential_graph(model: nn.Module) -> list[_Node]:
+    """Chains from ``nn.Sequential`` containers (nested ones expanded) when fx tracing is not possible."""
+    modules = dict(model.named_modules())
+
+    def expand(prefix: str, seq: nn.Sequential) -> list[str]:
+        names: list[str] = []
+        for child, mod in seq.named_children():
+            full = f"{prefix}.{child}" if prefix else child
+            names += expand(full, mod) if isinstance(mod, nn.Sequential) else [full]
+        return names
+
+    out: list[_Node] = []
+    for name, mod in modules.items():
+        parent = name.rpartition(".")[0] if name else None
+        if not isinstance(mod, nn.Sequential) or (
+            parent is not None and isinstance(modules[parent], nn.Sequential)
+        ):
+            continue
+        chain = expand(name, mod)
+        start = len(out)
+        for k, child in enumerate(chain):
+            out.append(_Node(_module_cat(modules[child]), child, [(start + k + 1, True)]))
+        out.append(_Node("output" if mod is model else "other", None, []))
+    return out
+
+
+def _shared_or_frozen(model: nn.Module) -> set[str]:
+    """Modules that are used twice, share a parameter with another module, or hold frozen parameters."""
+    owners: dict[int, set[str]] = {}
+    uses: Counter[int] = Counter()
+    bad: set[str] = set()
+    for name, mod in model.named_modules(remove_duplicate=False):
+        uses[id(mod)] += 1
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(name)
+            if not p.requires_grad:
+                bad.add(name)
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if uses[id(mod)] > 1:
+            bad.add(name)
+    for names in owners.values():
+        if len(names) > 1:
+            bad |= names
+    return bad
+
+
+def _walk(nodes: list[_Node], start: int) -> tuple[_Node | None, list[str]]:
+    """Follow the single-use path from ``start`` through unit-wise ops; return the node it ends at."""
+    ops: list[str] = []
+    cur = start
+    while True:
+        succ = nodes[cur].succ or []
+        if len(succ) != 1 or not succ[0][1]:
+            return None, ops
+        nxt = nodes[succ[0][0]]
+        if nxt.cat in ("act", "id", "maxpool", "avgpool", "flatten"):
+            ops.append(nxt.cat)
+            cur = succ[0][0]
+            continue
+        return nxt, ops
+
+
+def _pair_kind(prod: nn.Module, cons: nn.Module, ops: list[str]) -> str | None:
+    """``"linear"``/``"rescale"`` if the path ``prod → ops → cons`` carries the symmetry, else ``None``."""
+    units = _units(prod)
+    chan_first = isinstance(prod, _CHANNEL_FIRST)
+    pooled = any(o in ("maxpool", "avgpool") for o in ops)
+    if units is None or (pooled and not chan_first):
+        return None
+    flat = "flatten" in ops
+    if isinstance(cons, _CONV):
+        if not chan_first or flat or cons.groups != 1 or cons.in_channels != units:
+            return None
+    elif isinstance(cons, nn.Linear):
+        if flat and chan_first:
+            if cons.in_features % units:
+                return None
+        elif not isinstance(prod, nn.Linear | nn.LayerNorm | nn.BatchNorm1d | nn.GroupNorm):
+            return None
+        elif cons.in_features != units:
+            return None
+    else:
+        return None
+    if isinstance(prod, _NORMS):
+        return "rescale" if getattr(prod, "weight", None) is not None else None
+    if set(ops) <= {"id", "avgpool", "flatten"} and getattr(prod, "groups", 1) == 1:
+        return "linear"
+    return "rescale"
+
+
+def _norm_groups(prod: nn.Module, norm: nn.Module, ops: list[str]) -> tuple[bool, int | None]:
+    """Whether ``prod → ops → norm`` is scale invariant, and the number of groups (None: per unit)."""
+    units = _units(prod)
+    if "flatten" in ops or units is None:
+        return False, None
+    if any(o in ("maxpool", "avgpool") for o in ops) and not isinstance(prod, _CONV):
+        return False, None
+    if isinstance(norm, _BATCHNORM + _INSTANCENORM):
+        return norm.num_features == units, None
+    if isinstance(norm, nn.GroupNorm):
+        return norm.num_channels == units, norm.num_groups
+    if isinstance(norm, nn.LayerNorm):
+        shape = tuple(norm.normalized_shape)
+        if isinstance(prod, nn.Linear):
+            return shape == (units,), 1
+        ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(prod)] if type(prod) in _CONV else -1
+        return len(shape) == ndim + 1 and shape[0] == units, 1
+    return False, None
+
+
+def detect_symmetries(model: nn.Module, *, softmax_output: bool = False) -> list[Symmetry]:
+    """Symmetries of ``model`` found from its structure (see the module doc for the rules).
+
+    ``softmax_output``: the model's output feeds a softmax outside the model (e.g. the loss is
+    cross-entropy), so a final dense layer has the translation symmetry. Uses ``torch.fx`` tracing, or
+    ``nn.Sequential`` order when the model cannot be traced. Never runs the model.
+    """
+    try:
+        nodes = _fx_graph(model)
+    except Exception:  # noqa: BLE001 - any tracing failure: fall back to Sequential structure
+        nodes = _sequential_graph(model)
+    modules = dict(model.named_modules())
+    excluded = _shared_or_frozen(model)
+    found: list[Symmetry] = []
+    for i, node in enumerate(nodes):
+        if node.cat not in ("layer", "norm") or not node.name or node.name in excluded:
+            continue
+        prod = modules[node.name]
+        end, ops = _walk(nodes, i)
+        if end is None:
+            continue
+        end_mod = modules.get(end.name) if end.name else None
+        if end.cat == "layer" and end.name not in excluded:
+            kind = _pair_kind(prod, end_mod, ops)  # type: ignore[arg-type]
+            if kind:
+                found.append(Symmetry(kind, node.name, end.name))
+        elif end.cat == "norm" and node.cat == "layer" and end.name not in excluded:
+            ok, groups = _norm_groups(prod, end_mod, ops)  # type: ignore[arg-type]
+            if ok:
+                found.append(Symmetry("scale", node.name, end.name, groups))
+        elif (
+            isinstance(prod, nn.Linear)
+            and set(ops) <= {"id"}
+            and (end.cat == "softmax" or (end.cat == "output" and softmax_output))
+        ):
+            found.append(Symmetry("translation", node.name))
+    return found
+
+
+def is_cross_entropy(loss_fn: LossFn | None) -> bool:
+    """Whether ``loss_fn`` is (a partial of) cross-entropy, i.e. the model's outputs are softmax logits."""
+    fn: Any = loss_fn
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return isinstance(fn, nn.CrossEntropyLoss) or fn is F.cross_entropy
+
+
+# ----------------------------------------------------------------------------------------------- the probe
+
+
+class SymmetryProbe(Probe):
+    """Tracks the conserved quantities of the model's parameter symmetries and their drift.
+
+    Args:
+        every: measure every ``every`` steps.
+        symmetries: symmetries to track besides the detected ones: :class:`Symmetry` objects or
+            ``(producer, consumer)`` tuples (a rescaling pair).
+        detect: detect symmetries from the architecture (:func:`detect_symmetries`) on first use.
+        softmax: whether the model output feeds a softmax outside the model; ``None`` decides from
+            ``ctx.loss_fn`` (cross-entropy → yes).
+        reference: ``"init"`` measures drift from ``ctx.init_params`` when given (else from the first
+            measurement); ``"first"`` always from the first measurement.
+        max_matrix: report the linear-pair matrix ``Q`` as an array only up to this many units.
+        arrays: report the ``value`` arrays at all.
+
+    Quantities are computed in float64 from the detached parameters; the model is never run.
+    """
+
+    name = "symmetry"
+
+    def __init__(
+        self,
+        every: int = 1,
+        *,
+        symmetries: Iterable[Symmetry | tuple[str, str]] = (),
+        detect: bool = True,
+        softmax: bool | None = None,
+        reference: str = "init",
+        max_matrix: int = 256,
+        arrays: bool = True,
+    ) -> None:
+        super().__init__(every)
+        owner = type(self).__name__
+        self.declared = [self._as_symmetry(s) for s in symmetries]
+        self.detect = bool(detect)
+        if softmax is not None and not isinstance(softmax, bool):
+            raise LearndynValueError(
+                f"{owner}.softmax={softmax!r} is not allowed; allowed: True, False, None"
+            )
+        self.softmax = softmax
+        self.reference = check_choice("reference", reference, REFERENCES, owner=owner)
+        self.max_matrix = check_int("max_matrix", max_matrix, low=0, owner=owner)
+        self.arrays = bool(arrays)
+        self.reset()
+
+    @staticmethod
+    def _as_symmetry(s: Symmetry | tuple[str, str]) -> Symmetry:
+        if isinstance(s, Symmetry):
+            return s
+        if isinstance(s, tuple) and len(s) == 2:
+            return Symmetry("rescale", s[0], s[1])
+        raise LearndynValueError(
+            f"SymmetryProbe.symmetries entry {s!r} is not allowed; allowed: Symmetry or (producer, consumer)"
+        )
+
+    def reset(self) -> None:
+        self._model_id: int | None = None
+        self.specs: list[_Spec] = []
+        self._refs: dict[Symmetry, tuple[Tensor, float]] = {}
+
+    def symmetries(self) -> list[Symmetry]:
+        """The symmetries tracked (after the first measurement)."""
+        return [s.sym for s in self.specs]
+
+    def _resolve(self, ctx: ProbeContext) -> None:
+        softmax = is_cross_entropy(ctx.loss_fn) if self.softmax is None else self.softmax
+        syms = detect_symmetries(ctx.model, softmax_output=softmax) if self.detect else []
+        seen = {(s.kind, s.producer, s.consumer) for s in syms}
+        syms += [s for s in self.declared if (s.kind, s.producer, s.consumer) not in seen]
+        self.specs = [resolve_symmetry(ctx.model, s) for s in syms]
+        self._refs = {}
+        self._model_id = id(ctx.model)
+
+    @staticmethod
+    def _float64(params: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+        return {n: params[n].detach().to(torch.float64) for n in names}
+
+    def _reference(self, spec: _Spec, ctx: ProbeContext, now: Mapping[str, Tensor]) -> tuple[Tensor, float]:
+        ref = self._refs.get(spec.sym)
+        if ref is None:
+            init = ctx.init_params if self.reference == "init" else None
+            src = now
+            if init is not None and all(n in init for n in spec.names):
+                device = next(iter(now.values())).device
+                src = {n: t.to(device) for n, t in self._float64(init, spec.names).items()}
+            ref = self._refs[spec.sym] = (spec.quantity(src), spec.scale(src))
+        return ref
+
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        if self._model_id != id(ctx.model):
+            self._resolve(ctx)
+        params = dict(ctx.model.named_parameters())
+        out: dict[str, float | np.ndarray] = {}
+        worst = 0.0
+        with torch.no_grad():
+            for spec in self.specs:
+                now = self._float64(params, spec.names)
+                q = spec.quantity(now)
+                q0, scale0 = self._reference(spec, ctx, now)
+                drift = float(torch.linalg.vector_norm(q - q0))
+                rel = drift / scale0 if scale0 > 0 else (0.0 if drift == 0 else math.inf)
+                worst = max(worst, rel)
+                key = f"{self.name}/{spec.sym.kind}/{spec.sym.tag}"
+                out[f"{key}/norm"] = float(torch.linalg.vector_norm(q))
+                out[f"{key}/drift"] = drift
+                out[f"{key}/rel_drift"] = rel
+                if spec.sym.kind == "scale":
+                    out[f"{key}/total"] = float(q.sum())
+                if self.arrays and (spec.sym.kind != "linear" or spec.units <= self.max_matrix):
+                    out[f"{key}/value"] = q.cpu().numpy()
+        out[f"{self.name}/count"] = float(len(self.specs))
+        out[f"{self.name}/max_rel_drift"] = worst
+        return out
+
+    def __repr__(self) -> str:
+        return f"SymmetryProbe(every={self.every}, declared={len(self.declared)}, detect={self.detect})"

@@ -1,0 +1,131 @@
+"""CurvatureProbe against the explicit Hessian (torch.autograd.functional.hessian + eigvalsh), float64."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from learndyn.probes.base import ProbeContext
+from learndyn.probes.curvature import (
+    CurvatureProbe,
+    HessianVectorProduct,
+    hutchinson_trace,
+    lanczos,
+    rademacher,
+)
+from learndyn.validation import LearndynValueError
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _setup(B=16):
+    g = torch.Generator().manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(B, 3, generator=g)
+    y = torch.randint(0, 2, (B,), generator=g)
+    return model, F.cross_entropy, x, y
+
+
+def explicit_hessian(model, loss_fn, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss_of(flat):
+        parts = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes, strict=True)}
+        return loss_fn(functional_call(model, parts, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss_of, flat0)
+
+
+def test_hvp_matches_explicit_hessian():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    hvp = HessianVectorProduct(model, loss_fn, x, y)
+    v = torch.randn(hvp.dim)
+    torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_lanczos_full_dimension_is_exact_and_short_run_gets_the_top():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    evals = torch.linalg.eigvalsh(H)
+    P = H.shape[0]
+    ritz = lanczos(lambda v: H @ v, P, P, generator=torch.Generator().manual_seed(0))
+    # exact: the Ritz values are eigenvalues; extremes match
+    torch.testing.assert_close(ritz[-3:], evals[-3:], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(ritz[0], evals[0], rtol=1e-8, atol=1e-10)
+    short = lanczos(lambda v: H @ v, P, 15, generator=torch.Generator().manual_seed(0))
+    assert float(short[-1]) == pytest.approx(float(evals[-1]), rel=1e-6)
+
+
+def test_lanczos_on_a_known_spectrum_with_repeats():
+    d = torch.tensor([5.0, 5.0, 3.0, 1.0, 0.0, -2.0] + [0.5] * 30)
+    Q, _ = torch.linalg.qr(torch.randn(36, 36, generator=torch.Generator().manual_seed(1)))
+    A = Q @ torch.diag(d) @ Q.T
+    ritz = lanczos(lambda v: A @ v, 36, 36, generator=torch.Generator().manual_seed(3))
+    assert float(ritz[-1]) == pytest.approx(5.0, rel=1e-10)
+    assert float(ritz[0]) == pytest.approx(-2.0, rel=1e-10)
+    # a breakdown (invariant subspace) stops early: at most 6 distinct eigenvalues
+    assert len(ritz) <= 6
+
+
+def test_hutchinson_reproduces_vectors_and_is_unbiased():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    P = H.shape[0]
+    est, err = hutchinson_trace(lambda v: H @ v, P, 7, generator=torch.Generator().manual_seed(4))
+    V = rademacher(7, P, generator=torch.Generator().manual_seed(4))
+    assert set(V.unique().tolist()) == {-1.0, 1.0}
+    quad = torch.einsum("np,pq,nq->n", V, H, V)
+    assert est == pytest.approx(float(quad.mean()), rel=1e-10)
+    assert err == pytest.approx(float(quad.std() / 7**0.5), rel=1e-10)
+    big, big_err = hutchinson_trace(lambda v: H @ v, P, 4000, generator=torch.Generator().manual_seed(5))
+    assert abs(big - float(H.trace())) < 4 * big_err
+
+
+def test_probe_matches_explicit_hessian_and_leaves_rng_and_grads_alone():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    evals = torch.linalg.eigvalsh(H).flip(0)
+    P = H.shape[0]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    rng = torch.get_rng_state()
+    probe = CurvatureProbe(k=3, lanczos_iters=P, hutchinson_samples=5, seed=1)
+    ctx = ProbeContext(model, loss_fn, x, y, step=0, lr=0.5)
+    out = probe.measure(ctx)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(bool((p.grad == 3.0).all()) for p in model.parameters())
+    np.testing.assert_allclose(out["curvature/top_eigenvalues"], evals[:3].numpy(), rtol=1e-8)
+    assert out["curvature/lambda_max"] == pytest.approx(float(evals[0]), rel=1e-8)
+    assert out["curvature/lambda_min"] == pytest.approx(float(evals[-1]), rel=1e-6, abs=1e-8)
+    assert out["curvature/sharpness"] == pytest.approx(0.5 * float(evals[0]), rel=1e-8)
+    assert out["curvature/stability_ratio"] == pytest.approx(0.25 * float(evals[0]), rel=1e-8)
+    # the trace estimate is reproducible from the seed (Lanczos draws its start vector first)
+    gen = torch.Generator().manual_seed(1)
+    torch.randn(P, generator=gen, dtype=torch.float64)
+    V = rademacher(5, P, generator=gen)
+    assert out["curvature/trace"] == pytest.approx(
+        float(torch.einsum("np,pq,nq->n", V, H, V).mean()), rel=1e-8
+    )
+    # reset() restarts the private stream: same numbers again
+    probe.reset()
+    again = probe.measure(ProbeContext(model, loss_fn, x, y, step=0, lr=0.5))
+    assert again["curvature/trace"] == out["curvature/trace"]
+
+
+def test_bad_arguments():
+    with pytest.raises(LearndynValueError, match="lanczos_iters"):
+        CurvatureProbe(k=5, lanczos_iters=3)
+    with pytest.raises(LearndynValueError, match="hutchinson_samples"):
+        CurvatureProbe(hutchinson_samples=-1)
