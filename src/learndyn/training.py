@@ -111,7 +111,8 @@ def train_loop(
 
     ``evaluate(model)`` returns named metrics (logged with ``prefix``) and runs under ``torch.no_grad``
     at steps divisible by ``eval_every`` and after the last update. ``monitor`` is anything with
-    ``after_step(step, batch, metrics=...)`` (a :class:`~learndyn.probes.Monitor`). ``progress`` is a bar label.
+    ``after_step(step, batch, metrics=...)`` (a :class:`~learndyn.probes.Monitor`).
+    ``progress`` is a bar label.
     """
     check_int("steps", steps, low=0, owner="train_loop")
     check_int("log_every", log_every, low=1, owner="train_loop")
