@@ -70,6 +70,7 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
     for name in ("first_moment", "bias_correction", "decoupled_weight_decay"):
         _check_bool(name, o[name])
     check_int("precondition_every", o["precondition_every"], low=1, owner=_OWNER)
+    check_int("statistics_every", o["statistics_every"], low=1, owner=_OWNER)
     check_int("rank", o["rank"], low=1, owner=_OWNER)
     if o["max_factor_dim"] is not None:
         check_int("max_factor_dim", o["max_factor_dim"], low=1, owner=_OWNER)
@@ -121,6 +122,40 @@ def memory_requirement(structure: str, params: list[Tensor], opts: dict[str, Any
     return elems * item
 
 
+_MAX_BUCKET_CACHE = 64
+"""Distinct buckets whose stacked buffers are kept (more are only seen when gradients come and go)."""
+
+
+class _Stacks:
+    """Persistent stacked ``(B, ...)`` buffers of one bucket of same-shaped ``'kron'`` parameters.
+
+    The per-parameter state entries (``state[p]['kron_L']`` …) are *views* ``buf[j]`` into these, so the
+    state dict, probes and resumes see ordinary per-parameter tensors while a step works on the stack
+    without copying it. If a state entry is not the view handed out (a fresh ``load_state_dict``, a user's
+    assignment), :meth:`stacked` stacks the entries again once and hands out new views. Not saved: an
+    optimizer rebuilt from its state dict restacks on its first step.
+    """
+
+    __slots__ = ("bufs", "params", "views")
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params  # keeps the ids in the cache key alive
+        self.bufs: dict[str, Tensor] = {}
+        self.views: dict[str, list[Tensor]] = {}
+
+    def install(self, name: str, buf: Tensor, sts: list[dict]) -> None:
+        views = list(buf.unbind(0))
+        for s, v in zip(sts, views, strict=True):
+            s[name] = v
+        self.bufs[name], self.views[name] = buf, views
+
+    def stacked(self, name: str, sts: list[dict]) -> Tensor:
+        views = self.views.get(name)
+        if views is None or any(s.get(name) is not v for s, v in zip(sts, views, strict=True)):
+            self.install(name, torch.stack([s[name] for s in sts]), sts)
+        return self.bufs[name]
+
+
 class CovariantGD(Optimizer):
     r"""Covariant gradient descent ``q ← q − lr · g⁻¹ F`` with the metric ``g = (Ŝ + εI)^α``.
 
@@ -163,6 +198,30 @@ class CovariantGD(Optimizer):
     bias correction) reused in between. Diagonal powers (``'diag'``, kron's vectors) are elementwise and
     recomputed every step; lowrank's factored spectrum is updated every step and its coefficients cached.
 
+    Amortised statistics (``statistics_every=k``, Shampoo's ``statistics_compute_steps``): the matrix
+    statistics -- kron's ``L``, ``R``, block's and full's ``S``, lowrank's factors and diagonal -- are
+    updated only on steps ``t = 1, k+1, 2k+1, …``, with the decay raised to the ``k``-th power so that a
+    sample ``a`` steps old still weighs ``∝ β₂ᵃ`` (the time constant in *steps* is unchanged)::
+
+        S ← β₂ᵏ S + (1−β₂ᵏ) v vᵀ          (update steps only; after u = ⌈t/k⌉ of them)
+        Ŝ = S / (1 − β₂^{k·u})             (the weights (1−β₂ᵏ) β₂^{k(u−j)} sum to 1 − β₂^{ku})
+
+    so ``Ŝ`` stays a normalised weighted average of the sampled ``v vᵀ`` (``k = 1`` is the every-step EMA
+    and its ``1 − β₂ᵗ``). It averages ``k`` times fewer samples (about ``2τ/k`` effective ones for
+    ``τ = 1/(1−β₂)``) and lags by up to ``k−1`` steps; the first moment and the elementwise second moments
+    (``'diag'``, kron's vectors) are still updated every step, so ``statistics_every`` does nothing for
+    ``'diag'``. A root due on a recompute step whose statistics have not changed since the previous one
+    (``k > precondition_every``) is not recomputed: it would be the cached one. Keep ``k`` fixed during a run
+    (the bias correction counts updates as ``⌈t/k⌉``).
+
+    Cost of ``'kron'`` per step, for an ``(m, n)`` weight: ``2(m²n + mn²)`` flops to precondition
+    (``L^{-α/2} F R^{-α/2}``), ``2(m²n + mn²)/k`` for the statistics, and two float64 eigendecompositions
+    every ``precondition_every`` steps (on a CPU each costs about ten float32 products of its size); a
+    forward + backward pass of a linear layer at batch ``B`` is ``6Bmn``. So for square layers (``m = n = d``)
+    the preconditioning alone is ``2d/(3B)`` times the layer's forward + backward: ``kron`` costs a small
+    multiple of ``'diag'`` only once ``B`` is comparable to ``d``. Same-shaped layers share stacked buffers,
+    batched products and decompositions.
+
     Args:
         params: parameters or parameter groups (dicts; any option below may be set per group).
         lr: learning rate ``≥ 0``.
@@ -185,6 +244,7 @@ class CovariantGD(Optimizer):
         eps_root: extra damping ``ε_r ≥ 0`` added to ``Ŝ`` inside the power in both modes (optax's
             ``eps_root``; AdaBelief's accumulated ε is ``eps_root = eps/(1−β₂)``).
         max_factor_dim: ``'kron'`` sides longer than this keep a diagonal factor (``None``: never).
+        statistics_every: update the matrix statistics every ``k ≥ 1`` steps (see above; 1: every step).
 
     Example::
 
@@ -216,6 +276,7 @@ class CovariantGD(Optimizer):
         decoupled_weight_decay: bool = True,
         eps_root: float = 0.0,
         max_factor_dim: int | None = None,
+        statistics_every: int = 1,
     ) -> None:
         defaults = validate_options(
             dict(
@@ -236,6 +297,7 @@ class CovariantGD(Optimizer):
                 decoupled_weight_decay=decoupled_weight_decay,
                 eps_root=eps_root,
                 max_factor_dim=max_factor_dim,
+                statistics_every=statistics_every,
             )
         )
         super().__init__(params, defaults)
@@ -336,10 +398,13 @@ class CovariantGD(Optimizer):
                 return
             params, grads, vs, states = ([xs[i] for i in mat] for xs in (params, grads, vs, states))
             exp_avgs = [exp_avgs[i] for i in mat] if exp_avgs is not None else None
+            dirs = self._kron_directions(group, params, grads, exp_avgs, vs, states)
+            if wd and group["decoupled_weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_add_(params, dirs, alpha=-lr)
+            return
         Fs = self._direction_inputs(group, grads, exp_avgs, states)
-        if structure == "kron":
-            dirs = self._kron_directions(group, params, vs, Fs, states)
-        elif structure == "block":
+        if structure == "block":
             dirs = self._block_directions(group, params, vs, Fs, states)
         elif structure == "full":
             dirs = self._full_directions(group, params, vs, Fs, states)
@@ -367,10 +432,35 @@ class CovariantGD(Optimizer):
 
     @staticmethod
     def _recompute(group: dict[str, Any], st: dict[str, Any], cache_key: str) -> bool:
-        return cache_key not in st or (st["step"] - 1) % group["precondition_every"] == 0
+        """Whether a cached matrix root must be recomputed on this step: on steps ``1, p+1, 2p+1, …``, except
+        when the statistics it is computed from have not changed since the previous recompute (possible with
+        ``statistics_every > precondition_every``); then the cached root is exactly what would come out."""
+        if cache_key not in st:
+            return True
+        t, p = st["step"], group["precondition_every"]
+        if (t - 1) % p:
+            return False
+        k = group["statistics_every"]
+        return k == 1 or Fn.statistics_count(t, k) != Fn.statistics_count(t - p, k)
 
     def _bc2(self, group: dict[str, Any], step: int) -> float:
+        """Bias correction of the elementwise (every-step) second moment: ``1 − β₂ᵗ``."""
         return Fn.bias_correction(group["betas"][1], step, group["bias_correction"])
+
+    def _stat_bc2(self, group: dict[str, Any], step: int) -> float:
+        """Bias correction of the matrix statistics kept every ``k`` steps: ``1 − β₂^{k⌈t/k⌉}``."""
+        return Fn.amortised_bias_correction(
+            group["betas"][1], step, group["statistics_every"], group["bias_correction"]
+        )
+
+    @staticmethod
+    def _stat_beta(group: dict[str, Any]) -> float:
+        return Fn.amortised_ema_beta(group["betas"][1], group["statistics_every"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before statistics_every existed
+            group.setdefault("statistics_every", 1)
 
     # ---------------------------------------------------------------------------------- structures
 
@@ -423,11 +513,17 @@ class CovariantGD(Optimizer):
         self,
         group: dict[str, Any],
         params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor] | None,
         vs: list[Tensor],
-        Fs: list[Tensor],
         states: list[dict],
     ) -> list[Tensor]:
-        beta2, alpha, eps = group["betas"][1], group["alpha"], group["eps"]
+        """``g⁻¹F`` for the matrix-shaped parameters, batched per bucket of same-shaped parameters.
+
+        Each bucket's factors, cached roots and eigenbases live in persistent stacked buffers
+        (:class:`_Stacks`); the per-parameter state entries are views into them, so a step stacks only
+        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors.
+        """
         keys = [self._kron_sides(group, p) for p in params]
         for p, st, (m, n, ld, rd) in zip(params, states, keys, strict=True):
             if "kron_L" not in st:
@@ -436,49 +532,112 @@ class CovariantGD(Optimizer):
         buckets: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             buckets.setdefault((*k, params[i].dtype, params[i].device), []).append(i)
-        # statistics: one batched Gram product per bucket of same-shaped parameters
-        for (m, n, ld, rd, *_), idx in buckets.items():
-            V = torch.stack([vs[i].reshape(m, n) for i in idx])
-            left, right = Fn.kron_statistics(V, ld, rd)
-            Fn.foreach_ema_([states[i]["kron_L"] for i in idx], list(left.unbind(0)), beta2)
-            Fn.foreach_ema_([states[i]["kron_R"] for i in idx], list(right.unbind(0)), beta2)
-        # roots (amortised), batched over same-shaped factors
         inside = group["eps_mode"] == "inside"
         cache_key = "kron_Linv" if inside else "kron_C"
-        todo = [i for i, st in enumerate(states) if self._recompute(group, st, cache_key)]
-        if todo:
-            factors: list[Tensor] = []
-            for i in todo:
-                bc2 = self._bc2(group, states[i]["step"])
-                factors += [states[i]["kron_L"] / bc2, states[i]["kron_R"] / bc2]
-            if inside:
-                roots = Fn.kron_inverse_roots(factors, alpha, eps, group["eps_root"], group["root_method"])
-                for j, i in enumerate(todo):
-                    states[i]["kron_Linv"], states[i]["kron_Rinv"] = roots[2 * j], roots[2 * j + 1]
-            else:
-                bases = Fn.kron_eigenbasis(factors, alpha, group["eps_root"])
-                for j, i in enumerate(todo):
-                    (UL, lp), (UR, rp) = bases[2 * j], bases[2 * j + 1]
-                    dt = params[i].dtype
-                    states[i]["kron_UL"], states[i]["kron_UR"] = UL.to(dt), UR.to(dt)
-                    states[i]["kron_C"] = Fn.kron_outside_coefficients(lp, rp, eps).to(dt)
-        # directions, batched per bucket
+        every, beta_k = group["statistics_every"], self._stat_beta(group)
         dirs: list[Tensor | None] = [None] * len(params)
-        for (m, n, *_), idx in buckets.items():
-            F = torch.stack([Fs[i].reshape(m, n) for i in idx])
-            st = [states[i] for i in idx]
-            if inside:
-                L = torch.stack([s["kron_Linv"] for s in st])
-                R = torch.stack([s["kron_Rinv"] for s in st])
-                D = Fn.kron_direction_inside(L, F, R)
+        for key, idx in buckets.items():
+            m, n, ld, rd = key[:4]
+            sts = [states[i] for i in idx]
+            stk = self._stacks(key, [params[i] for i in idx])
+            L, R = stk.stacked("kron_L", sts), stk.stacked("kron_R", sts)
+            # statistics (every k steps): L ← βᵏ L + (1−βᵏ) V Vᵀ, fused into one baddbmm per side
+            upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
+            if upd:
+                V = torch.stack([vs[idx[j]].reshape(m, n) for j in upd])
+                if len(upd) == len(idx):
+                    Fn.kron_statistics_ema_(L, R, V, beta_k)
+                else:  # parameters out of step with each other (some had no gradient on some steps)
+                    sel = torch.tensor(upd, device=L.device)
+                    Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
+                    Fn.kron_statistics_ema_(Ls, Rs, V, beta_k)
+                    L.index_copy_(0, sel, Ls)
+                    R.index_copy_(0, sel, Rs)
+            # roots (amortised)
+            todo = [j for j, s in enumerate(sts) if self._recompute(group, s, cache_key)]
+            if todo:
+                self._kron_roots(group, stk, sts, todo, L, R, ld, rd, inside, params[idx[0]].dtype)
+            # directions
+            if group["first_moment"]:
+                assert exp_avgs is not None
+                F = torch.stack([exp_avgs[i].reshape(m, n) for i in idx])
+                beta1, enabled = group["betas"][0], group["bias_correction"]
+                bc1 = [Fn.bias_correction(beta1, s["step"], enabled) for s in sts]
+                if all(b == bc1[0] for b in bc1):
+                    if bc1[0] != 1.0:
+                        F.div_(bc1[0])
+                else:
+                    F.div_(torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1))
             else:
-                UL = torch.stack([s["kron_UL"] for s in st])
-                UR = torch.stack([s["kron_UR"] for s in st])
-                C = torch.stack([s["kron_C"] for s in st])
-                D = Fn.kron_direction_outside(UL, UR, C, F)
+                F = torch.stack([grads[i].reshape(m, n) for i in idx])
+            if inside:
+                D = Fn.kron_direction_inside(stk.stacked("kron_Linv", sts), F, stk.stacked("kron_Rinv", sts))
+            else:
+                D = Fn.kron_direction_outside(
+                    stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts), stk.stacked("kron_C", sts), F
+                )
             for i, d in zip(idx, D.unbind(0), strict=True):
                 dirs[i] = d.reshape(params[i].shape)
         return dirs  # type: ignore[return-value]
+
+    def _kron_roots(
+        self,
+        group: dict[str, Any],
+        stk: _Stacks,
+        sts: list[dict],
+        todo: list[int],
+        L: Tensor,
+        R: Tensor,
+        ld: bool,
+        rd: bool,
+        inside: bool,
+        dtype: torch.dtype,
+    ) -> None:
+        """Recompute the cached roots (inside) or eigenbases (outside) of bucket members ``todo``."""
+        alpha, eps, eps_root = group["alpha"], group["eps"], group["eps_root"]
+        whole = len(todo) == len(sts)
+        sel = None if whole else torch.tensor(todo, device=L.device)
+        bc2 = [self._stat_bc2(group, sts[j]["step"]) for j in todo]
+
+        def hat(X: Tensor) -> Tensor:
+            Xs = X if sel is None else X.index_select(0, sel)
+            if all(b == bc2[0] for b in bc2):
+                return Xs / bc2[0]
+            return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
+
+        if inside:
+            method = group["root_method"]
+            out = {
+                "kron_Linv": Fn.kron_inverse_root_stack(hat(L), alpha, eps, eps_root, method, diagonal=ld),
+                "kron_Rinv": Fn.kron_inverse_root_stack(hat(R), alpha, eps, eps_root, method, diagonal=rd),
+            }
+        else:
+            UL, lp = Fn.kron_eigenbasis_stack(hat(L), alpha, eps_root, diagonal=ld)
+            UR, rp = Fn.kron_eigenbasis_stack(hat(R), alpha, eps_root, diagonal=rd)
+            out = {
+                "kron_UL": UL.to(dtype),
+                "kron_UR": UR.to(dtype),
+                "kron_C": Fn.kron_outside_coefficients(lp, rp, eps).to(dtype),
+            }
+        for name, buf in out.items():
+            if whole:
+                stk.install(name, buf, sts)
+            else:  # rare: written per parameter, restacked when the bucket next reads them
+                for j, x in zip(todo, buf.unbind(0), strict=True):
+                    sts[j][name] = x.clone()
+
+    def _stacks(self, key: tuple, params: list[Tensor]) -> _Stacks:
+        """The persistent stacked buffers of one bucket (same-shaped parameters, in this order)."""
+        cache: dict[tuple, _Stacks] | None = self.__dict__.get("_kron_stacks")
+        if cache is None:
+            cache = self.__dict__["_kron_stacks"] = {}
+        ck = (key, tuple(id(p) for p in params))
+        stk = cache.get(ck)
+        if stk is None:
+            if len(cache) >= _MAX_BUCKET_CACHE:
+                cache.clear()
+            stk = cache[ck] = _Stacks(params)
+        return stk
 
     def _inverse_metric(self, group: dict[str, Any], S_hat: Tensor) -> Tensor:
         return inverse_metric(
@@ -493,7 +652,7 @@ class CovariantGD(Optimizer):
         Fs: list[Tensor],
         states: list[dict],
     ) -> list[Tensor]:
-        beta2 = group["betas"][1]
+        beta_k, every = self._stat_beta(group), group["statistics_every"]
         for p, st in zip(params, states, strict=True):
             if "block_S" not in st:
                 st["block_S"] = p.new_zeros((p.numel(), p.numel()))
@@ -501,13 +660,16 @@ class CovariantGD(Optimizer):
         for i, p in enumerate(params):
             buckets.setdefault((p.numel(), p.dtype, p.device), []).append(i)
         for idx in buckets.values():
+            idx = [i for i in idx if Fn.statistics_update(states[i]["step"], every)]
+            if not idx:
+                continue
             V = torch.stack([vs[i].reshape(-1) for i in idx])
             Fn.foreach_ema_(
-                [states[i]["block_S"] for i in idx], list(V.unsqueeze(-1) * V.unsqueeze(-2)), beta2
+                [states[i]["block_S"] for i in idx], list(V.unsqueeze(-1) * V.unsqueeze(-2)), beta_k
             )
         todo = [i for i, st in enumerate(states) if self._recompute(group, st, "block_Minv")]
         if todo:
-            S_hats = [states[i]["block_S"] / self._bc2(group, states[i]["step"]) for i in todo]
+            S_hats = [states[i]["block_S"] / self._stat_bc2(group, states[i]["step"]) for i in todo]
             roots = Fn.batched(S_hats, lambda S: self._inverse_metric(group, S))
             for i, r in zip(todo, roots, strict=True):
                 states[i]["block_Minv"] = r
@@ -534,13 +696,15 @@ class CovariantGD(Optimizer):
         states: list[dict],
     ) -> list[Tensor]:
         owner = states[0]
-        v = torch.cat([x.reshape(-1) for x in vs])
         if "full_S" not in owner:
-            owner["full_S"] = v.new_zeros((v.numel(), v.numel()))
-        Fn.ema_outer_(owner["full_S"], v, group["betas"][1])
+            P = sum(x.numel() for x in vs)
+            owner["full_S"] = vs[0].new_zeros((P, P))
+        if Fn.statistics_update(owner["step"], group["statistics_every"]):
+            v = torch.cat([x.reshape(-1) for x in vs])
+            Fn.ema_outer_(owner["full_S"], v, self._stat_beta(group))
         if self._recompute(group, owner, "full_Minv"):
             owner["full_Minv"] = self._inverse_metric(
-                group, owner["full_S"] / self._bc2(group, owner["step"])
+                group, owner["full_S"] / self._stat_bc2(group, owner["step"])
             )
         F = torch.cat([x.reshape(-1) for x in Fs])
         return self._split(Fn.matrix_direction(owner["full_Minv"], F), params)
@@ -554,16 +718,20 @@ class CovariantGD(Optimizer):
         states: list[dict],
     ) -> list[Tensor]:
         owner = states[0]
-        v = torch.cat([x.reshape(-1) for x in vs])
-        P = v.numel()
+        P = sum(x.numel() for x in vs)
+        dtype = vs[0].dtype
         if "lowrank_U" not in owner:
             r = min(group["rank"], P)
-            owner["lowrank_U"] = v.new_zeros((P, r))
-            owner["lowrank_lam"] = v.new_zeros((r,))
-            owner["lowrank_diag"] = v.new_zeros((P,))
-        Fn.lowrank_ema_(owner["lowrank_U"], owner["lowrank_lam"], owner["lowrank_diag"], v, group["betas"][1])
+            owner["lowrank_U"] = vs[0].new_zeros((P, r))
+            owner["lowrank_lam"] = vs[0].new_zeros((r,))
+            owner["lowrank_diag"] = vs[0].new_zeros((P,))
+        if Fn.statistics_update(owner["step"], group["statistics_every"]):
+            v = torch.cat([x.reshape(-1) for x in vs])
+            Fn.lowrank_ema_(
+                owner["lowrank_U"], owner["lowrank_lam"], owner["lowrank_diag"], v, self._stat_beta(group)
+            )
         if self._recompute(group, owner, "lowrank_clam"):
-            bc2 = self._bc2(group, owner["step"])
+            bc2 = self._stat_bc2(group, owner["step"])
             c_lam, c_rem = Fn.lowrank_coefficients(
                 owner["lowrank_U"],
                 owner["lowrank_lam"] / bc2,
@@ -574,7 +742,7 @@ class CovariantGD(Optimizer):
                 group["eps_root"],
             )
             owner["lowrank_Uc"] = owner["lowrank_U"].clone()
-            owner["lowrank_clam"], owner["lowrank_crem"] = c_lam.to(v.dtype), c_rem.to(v.dtype)
+            owner["lowrank_clam"], owner["lowrank_crem"] = c_lam.to(dtype), c_rem.to(dtype)
         F = torch.cat([x.reshape(-1) for x in Fs])
         d = Fn.lowrank_direction(owner["lowrank_Uc"], owner["lowrank_clam"], owner["lowrank_crem"], F)
         return self._split(d, params)
@@ -612,13 +780,13 @@ class CovariantGD(Optimizer):
                 if q is p:
                     break
                 start += q.numel()
-            return diag[start : start + p.numel()].reshape(p.shape) / self._bc2(group, owner["step"])
+            return diag[start : start + p.numel()].reshape(p.shape) / self._stat_bc2(group, owner["step"])
         st = self.state.get(p, {})
         if "step" not in st or st["step"] == 0:
             return torch.zeros_like(p)
-        bc2 = self._bc2(group, st["step"])
         if "exp_avg_sq" in st and (structure == "diag" or p.ndim < 2):
-            return st["exp_avg_sq"] / bc2
+            return st["exp_avg_sq"] / self._bc2(group, st["step"])
+        bc2 = self._stat_bc2(group, st["step"])
         if structure == "kron" and "kron_L" in st:
             return Fn.kron_sqrt_diagonal(st["kron_L"] / bc2, st["kron_R"] / bc2).reshape(p.shape)
         if structure == "block" and "block_S" in st:

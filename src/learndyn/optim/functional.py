@@ -57,6 +57,7 @@ from learndyn.optim.matfun import (
     eigh_psd,
     inverse_metric,
     spectral_coefficients,
+    symmetrize,
 )
 
 # --------------------------------------------------------------------------------------------- moments
@@ -71,6 +72,35 @@ def foreach_ema_(avgs: list[Tensor], values: list[Tensor], beta: float) -> None:
     """In place ``avg ← β·avg + (1−β)·value`` for every pair (one fused ``lerp``)."""
     if avgs:
         torch._foreach_lerp_(avgs, values, 1.0 - beta)
+
+
+def statistics_update(step: int, every: int) -> bool:
+    """Whether step ``t`` (1-based) updates statistics kept every ``k`` steps: ``t = 1, k+1, 2k+1, …``."""
+    return (step - 1) % every == 0
+
+
+def statistics_count(step: int, every: int) -> int:
+    """``u = ⌈t/k⌉``: how many updates statistics kept every ``k`` steps have had after step ``t``
+    (0 for ``t ≤ 0``)."""
+    return (step - 1) // every + 1 if step > 0 else 0
+
+
+def amortised_bias_correction(beta: float, step: int, every: int, enabled: bool = True) -> float:
+    """``1 − (βᵏ)ᵘ`` with ``u = ⌈t/k⌉``: the total weight of an EMA that is updated on steps ``1, k+1, …``
+    with decay ``βᵏ`` (see :func:`amortised_ema_beta`); ``k = 1`` is :func:`bias_correction`."""
+    return bias_correction(amortised_ema_beta(beta, every), statistics_count(step, every), enabled)
+
+
+def amortised_ema_beta(beta: float, every: int) -> float:
+    """``βᵏ``: the per-update decay of an EMA updated every ``k`` steps with the per-step time constant of
+    ``β``. On update steps ``t_j = 1 + (j−1)k``::
+
+        S ← βᵏ S + (1 − βᵏ) X_t,       so after u updates   S = Σ_j (1 − βᵏ) β^{k(u−j)} X_{t_j}
+
+    A sample ``a`` steps old weighs ``∝ βᵃ`` as in the every-step EMA (same time constant ``1/(1−β)`` steps,
+    with ``2τ/k`` instead of ``2τ`` effective samples), and the weights sum to ``1 − β^{ku}``, the bias
+    correction (:func:`amortised_bias_correction`) that makes ``Ŝ`` a weighted average of the samples."""
+    return beta if every == 1 else beta**every
 
 
 def moment_vectors(grads: list[Tensor], exp_avgs: list[Tensor] | None, moment: str) -> list[Tensor]:
@@ -95,6 +125,22 @@ def ema_outer_(S: Tensor, v: Tensor, beta: float) -> None:
         S.addr_(v, v, alpha=1.0 - beta)
     else:
         S.baddbmm_(v.unsqueeze(-1), v.unsqueeze(-2), alpha=1.0 - beta)
+
+
+def kron_statistics_ema_(L: Tensor, R: Tensor, V: Tensor, beta: float) -> None:
+    """In place ``L ← β L + (1−β) V Vᵀ`` and ``R ← β R + (1−β) Vᵀ V`` for a stack ``V`` ``(B, m, n)``.
+
+    ``L`` is ``(B, m, m)``, or ``(B, m)`` for a diagonal side (then ``diag(V Vᵀ)`` is used); ``R`` likewise
+    ``(B, n, n)`` or ``(B, n)``. The matrix sides are one ``baddbmm_`` each: the EMA is fused into the Gram
+    product and no ``(B, m, m)`` temporary is allocated."""
+    if L.ndim == V.ndim:
+        L.baddbmm_(V, V.mT, beta=beta, alpha=1.0 - beta)
+    else:
+        L.lerp_(V.square().sum(-1), 1.0 - beta)
+    if R.ndim == V.ndim:
+        R.baddbmm_(V.mT, V, beta=beta, alpha=1.0 - beta)
+    else:
+        R.lerp_(V.square().sum(-2), 1.0 - beta)
 
 
 def kron_statistics(V: Tensor, left_diag: bool, right_diag: bool) -> tuple[Tensor, Tensor]:
@@ -189,6 +235,49 @@ def kron_inverse_roots(
                 f.to(COMPUTE_DTYPE), alpha / 2, eps, "inside", eps_root, cutoff="zero"
             ).to(f.dtype)
     return out  # type: ignore[return-value]
+
+
+def kron_inverse_root_stack(
+    X: Tensor,
+    alpha: float,
+    eps: float,
+    eps_root: float = 0.0,
+    method: RootMethod = "eigh",
+    *,
+    diagonal: bool = False,
+) -> Tensor:
+    """``(X̂ + (ε+ε_r) I)^{−α/2}`` for a stack of bias-corrected factors, in ``X.dtype``.
+
+    ``X`` is ``(B, k, k)``, or ``(B, k)`` with ``diagonal=True`` (elementwise power). With ``'eigh'`` only the
+    decomposition runs in float64; ``V diag(h) Vᵀ`` is rebuilt in ``X.dtype`` (for float32 that is the
+    precision the result is stored in anyway, at half the cost of a float64 product). ``'newton'`` iterates
+    in float64 (:func:`~learndyn.optim.matfun.inverse_metric`).
+    """
+    if diagonal:
+        return spectral_coefficients(
+            X.to(COMPUTE_DTYPE), alpha / 2, eps, "inside", eps_root, cutoff="zero"
+        ).to(X.dtype)
+    if method != "eigh" or alpha == 0.0 or X.dtype == COMPUTE_DTYPE:
+        return inverse_metric(X, alpha / 2, eps, "inside", eps_root, method)
+    evals, evecs = eigh_psd(X)
+    h = spectral_coefficients(evals, alpha / 2, eps, "inside", eps_root)
+    U = evecs.to(X.dtype)
+    return symmetrize((U * h.to(X.dtype).unsqueeze(-2)) @ U.mT)
+
+
+def kron_eigenbasis_stack(
+    X: Tensor, alpha: float, eps_root: float = 0.0, *, diagonal: bool = False
+) -> tuple[Tensor, Tensor]:
+    """For the outside placement: ``(U, λ^{α/2})`` of a stack of bias-corrected factors (float64).
+
+    ``X`` ``(B, k, k)`` gives eigenvectors ``(B, k, k)`` and ``(λ + ε_r)^{α/2}`` ``(B, k)``; a diagonal stack
+    ``(B, k)`` gives an empty basis ``(B, 0)`` (the identity) and ``(X + ε_r)^{α/2}``.
+    """
+    if diagonal:
+        X64 = X.to(COMPUTE_DTYPE)
+        return X64.new_empty((X.shape[0], 0)), (X64 + eps_root).pow(alpha / 2)
+    evals, evecs = eigh_psd(X)
+    return evecs, (evals + eps_root).pow(alpha / 2)
 
 
 def kron_eigenbasis(
