@@ -185,6 +185,10 @@ def inverse_root_newton(A: Tensor, p: int, *, max_iters: int = 100, tol: float =
     return X
 
 
+NEWTON_FALLBACK_RESIDUAL = 1e-3
+"""Newton roots whose residual ``‖X^q A − I‖_F/√n`` exceeds this are recomputed by ``eigh``."""
+
+
 def inverse_metric(
     S: Tensor,
     alpha: float,
@@ -218,9 +222,21 @@ def inverse_metric(
     ridge = eps + eps_root
     if ridge:
         A = A + ridge * torch.eye(n, dtype=A.dtype, device=A.device)
-    X = inverse_root_newton(A, frac.denominator)
+    q = frac.denominator
+    X = inverse_root_newton(A, q)
+    # Newton cannot resolve a ridge below float64 resolution of ‖A‖ (ε/‖S‖ ≲ 1e-16, e.g. statistics of 1e30
+    # with ε = 1e-8): there the iterate stalls or blows up. Check the residual ‖X^q A − I‖_F/√n of each matrix
+    # and recompute the ones that did not converge with the eigendecomposition (same metric, same formula).
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    residual = torch.linalg.matrix_norm(torch.linalg.matrix_power(X, q) @ A - eye, ord="fro") / math.sqrt(n)
     if frac.numerator != 1:
         X = symmetrize(torch.linalg.matrix_power(X, frac.numerator))
+    failed = ~(residual < NEWTON_FALLBACK_RESIDUAL)  # NaN residuals count as failures
+    if bool(failed.any()):
+        X = X.clone()
+        X[failed] = psd_function(
+            S.to(X.dtype)[failed], lambda lam: spectral_coefficients(lam, alpha, eps, eps_mode, eps_root)
+        )
     return X.to(out_dtype)
 
 
