@@ -1,0 +1,633 @@
+"""Train optimizers on tasks and compare them: the one training loop behind the benchmark and the experiment.
+
+Protocol (:func:`compare`):
+
+1. For every task and optimizer, pick a learning rate: a fixed one, a built-in default (:data:`DEFAULT_LRS`,
+   tuned once by ``benchmarks/bench_optim_quality.py``) or, with ``tune=True``, a grid search on a held-out
+   seed (:data:`TUNE_SEED`, never one of the evaluation seeds) -- see :func:`tune_lr`.
+2. Train each seed for ``steps`` steps (:func:`train`): minibatches from a ``torch.Generator`` seeded with the
+   seed, initial weights from ``task.make_model(seed)``. Every ``eval_every`` steps evaluate the full-data
+   loss ``L_t = task.evaluate(model)``. Wall time counts training steps only (sampling, forward, backward,
+   optimizer step), not evaluation.
+3. Per run: ``steps_to_target = min{t : L_t <= task.target_loss}`` over evaluated steps (resolution
+   ``eval_every``), the training wall time up to then, and the final loss ``L_T``. A run whose loss becomes
+   non-finite or exceeds ``DIVERGENCE_FACTOR * L_0`` stops and counts as diverged (never reaches the
+   target, final loss ``inf``).
+4. Across seeds (:meth:`Comparison.rows`): the median of each quantity, a run that never reaches the target
+   counting as ``inf`` steps -- so the median is finite only if most seeds reach the target.
+5. Ranking (:meth:`Comparison.winners`): by median steps to target, ties and never-reached broken by the
+   median final loss. The margin is reported as the ratio ``steps(other) / steps(winner)`` when both reach
+   the target, else ``final_loss(other) / final_loss(winner)`` -- both ``> 1`` means the winner is better.
+
+Optimizers are named by a short label (:meth:`OptimizerSpec.parse`): ``sgd``, ``momentum`` (heavy ball,
+0.9), ``adam`` (``torch.optim.Adam``) and ``cgd-<structure>[-a<alpha>][-k<every>]`` for
+:class:`learndyn.optim.CovariantGD` -- e.g. ``cgd-kron-a0.75`` is the Kronecker-factored metric with
+``g = (eps I + S)^0.75``, preconditioner refreshed every 10 steps (the default for every structure but
+``diag``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from learndyn.progress import progress_bar
+from learndyn.store.recorder import Recorder
+from learndyn.tasks.base import Task, make_generator
+from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+
+FAMILIES = ("sgd", "momentum", "adam", "cgd")
+STRUCTURES = ("diag", "kron", "block", "full", "lowrank")
+TUNE_SEED = 1_000_003
+"""Seed of the learning-rate search; distinct from the evaluation seeds ``0, 1, 2, ...``."""
+DIVERGENCE_FACTOR = 1e4
+"""A run stops as diverged once its full-data loss exceeds this multiple of its initial loss."""
+FAMILY_LR = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "cgd": 1e-3}
+"""Fallback learning rates when neither a fixed lr nor a :data:`DEFAULT_LRS` entry applies."""
+
+DEFAULT_LRS: dict[tuple[str, str], float] = {
+    ("rosenbrock-2d", "sgd"): 0.001,
+    ("rosenbrock-2d", "momentum"): 0.001,
+    ("rosenbrock-2d", "adam"): 1.0,
+    ("rosenbrock-2d", "cgd-diag-a0.25"): 0.0316,
+    ("rosenbrock-2d", "cgd-diag-a0.5"): 1.0,
+    ("rosenbrock-2d", "cgd-diag-a0.75"): 10.0,
+    ("rosenbrock-2d", "cgd-diag-a1"): 31.6,
+    ("rosenbrock-2d", "cgd-kron-a0.25"): 0.0316,
+    ("rosenbrock-2d", "cgd-kron-a0.5"): 1.0,
+    ("rosenbrock-2d", "cgd-kron-a0.75"): 10.0,
+    ("rosenbrock-2d", "cgd-kron-a1"): 31.6,
+    ("rosenbrock-2d", "cgd-full-a0.25"): 0.01,
+    ("rosenbrock-2d", "cgd-full-a0.5"): 0.01,
+    ("rosenbrock-2d", "cgd-full-a0.75"): 3.16e-07,
+    ("rosenbrock-2d", "cgd-full-a1"): 3.16e-07,
+    ("rosenbrock-100d", "sgd"): 0.001,
+    ("rosenbrock-100d", "momentum"): 0.001,
+    ("rosenbrock-100d", "adam"): 0.1,
+    ("rosenbrock-100d", "cgd-diag-a0.25"): 0.0316,
+    ("rosenbrock-100d", "cgd-diag-a0.5"): 0.1,
+    ("rosenbrock-100d", "cgd-diag-a0.75"): 0.316,
+    ("rosenbrock-100d", "cgd-diag-a1"): 10.0,
+    ("rosenbrock-100d", "cgd-kron-a0.25"): 0.0316,
+    ("rosenbrock-100d", "cgd-kron-a0.5"): 0.1,
+    ("rosenbrock-100d", "cgd-kron-a0.75"): 0.316,
+    ("rosenbrock-100d", "cgd-kron-a1"): 10.0,
+    ("rosenbrock-100d", "cgd-full-a0.25"): 3.16e-05,
+    ("rosenbrock-100d", "cgd-full-a0.5"): 1e-06,
+    ("rosenbrock-100d", "cgd-full-a0.75"): 3.16e-07,
+    ("rosenbrock-100d", "cgd-full-a1"): 3.16e-07,
+    ("rosenbrock-2d-noisy", "sgd"): 0.001,
+    ("rosenbrock-2d-noisy", "momentum"): 0.001,
+    ("rosenbrock-2d-noisy", "adam"): 1.0,
+    ("rosenbrock-2d-noisy", "cgd-diag-a0.25"): 0.0316,
+    ("rosenbrock-2d-noisy", "cgd-diag-a0.5"): 1.0,
+    ("rosenbrock-2d-noisy", "cgd-diag-a0.75"): 10.0,
+    ("rosenbrock-2d-noisy", "cgd-diag-a1"): 31.6,
+    ("rosenbrock-2d-noisy", "cgd-kron-a0.25"): 0.0316,
+    ("rosenbrock-2d-noisy", "cgd-kron-a0.5"): 1.0,
+    ("rosenbrock-2d-noisy", "cgd-kron-a0.75"): 10.0,
+    ("rosenbrock-2d-noisy", "cgd-kron-a1"): 31.6,
+    ("rosenbrock-2d-noisy", "cgd-full-a0.25"): 0.01,
+    ("rosenbrock-2d-noisy", "cgd-full-a0.5"): 0.00316,
+    ("rosenbrock-2d-noisy", "cgd-full-a0.75"): 0.001,
+    ("rosenbrock-2d-noisy", "cgd-full-a1"): 0.0001,
+    ("multiplication", "sgd"): 0.1,
+    ("multiplication", "momentum"): 0.316,
+    ("multiplication", "adam"): 0.0316,
+    ("multiplication", "cgd-diag-a0.25"): 0.316,
+    ("multiplication", "cgd-diag-a0.5"): 0.0316,
+    ("multiplication", "cgd-diag-a0.75"): 0.001,
+    ("multiplication", "cgd-diag-a1"): 3.16e-05,
+    ("multiplication", "cgd-kron-a0.25"): 0.1,
+    ("multiplication", "cgd-kron-a0.5"): 0.01,
+    ("multiplication", "cgd-kron-a0.75"): 0.000316,
+    ("multiplication", "cgd-kron-a1"): 1e-05,
+    ("multiplication", "cgd-full-a0.25"): 0.0316,
+    ("multiplication", "cgd-full-a0.5"): 0.000316,
+    ("multiplication", "cgd-full-a0.75"): 3.16e-06,
+    ("multiplication", "cgd-full-a1"): 3.16e-07,
+    ("digits", "sgd"): 1.0,
+    ("digits", "momentum"): 0.316,
+    ("digits", "adam"): 0.0316,
+    ("digits", "cgd-diag-a0.25"): 0.316,
+    ("digits", "cgd-diag-a0.5"): 0.0316,
+    ("digits", "cgd-diag-a0.75"): 0.00316,
+    ("digits", "cgd-diag-a1"): 0.0001,
+    ("digits", "cgd-kron-a0.25"): 0.316,
+    ("digits", "cgd-kron-a0.5"): 0.0316,
+    ("digits", "cgd-kron-a0.75"): 0.001,
+    ("digits", "cgd-kron-a1"): 3.16e-05,
+    ("deep-linear", "sgd"): 3.16,
+    ("deep-linear", "momentum"): 1.0,
+    ("deep-linear", "adam"): 0.0316,
+    ("deep-linear", "cgd-diag-a0.25"): 1.0,
+    ("deep-linear", "cgd-diag-a0.5"): 0.0316,
+    ("deep-linear", "cgd-diag-a0.75"): 0.001,
+    ("deep-linear", "cgd-diag-a1"): 3.16e-05,
+    ("deep-linear", "cgd-kron-a0.25"): 0.316,
+    ("deep-linear", "cgd-kron-a0.5"): 0.01,
+    ("deep-linear", "cgd-kron-a0.75"): 0.0001,
+    ("deep-linear", "cgd-kron-a1"): 1e-06,
+    ("deep-linear", "cgd-full-a0.25"): 0.316,
+    ("deep-linear", "cgd-full-a0.5"): 0.00316,
+    ("deep-linear", "cgd-full-a0.75"): 3.16e-05,
+    ("deep-linear", "cgd-full-a1"): 3.16e-07,
+}
+"""Learning rates per ``(task, optimizer label)``: the values ``benchmarks/bench_optim_quality.py`` chose
+(adaptive search on the held-out seed, default task budgets). Labels are canonical (``cgd-diag-a0.5``);
+:func:`default_lr` maps ``cgd-diag`` etc. onto them. Chosen for fewest steps to target, so some are
+aggressive (e.g. Adam at 1.0 on Rosenbrock reaches the target fast, then oscillates)."""
+
+_LABEL = re.compile(r"^cgd-(?P<structure>[a-z]+)(?:-a(?P<alpha>[0-9.]+))?(?:-k(?P<every>[0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer configuration, without its learning rate.
+
+    ``family``: ``sgd`` (plain), ``momentum`` (SGD, heavy-ball momentum 0.9), ``adam`` or ``cgd``
+    (:class:`~learndyn.optim.CovariantGD`, ``q <- q - lr (eps I + S)^{-alpha} F``); ``structure``, ``alpha``
+    and ``precondition_every`` apply to ``cgd`` only; ``options`` are further keyword arguments to it.
+    """
+
+    label: str
+    family: str
+    structure: str | None = None
+    alpha: float | None = None
+    precondition_every: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, label: str) -> OptimizerSpec:
+        """Build a spec from a label: ``sgd``, ``momentum``, ``adam``, ``cgd-<structure>[-a<alpha>][-k<k>]``.
+
+        Defaults for ``cgd``: ``alpha = 0.5``; ``k = 1`` for ``diag``, else ``10``.
+        """
+        if not isinstance(label, str):
+            raise LearndynValueError(f"optimizer={label!r} has type {type(label).__name__}; allowed: a label")
+        if label in ("sgd", "momentum", "adam"):
+            return cls(label=label, family=label)
+        match = _LABEL.match(label)
+        if match is None:
+            raise LearndynValueError(
+                f"optimizer={label!r} is not a known label; allowed: 'sgd', 'momentum', 'adam', "
+                "'cgd-<structure>[-a<alpha>][-k<every>]' (e.g. 'cgd-kron-a0.75')"
+            )
+        structure = check_choice("structure", match["structure"], STRUCTURES, owner=f"optimizer {label!r}")
+        try:
+            alpha = 0.5 if match["alpha"] is None else float(match["alpha"])
+        except ValueError:
+            raise LearndynValueError(
+                f"optimizer={label!r} has a bad alpha; allowed: -a<number> with 0 <= alpha <= 1"
+            ) from None
+        alpha = check_real("alpha", alpha, low=0, high=1, owner=f"optimizer {label!r}")
+        every = int(match["every"]) if match["every"] else (1 if structure == "diag" else 10)
+        every = check_int("precondition_every", every, low=1, owner=f"optimizer {label!r}")
+        return cls(label=label, family="cgd", structure=structure, alpha=alpha, precondition_every=every)
+
+    def build(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """The ``torch.optim.Optimizer`` for ``params`` at learning rate ``lr``.
+
+        Raises ``ValueError`` (from :class:`CovariantGD`) when a structure does not fit the model.
+        """
+        if self.family == "sgd":
+            return torch.optim.SGD(params, lr=lr, **self.options)
+        if self.family == "momentum":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, **self.options)
+        if self.family == "adam":
+            return torch.optim.Adam(params, lr=lr, **self.options)
+        from learndyn.optim import CovariantGD
+
+        return CovariantGD(
+            params,
+            lr=lr,
+            alpha=self.alpha,
+            structure=self.structure,
+            precondition_every=self.precondition_every,
+            **self.options,
+        )
+
+
+def as_spec(optimizer: str | OptimizerSpec) -> OptimizerSpec:
+    """``optimizer`` if it is already a spec, else :meth:`OptimizerSpec.parse` of the label."""
+    return optimizer if isinstance(optimizer, OptimizerSpec) else OptimizerSpec.parse(optimizer)
+
+
+@dataclass
+class RunResult:
+    """One training run of one optimizer on one task from one seed.
+
+    ``status``: ``ok``, ``diverged``, ``does not fit`` (the optimizer refused the model, e.g. ``full`` over
+    its memory budget), ``skipped`` (over ``max_full_params``), ``unsupported`` (another constructor error)
+    or ``error`` (``optimizer.step`` raised while the parameters were finite); ``message`` says why.
+    ``eval_steps``/``losses``: the full-data loss curve.
+    """
+
+    task: str
+    optimizer: str
+    seed: int
+    lr: float
+    status: str = "ok"
+    message: str = ""
+    eval_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    steps_done: int = 0
+    steps_to_target: int | None = None
+    time_to_target: float | None = None
+    wall_time: float = 0.0
+
+    @property
+    def ran(self) -> bool:
+        """Whether training ran (``ok``, ``diverged`` or ``error``: there is a loss curve)."""
+        return self.status in ("ok", "diverged", "error")
+
+    @property
+    def final_loss(self) -> float:
+        """The last evaluated full-data loss; ``inf`` for a diverged or not-run optimizer."""
+        if self.status != "ok" or self.losses.size == 0:
+            return math.inf
+        return float(self.losses[-1])
+
+    @property
+    def step_time(self) -> float:
+        """Mean training wall time per step (seconds)."""
+        return self.wall_time / self.steps_done if self.steps_done else math.nan
+
+    def score(self) -> tuple[float, float]:
+        """Sort key, smaller is better: ``(steps to target or inf, final loss)``."""
+        reached = math.inf if self.steps_to_target is None else float(self.steps_to_target)
+        return reached, self.final_loss
+
+
+def train(
+    task: Task,
+    optimizer: str | OptimizerSpec,
+    lr: float,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    max_full_params: int | None = None,
+) -> RunResult:
+    """Train ``task``'s model with ``optimizer`` at learning rate ``lr`` from ``seed``; see the module doc.
+
+    ``steps`` defaults to ``task.steps``; ``eval_every`` to ``max(1, steps // 100)``. A ``cgd-full`` optimizer
+    on a model with more than ``max_full_params`` parameters is skipped without training.
+    """
+    spec = as_spec(optimizer)
+    lr = check_real("lr", lr, low=0, low_open=True, owner="train")
+    seed = check_int("seed", seed, low=0, owner="train")
+    steps = check_int("steps", task.steps if steps is None else steps, low=1, owner="train")
+    eval_every = check_int("eval_every", eval_every or max(1, steps // 100), low=1, owner="train")
+    result = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=lr)
+
+    model = task.make_model(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    if spec.structure == "full" and max_full_params is not None and n_params > max_full_params:
+        result.status = "skipped"
+        result.message = f"{n_params} parameters > max_full_params={max_full_params}"
+        return result
+    try:
+        opt = spec.build(params, lr)
+    except (ValueError, NotImplementedError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        result.status = "does not fit" if "memory" in text.lower() else "unsupported"
+        result.message = text
+        return result
+
+    gen = make_generator(seed)
+    eval_steps, losses = [0], [task.evaluate(model)]
+    limit = DIVERGENCE_FACTOR * max(abs(losses[0]), 1e-12)
+    wall = 0.0
+    if losses[0] <= task.target_loss:
+        result.steps_to_target, result.time_to_target = 0, 0.0
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        batch = task.sample(gen)
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        if not math.isfinite(loss.item()):  # diverged: stepping would feed NaNs to the optimizer
+            result.status, result.message = "diverged", f"non-finite minibatch loss at step {step}"
+            break
+        loss.backward()
+        try:
+            opt.step()
+        except (RuntimeError, ValueError) as exc:  # e.g. an eigendecomposition of a non-finite metric
+            finite = all(bool(torch.isfinite(p).all()) for p in params)
+            result.status = "diverged" if not finite else "error"
+            result.message = f"step {step}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            break
+        wall += time.perf_counter() - start
+        result.steps_done = step
+        if step % eval_every and step != steps:
+            continue
+        value = task.evaluate(model)
+        eval_steps.append(step)
+        losses.append(value)
+        if not math.isfinite(value) or value > limit:
+            result.status = "diverged"
+            break
+        if result.steps_to_target is None and value <= task.target_loss:
+            result.steps_to_target, result.time_to_target = step, wall
+    result.eval_steps = np.asarray(eval_steps, dtype=np.int64)
+    result.losses = np.asarray(losses, dtype=float)
+    result.wall_time = wall
+    return result
+
+
+def lr_search_grid(center: float = 1e-2, decades: int = 2) -> list[float]:
+    """The coarse grid ``center * 10^k`` for ``k = -decades .. decades``."""
+    return [center * 10.0**k for k in range(-decades, decades + 1)]
+
+
+def tune_lr(
+    task: Task,
+    optimizer: str | OptimizerSpec,
+    *,
+    grid: Sequence[float] | None = None,
+    seed: int = TUNE_SEED,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    max_full_params: int | None = None,
+    on_run: Callable[[], None] | None = None,
+) -> tuple[float, list[RunResult]]:
+    """Best learning rate of ``optimizer`` on ``task`` by :meth:`RunResult.score` from one (held-out) seed.
+
+    With an explicit ``grid`` every value is tried once. Without, the search is adaptive: decades
+    ``1e-4 ... 1``, extended by one decade at a time (down to ``1e-6``, up to ``10``) while the best value
+    lies on the edge, then refined with the two half-decade neighbours ``best * 10^(+-1/2)``.
+    Returns ``(best lr, all tuning runs)``; if the optimizer cannot run, ``(nan, [that run])``.
+    """
+    spec = as_spec(optimizer)
+    runs: dict[float, RunResult] = {}
+
+    def attempt(lr: float) -> RunResult:
+        lr = float(f"{lr:.3g}")
+        if lr not in runs:
+            runs[lr] = train(task, spec, lr, seed=seed, steps=steps, eval_every=eval_every,
+                             max_full_params=max_full_params)
+            if on_run is not None:
+                on_run()
+        return runs[lr]
+
+    def best() -> float:
+        return min(runs, key=lambda lr: (runs[lr].score(), lr))
+
+    first = attempt(grid[0] if grid else 1e-2)
+    if not first.ran:
+        return math.nan, [first]
+    if grid:
+        for lr in grid[1:]:
+            attempt(lr)
+        return best(), list(runs.values())
+    for lr in lr_search_grid(1e-2, 2):
+        attempt(lr)
+    while True:
+        lr = best()
+        low, high = min(runs), max(runs)
+        if lr == low and low > 1.5e-6:
+            attempt(low / 10)
+        elif lr == high and high < 5:
+            attempt(high * 10)
+        else:
+            break
+    lr = best()
+    for factor in (10**-0.5, 10**0.5):
+        attempt(lr * factor)
+    return best(), sorted(runs.values(), key=lambda r: r.lr)
+
+
+def default_lr(task: Task, optimizer: str | OptimizerSpec) -> float:
+    """The tuned default from :data:`DEFAULT_LRS`, else the family fallback :data:`FAMILY_LR`.
+
+    A ``cgd`` label is also looked up in its canonical form ``cgd-<structure>-a<alpha>`` (so ``cgd-kron``
+    finds ``cgd-kron-a0.5``) when its ``precondition_every`` is the default.
+    """
+    spec = as_spec(optimizer)
+    keys = [spec.label]
+    if spec.family == "cgd":
+        canonical = OptimizerSpec.parse(f"cgd-{spec.structure}-a{spec.alpha:g}")
+        if canonical.precondition_every == spec.precondition_every:
+            keys.append(canonical.label)
+    for key in keys:
+        if (task.name, key) in DEFAULT_LRS:
+            return DEFAULT_LRS[(task.name, key)]
+    return FAMILY_LR[spec.family]
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=float))) if len(values) else math.nan
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`compare` measured: evaluation runs, tuning runs and the learning rates used."""
+
+    runs: list[RunResult]
+    tuning: list[RunResult]
+    lrs: dict[tuple[str, str], float]
+    targets: dict[str, float]
+    tuned: bool
+
+    def runs_of(self, task: str, optimizer: str) -> list[RunResult]:
+        return [r for r in self.runs if r.task == task and r.optimizer == optimizer]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(task, optimizer)`` in the order they were run."""
+        return list(dict.fromkeys((r.task, r.optimizer) for r in self.runs))
+
+    def curve(self, task: str, optimizer: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, median full-data loss across seeds)``; a seed that stopped early counts as ``inf``."""
+        runs = [r for r in self.runs_of(task, optimizer) if r.ran]
+        if not runs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        longest = max(runs, key=lambda r: r.eval_steps.size)
+        steps = longest.eval_steps
+        stack = np.full((len(runs), steps.size), np.inf)
+        for i, r in enumerate(runs):
+            stack[i, : r.losses.size] = r.losses
+        return steps, np.median(stack, axis=0)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per task and optimizer: medians across seeds and the ``rank`` within the task.
+
+        Keys: ``task, optimizer, lr, status, note, final_loss, steps_to_target, time_to_target`` (seconds),
+        ``reached`` (``"k/n"`` seeds), ``wall_time`` (seconds per run), ``step_ms``, ``rank`` (1 = best by
+        steps to target then final loss; ``None`` for optimizers that did not run).
+        """
+        out = []
+        for task, name in self.pairs():
+            runs = self.runs_of(task, name)
+            ran = [r for r in runs if r.ran]
+            row: dict[str, Any] = {"task": task, "optimizer": name, "lr": self.lrs.get((task, name))}
+            if not ran:
+                row.update(status=runs[0].status, note=runs[0].message, final_loss=None, steps_to_target=None,
+                           time_to_target=None, reached=f"0/{len(runs)}", wall_time=None, step_ms=None)
+                out.append(row)
+                continue
+            reach = [r.steps_to_target if r.steps_to_target is not None else math.inf for r in runs]
+            ttt = [r.time_to_target if r.time_to_target is not None else math.inf for r in runs]
+            bad = [r for r in runs if r.status != "ok"]
+            status = ", ".join(f"{s} {sum(r.status == s for r in bad)}/{len(runs)}"
+                               for s in dict.fromkeys(r.status for r in bad))
+            row.update(
+                status=status or "ok",
+                note=next((r.message for r in bad if r.status == "error"), ""),
+                final_loss=_finite_or_none(_median([r.final_loss for r in runs])),
+                steps_to_target=_finite_or_none(_median(reach)),
+                time_to_target=_finite_or_none(_median(ttt)),
+                reached=f"{sum(math.isfinite(s) for s in reach)}/{len(runs)}",
+                wall_time=_median([r.wall_time for r in ran]),
+                step_ms=1e3 * _median([r.step_time for r in ran]),
+            )
+            out.append(row)
+        for task in dict.fromkeys(r["task"] for r in out):
+            ranked = sorted((r for r in out if r["task"] == task and r["final_loss"] is not None), key=_key)
+            for rank, row in enumerate(ranked, start=1):
+                row["rank"] = rank
+        for row in out:
+            row.setdefault("rank", None)
+        return out
+
+    def winners(self) -> list[dict[str, Any]]:
+        """Per task: the best optimizer, its margin over the runner-up and over Adam (see module doc)."""
+        rows = self.rows()
+        out = []
+        for task in dict.fromkeys(r["task"] for r in rows):
+            ranked = sorted((r for r in rows if r["task"] == task and r["rank"] is not None), key=_key)
+            if not ranked:
+                out.append({"task": task, "winner": None})
+                continue
+            win = ranked[0]
+            runner = ranked[1] if len(ranked) > 1 else None
+            adam = next((r for r in rows if r["task"] == task and r["optimizer"] == "adam"), None)
+            out.append({
+                "task": task,
+                "winner": win["optimizer"],
+                "steps_to_target": win["steps_to_target"],
+                "final_loss": win["final_loss"],
+                "runner_up": runner["optimizer"] if runner else None,
+                "vs_runner_up": margin(win, runner),
+                "vs_adam": margin(win, adam),
+            })
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """Flat scalars: ``final_loss/<task>/<opt>`` and ``steps_to_target/<task>/<opt>`` (when reached)."""
+        out: dict[str, float] = {}
+        for row in self.rows():
+            key = f"{row['task']}/{row['optimizer']}"
+            if row["final_loss"] is not None:
+                out[f"final_loss/{key}"] = row["final_loss"]
+            if row["steps_to_target"] is not None:
+                out[f"steps_to_target/{key}"] = row["steps_to_target"]
+        return out
+
+
+def _key(row: Mapping[str, Any]) -> tuple[float, float]:
+    steps = row["steps_to_target"]
+    return (math.inf if steps is None else steps), row["final_loss"]
+
+
+def margin(win: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """How much better ``win`` is than ``other``: a ratio > 1 and the quantity it is measured on."""
+    if other is None:
+        return None
+    if other["final_loss"] is None:
+        return {"ratio": math.inf, "on": "final_loss", "note": other["status"]}
+    if win["steps_to_target"] is not None and other["steps_to_target"] is not None:
+        return {"ratio": other["steps_to_target"] / max(win["steps_to_target"], 1), "on": "steps_to_target"}
+    if win["steps_to_target"] is not None:
+        return {"ratio": math.inf, "on": "steps_to_target", "note": "other never reached the target"}
+    return {"ratio": other["final_loss"] / max(win["final_loss"], 1e-300), "on": "final_loss"}
+
+
+def compare(
+    tasks: Sequence[Task],
+    optimizers: Sequence[str | OptimizerSpec],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int | Mapping[str, int] | None = None,
+    lr: float | Mapping[tuple[str, str], float] | None = None,
+    tune: bool = False,
+    lr_grid: Sequence[float] | None = None,
+    eval_every: int | None = None,
+    max_full_params: int | None = None,
+    recorder: Recorder | None = None,
+    description: str = "optimizer comparison",
+) -> Comparison:
+    """Run every optimizer on every task from every seed; see the module docstring for the protocol.
+
+    ``steps``: one budget, or per task name (default ``task.steps``). ``lr``: one learning rate, or per
+    ``(task, label)`` (missing pairs fall back to :func:`default_lr`), or ``None`` for the defaults;
+    ``tune=True`` ignores ``lr`` and runs :func:`tune_lr` (on :data:`TUNE_SEED`, with ``lr_grid`` if given).
+    With a ``recorder``: ``target/<task>`` at step 0, then for each task and optimizer the median curve
+    across seeds as ``loss/<task>/<optimizer>`` (logged once all seeds of that pair are done; non-finite
+    points are left out).
+    """
+    specs = [as_spec(o) for o in optimizers]
+    if not tasks or not specs:
+        raise LearndynValueError("compare got no tasks or no optimizers; allowed: non-empty lists")
+    seeds = [check_int("seed", s, low=0, owner="compare") for s in seeds]
+    if not seeds:
+        raise LearndynValueError("compare.seeds=() is empty; allowed: at least one seed")
+    targets = {t.name: t.target_loss for t in tasks}
+    if recorder is not None:
+        recorder.log(0, {f"target/{name}": value for name, value in targets.items()})
+    per_tune = len(lr_grid) if lr_grid else 9
+    total = len(tasks) * len(specs) * (len(seeds) + (per_tune if tune else 0))
+    runs: list[RunResult] = []
+    tuning: list[RunResult] = []
+    lrs: dict[tuple[str, str], float] = {}
+    with progress_bar(total, description) as advance:
+        for task in tasks:
+            n_steps = steps.get(task.name, task.steps) if isinstance(steps, Mapping) else steps
+            for spec in specs:
+                key = (task.name, spec.label)
+                if tune:
+                    chosen, tried = tune_lr(task, spec, grid=lr_grid, steps=n_steps, eval_every=eval_every,
+                                            max_full_params=max_full_params, on_run=advance)
+                    tuning.extend(tried)
+                elif isinstance(lr, Mapping):
+                    chosen = lr.get(key, default_lr(task, spec))
+                elif lr is not None:
+                    chosen = lr
+                else:
+                    chosen = default_lr(task, spec)
+                lrs[key] = chosen
+                pair_runs = []
+                for seed in seeds:
+                    if math.isnan(chosen):
+                        failed = tuning[-1]
+                        run = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=math.nan,
+                                        status=failed.status, message=failed.message)
+                    else:
+                        run = train(task, spec, chosen, seed=seed, steps=n_steps, eval_every=eval_every,
+                                    max_full_params=max_full_params)
+                    pair_runs.append(run)
+                    advance(1)
+                runs.extend(pair_runs)
+                if recorder is not None:
+                    _log_curve(recorder, Comparison(pair_runs, [], {}, {}, tune), task.name, spec.label)
+    if recorder is not None:
+        recorder.flush()
+    return Comparison(runs=runs, tuning=tuning, lrs=lrs, targets=targets, tuned=tune)
+
+
+def _log_curve(recorder: Recorder, comparison: Comparison, task: str, optimizer: str) -> None:
+    name = f"loss/{task}/{optimizer}"
+    for step, value in zip(*comparison.curve(task, optimizer), strict=True):
+        if math.isfinite(value):
+            recorder.log(int(step), {name: float(value)})
