@@ -100,7 +100,7 @@ def test_sigkill_keeps_every_flushed_row(tmp_path, extra_sleep):
 
     store = RunStore(path)  # the store still opens (no corruption, no stale lock)
     info = store.run_info(run_id)
-    assert info["status"] == "running"  # nobody could mark it
+    assert info["status"] == "interrupted"  # its process is dead: the next open marks it
     df = store.metrics(run_id)
     assert not df.duplicated(["step", "name"]).any()
     for name in ("loss", "x"):
@@ -180,6 +180,7 @@ def test_unclosed_run_is_flushed_at_exit(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr
-    store = RunStore(path)
+    store = RunStore(path, recover=False)
     run_id = proc.stdout.strip()
     assert len(store.metrics(run_id)) == 7 and store.run_info(run_id)["status"] == "running"
+    assert RunStore(path).run_info(run_id)["status"] == "interrupted"  # its process is gone

@@ -7,7 +7,10 @@ new config with :func:`dataclasses.replace`, so the dataclass's own validation r
 
     >>> apply_overrides(Config(), ["steps=200", "lrs=0.1,0.01", "optimizer=adam"], experiment="demo")
 
-Every failure is a one-line :class:`ConfigError` naming the key, the value and what is allowed.
+Every failure is a one-line :class:`ConfigError` naming the key, the value and what is allowed. Values given
+as Python objects (a mapping of overrides, a stored config dict) are checked against the field's type the same
+way (an int field takes an int, a tuple field a list or tuple of the right items, ...), so a config never
+reaches an experiment with a value of the wrong type.
 """
 
 from __future__ import annotations
@@ -160,7 +163,10 @@ def _parse(text: str, tp: Any) -> Any:
         raise _Mismatch
     if tp is int:
         if _INT_RE.fullmatch(text):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # more digits than Python converts
+                raise _Mismatch from None
         try:
             as_float = float(text)  # "1e4" is a fine way to write 10000
         except ValueError:
@@ -185,13 +191,17 @@ def _parse(text: str, tp: Any) -> Any:
     raise _Mismatch
 
 
-def _split(item: str) -> tuple[str, str]:
+def split_assignment(
+    item: str, flag: str = "--set", error: type[LearndynValueError] = ConfigError
+) -> tuple[str, str]:
+    """``"key=value"`` -> ``("key", "value")`` (key stripped, value verbatim); anything else raises ``error``
+    with a one-line message naming ``flag`` (the option the item came from)."""
     if not isinstance(item, str) or "=" not in item:
-        raise ConfigError(f"--set {item!r} is not of the form key=value")
+        raise error(f"{flag} {item!r} is not of the form key=value")
     key, value = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set {item!r} has an empty key; expected key=value")
+        raise error(f"{flag} {item!r} has an empty key; expected key=value")
     return key, value
 
 
@@ -206,15 +216,120 @@ def _coerce_given(value: Any, tp: Any) -> Any:
     return value
 
 
+def _conform(value: Any, tp: Any) -> Any:
+    """``value`` (a Python object) as the type hint ``tp`` wants it, or :class:`_Mismatch`.
+
+    Lenient only where nothing is lost: an int for a float field, numpy scalars, a list for a tuple field, an
+    enum member's name or value, a string for a path, a mapping for a nested dataclass. Types it does not know
+    (callables, torch dtypes, ...) pass unchecked.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        for choice in args:
+            if value == choice and (type(value) is type(choice) or (
+                isinstance(choice, float) and type(value) is int
+            )):
+                return choice
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _conform(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise _Mismatch
+            return tuple(_conform(v, a) for v, a in zip(value, args, strict=True))
+        inner = args[0] if args else Any
+        items = [_conform(v, inner) for v in value]
+        return items if origin is list or tp is list else tuple(items)
+    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:  # an int too large for a float
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        for member in tp:
+            if isinstance(value, str | int | float) and not isinstance(value, bool) and (
+                value == member.name or value == member.value
+            ):
+                return member
+        raise _Mismatch
+    if isinstance(tp, type) and issubclass(tp, PurePath):
+        if isinstance(value, str | PurePath):
+            return tp(value)
+        raise _Mismatch
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return config_from_dict(tp, value)
+            except (ValueError, TypeError):
+                raise _Mismatch from None
+        raise _Mismatch
+    return value
+
+
+def _given(key: str, value: Any, tp: Any, owner: str) -> Any:
+    try:
+        return _conform(value, tp)
+    except _Mismatch:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        expected = type_name(tp)
+        raise ConfigError(f"{key}={shown} has the wrong type for {owner}; expected: {expected}") from None
+
+
 def apply_overrides(
     config: Any, overrides: Sequence[str] | Mapping[str, Any] | None, *, experiment: str | None = None
 ) -> Any:
     """A copy of the dataclass ``config`` with ``overrides`` applied (``["key=value", ...]`` or a mapping).
 
-    String values are coerced to the field's type; other mapping values are used as given. Later keys win.
-    The dataclass's ``__post_init__`` validation runs on the result. Raises :class:`ConfigError` (one line)
-    for an unknown key (naming the experiment and the allowed keys) or a value of the wrong type (naming the
-    field, the value and the expected type); validation errors from ``__post_init__`` propagate as raised.
+    String values are coerced to the field's type; other mapping values are checked against it (see
+    :func:`_conform`). Later keys win. The dataclass's ``__post_init__`` validation runs on the result. Raises
+    :class:`ConfigError` (one line) for an unknown key (naming the experiment and the allowed keys) or a value
+    of the wrong type (naming the field, the value and the expected type); validation errors from
+    ``__post_init__`` propagate as raised.
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"apply_overrides needs a dataclass instance, got {config!r}")
@@ -222,10 +337,13 @@ def apply_overrides(
         return dataclasses.replace(config)
     field_types = _field_types(type(config))
     owner = _owner(type(config), experiment)
-    items = list(overrides.items()) if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = [split_assignment(o) for o in overrides]
     changes: dict[str, Any] = {}
     for key, value in items:
-        if key not in field_types:
+        if not isinstance(key, str) or key not in field_types:
             allowed = ", ".join(sorted(field_types)) or "(none)"
             raise ConfigError(f"unknown config key {key!r} for {owner}; allowed: {allowed}")
         tp = field_types[key]
@@ -237,7 +355,7 @@ def apply_overrides(
                     f"{key}={value!r} has the wrong type for {owner}; expected: {type_name(tp)}"
                 ) from None
         else:
-            value = _coerce_given(value, tp)
+            value = _given(key, _coerce_given(value, tp), tp, owner)
         changes[key] = value
     return dataclasses.replace(config, **changes)
 
@@ -276,19 +394,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(config_cls: type, data: Mapping[str, Any], *, experiment: str | None = None) -> Any:
     """Rebuild a config dataclass from :func:`config_to_dict` output (lists become tuples where typed so).
 
-    Unknown keys raise :class:`ConfigError`; missing keys take their defaults.
+    Unknown keys and values of the wrong type raise :class:`ConfigError` (one line naming the key); missing
+    keys take their defaults; the dataclass's own validation runs as usual.
     """
+    owner = _owner(config_cls, experiment)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config for {owner} is {type(data).__name__}; allowed: a mapping of key: value")
     field_types = _field_types(config_cls)
-    unknown = sorted(set(data) - set(field_types))
+    unknown = sorted((k for k in data if not isinstance(k, str) or k not in field_types), key=repr)
     if unknown:
         allowed = ", ".join(sorted(field_types))
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r} for {_owner(config_cls, experiment)}; allowed: {allowed}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        tp = field_types[key]
-        if isinstance(tp, type) and issubclass(tp, enum.Enum) and not isinstance(value, tp):
-            value = tp(value)
-        kwargs[key] = _coerce_given(value, tp)
+        raise ConfigError(f"unknown config key {unknown[0]!r} for {owner}; allowed: {allowed}")
+    kwargs = {key: _given(key, value, field_types[key], owner) for key, value in data.items()}
     return config_cls(**kwargs)

@@ -8,12 +8,18 @@ seeds), and at each step ``s = 0 … steps−1``:
    ``<prefix>loss`` at step ``s`` (every ``log_every`` steps), with ``evaluate(model)`` metrics every
    ``eval_every`` steps;
 2. lets the :class:`~learndyn.probes.Monitor` measure the same state on the same batch;
-3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf (everything logged so far is kept);
+3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf, or if the optimizer raises on a
+   NaN/Inf gradient (everything logged so far is kept, ``<prefix>diverged_at`` is logged, and a recorder with
+   ``mark_diverged`` -- a stored run -- is marked diverged with the reason and step);
 4. applies the update ``θ_{s+1} = θ_s − step(∇L_s)`` and, every ``checkpoint_every`` updates, saves a
-   checkpoint (model, optimizer, scheduler, generator and global RNG states).
+   checkpoint (model, optimizer, scheduler, generator and global RNG states, and the monitor's state when it
+   has ``state_dict``); with a stored run's checkpointer a completed loop also saves one marked complete.
 
 When the checkpointer already holds a checkpoint under ``key``, the loop restores it and continues from its
 step: the continued run reaches bitwise the same parameters as an uninterrupted one (CPU, deterministic ops).
+A loop restored from a checkpoint marked complete does no work and returns its recorded result. With a stored
+run's checkpointer (``checkpointer=getattr(recorder, "checkpointer", None)``) each loop of an experiment gets
+its own key, and ``checkpoint_every`` defaults to the checkpointer's ``every``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from learndyn.checkpoint import Checkpointer
+from learndyn.checkpoint import Checkpointer, default_checkpoint_every
 from learndyn.progress import progress_bar
 from learndyn.store.recorder import NullRecorder, Recorder
 from learndyn.validation import check_int
@@ -58,8 +64,10 @@ def loop_state(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     scheduler: Any | None = None,
+    monitor: Any | None = None,
 ) -> dict[str, Any]:
     """Everything needed to continue the loop at ``step`` exactly."""
+    state_dict = getattr(monitor, "state_dict", None)
     return {
         "step": step,
         "model": model.state_dict(),
@@ -67,6 +75,7 @@ def loop_state(
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
+        "monitor": state_dict() if callable(state_dict) else None,
     }
 
 
@@ -76,6 +85,7 @@ def restore_loop_state(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     scheduler: Any | None = None,
+    monitor: Any | None = None,
 ) -> int:
     """Load a :func:`loop_state` into live objects; returns the step to continue from."""
     model.load_state_dict(state["model"])
@@ -84,7 +94,14 @@ def restore_loop_state(
         scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    load = getattr(monitor, "load_state_dict", None)
+    if callable(load) and state.get("monitor") is not None:
+        load(state["monitor"])
     return int(state["step"])
+
+
+def _grads_finite(params: list[torch.Tensor]) -> bool:
+    return _parameters_finite([p.grad for p in params if p.grad is not None])
 
 
 def train_loop(
@@ -102,21 +119,29 @@ def train_loop(
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
     eval_every: int = 0,
     checkpointer: Checkpointer | None = None,
-    checkpoint_every: int = 0,
+    checkpoint_every: int | None = None,
     key: str = "main",
     prefix: str = "train/",
     progress: str | None = None,
+    mark_diverged: bool = True,
 ) -> LoopResult:
     """Train ``model`` for ``steps`` updates; see the module docstring for the exact step semantics.
 
     ``evaluate(model)`` returns named metrics (logged with ``prefix``) and runs under ``torch.no_grad``
     at steps divisible by ``eval_every`` and after the last update. ``monitor`` is anything with
-    ``after_step(step, batch, metrics=...)`` (a :class:`~learndyn.probes.Monitor`).
-    ``progress`` is a bar label.
+    ``after_step(step, batch, metrics=...)`` (a :class:`~learndyn.probes.Monitor`). ``progress`` is a bar
+    label.
+
+    ``checkpoint_every``: updates between checkpoints (0: none); default the checkpointer's ``every``
+    (``$LEARNDYN_CHECKPOINT_EVERY``, else 100). ``mark_diverged=False`` keeps a divergence of this loop from
+    marking the stored run diverged (for loops expected to diverge, e.g. the top of a learning-rate grid).
     """
     check_int("steps", steps, low=0, owner="train_loop")
     check_int("log_every", log_every, low=1, owner="train_loop")
     check_int("eval_every", eval_every, low=0, owner="train_loop")
+    if checkpoint_every is None:
+        every = getattr(checkpointer, "every", None) if checkpointer is not None else 0
+        checkpoint_every = default_checkpoint_every() if every is None else every
     check_int("checkpoint_every", checkpoint_every, low=0, owner="train_loop")
     recorder = recorder if recorder is not None else NullRecorder()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -124,10 +149,30 @@ def train_loop(
     start = 0
     resumed_from = None
     if checkpointer is not None:
+        loop_key = getattr(checkpointer, "loop_key", None)
+        if callable(loop_key):
+            key = loop_key(key)
         saved = checkpointer.load(key)
         if saved is not None:
-            start = restore_loop_state(saved, model, optimizer, generator, scheduler)
+            start = restore_loop_state(saved, model, optimizer, generator, scheduler, monitor)
             resumed_from = start
+            if saved.get("completed") and start == steps:
+                last = float(saved.get("last_loss", math.nan))
+                return LoopResult("completed", start, last, resumed_from=resumed_from)
+
+    def diverged(step: int, reason: str, loss: float) -> LoopResult:
+        recorder.log(step, {f"{prefix}diverged_at": float(step)})
+        recorder.flush()
+        mark = getattr(recorder, "mark_diverged", None)
+        if mark_diverged and callable(mark):
+            mark(f"{reason} at step {step}", step=step)
+        return LoopResult("diverged", step, loss, diverged_at=step, resumed_from=resumed_from)
+
+    def save(step: int, **extra: Any) -> None:
+        recorder.flush()  # the rows up to the checkpoint are durable before it is
+        state = loop_state(step, model, optimizer, generator, scheduler, monitor)
+        state.update(last_loss=last_loss, **extra)
+        checkpointer.save(key, state)
 
     def log_eval(step: int) -> None:
         if evaluate is None:
@@ -151,22 +196,29 @@ def train_loop(
                 recorder.log(step, {f"{prefix}loss": last_loss})
             if eval_every and step % eval_every == 0:
                 log_eval(step)
-            if not math.isfinite(last_loss) or not _parameters_finite(params):
-                recorder.log(step, {f"{prefix}diverged_at": float(step)})
-                recorder.flush()
-                return LoopResult("diverged", step, last_loss, diverged_at=step, resumed_from=resumed_from)
+            if not math.isfinite(last_loss):
+                return diverged(step, f"{prefix}loss is {last_loss}", last_loss)
+            if not _parameters_finite(params):
+                return diverged(step, "a parameter is NaN/Inf", last_loss)
             if monitor is not None:
                 monitor.after_step(step, batch, metrics={"loss": last_loss})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except Exception:
+                if _grads_finite(params):
+                    raise
+                return diverged(step, "a gradient is NaN/Inf", last_loss)
             if scheduler is not None:
                 scheduler.step()
             if checkpointer is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                recorder.flush()
-                checkpointer.save(key, loop_state(step + 1, model, optimizer, generator, scheduler))
+                save(step + 1)
             advance(1)
-    if eval_every and steps > start:
+    if eval_every:  # also after a restore at the last step from a checkpoint not yet marked complete
         log_eval(steps)
     recorder.flush()
+    if checkpointer is not None and checkpoint_every:
+        if getattr(checkpointer, "save_completed", False):
+            save(steps, completed=True)
     return LoopResult("completed", steps, last_loss, resumed_from=resumed_from)

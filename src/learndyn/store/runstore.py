@@ -14,6 +14,16 @@ number of processes (sweep workers) can write runs to one store; a writer killed
 it had not flushed (the kernel drops its lock, DuckDB's write-ahead log drops the unfinished transaction). The
 alternative, one file per worker merged on read, would make every query scan an open-ended set of files and
 would need a merge step before the store is one file again; a flush costs ~10 ms, so serialising is cheap.
+
+Crash recovery: a run records its host and pid. Opening the store marks ``interrupted`` every ``running`` run
+of this host whose process is gone (SIGKILL, power loss: nothing could mark it); :meth:`RunStore.reopen_run`
+continues such a run under the same id (``learndyn resume``): rows the continued run logs again replace the
+rows an earlier attempt wrote at the same (step, name), so a deterministic experiment that resumes from its
+checkpoints (``run.checkpointer``) ends with exactly the rows of an uninterrupted run.
+
+Schema versions: ``schema_version`` holds the store format and version. A store of an older version is
+migrated on open by the functions in ``_MIGRATIONS`` (one per version step, applied in one transaction under
+the write lock) or refused when no migration exists; a newer, unknown or pre-versioning store is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import traceback
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -44,6 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from learndyn import __version__
+from learndyn.checkpoint import RunCheckpointer, default_checkpoint_every
 from learndyn.store.lock import LockModeError, LockTimeout, lock_for
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
@@ -51,6 +62,8 @@ SCHEMA_VERSION = 1
 STORE_FORMAT = "learndyn-run-store"
 DEFAULT_STORE = "runs/learndyn.duckdb"
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+RESUMABLE = ("interrupted", "failed")
+"""Statuses :meth:`RunStore.reopen_run` continues (a ``running`` run whose process is gone counts)."""
 
 _SCHEMA = """
 CREATE TABLE schema_version (
@@ -66,6 +79,11 @@ CREATE TABLE arrays (
     file VARCHAR NOT NULL, key VARCHAR NOT NULL, shape VARCHAR, dtype VARCHAR);
 """
 _TABLES = ("schema_version", "runs", "metrics", "arrays")
+
+_MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {}
+"""``_MIGRATIONS[v](con)`` upgrades a store of schema version ``v`` to ``v + 1`` in place (DDL/DML only; the
+caller bumps ``schema_version`` and commits). Version 1 is the first versioned schema, so none exist yet; when
+``SCHEMA_VERSION`` becomes 2, add ``_MIGRATIONS[1]`` (e.g. ``ALTER TABLE ... ADD COLUMN``)."""
 _RUN_COLUMNS = (
     "id",
     "name",
@@ -141,6 +159,52 @@ def _loads(text: str | None) -> Any:
     return json.loads(text)
 
 
+def _process_alive(pid: int, wrote_at: datetime | None = None) -> bool:
+    """Whether process ``pid`` of this host may still be the one that wrote a run's row at ``wrote_at``.
+
+    No such process (or a zombie) is dead. On Linux a process that started after ``wrote_at`` cannot have
+    written it: the pid was reused, and the writer is dead too. When unsure (no permission, no /proc) the
+    process counts as alive.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+    except OSError:
+        return True
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+    if not fields or fields[0] in ("Z", "X"):
+        return False
+    if wrote_at is not None:
+        try:
+            ticks = int(fields[19])  # starttime, clock ticks after boot
+            boot = _boot_time()
+            started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        except (IndexError, ValueError, OSError):
+            return True
+        if started > wrote_at.replace(tzinfo=UTC).timestamp() + 2.0:  # /proc's boot time: 1 s resolution
+            return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _boot_time() -> float:
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
 @lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     """The commit of the learndyn source tree (``+dirty`` if it has uncommitted changes), or None."""
@@ -172,13 +236,20 @@ class RunStore:
     >>> store.metrics(run.id)                                    # pandas DataFrame
 
     Opening checks the file: a text file, a foreign DuckDB database or a store with a newer or unknown schema
-    version is refused with a one-line :class:`StoreError`. Queries return pandas DataFrames and accept a run
-    reference: its id, a unique id prefix, or its name (the latest run of that name).
-    ``lock_timeout`` bounds how long a read or a flush waits for another process's flush.
+    version is refused with a one-line :class:`StoreError`; an older schema is migrated. Queries return pandas
+    DataFrames and accept a run reference: its id, a unique id prefix, or its name (the latest run of that
+    name). ``lock_timeout`` bounds how long a read or a flush waits for another process's flush.
+    ``recover``: mark this host's ``running`` runs whose process is gone ``interrupted`` on opening
+    (:meth:`recover_dead_runs`).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, create: bool = True, lock_timeout: float = 60.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        lock_timeout: float = 60.0,
+        recover: bool = True,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.lock_timeout = check_real("lock_timeout", lock_timeout, low=0.0, owner="RunStore")
@@ -192,7 +263,8 @@ class RunStore:
                 raise StoreError(f"no run store at {self.path} (pass --store PATH or set LEARNDYN_STORE)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._open_or_create()
+        if self._open_or_create() and recover:
+            self.recover_dead_runs()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
@@ -261,18 +333,22 @@ class RunStore:
             finally:
                 self._read_con = None
 
-    def _open_or_create(self) -> None:
+    def _open_or_create(self) -> bool:
+        """Check (or create) the store; True if it already held a store."""
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if not fresh:
-            with open(self.path, "rb") as fh:
-                header = fh.read(12)
+            try:
+                with open(self.path, "rb") as fh:
+                    header = fh.read(12)
+            except OSError as exc:
+                raise StoreError(f"run store {self.path}: cannot read: {exc.strerror or exc}") from None
             if header[8:12] != b"DUCK":
                 raise StoreError(f"{self.path} is not a learndyn run store (not a DuckDB database file)")
             with self._read() as con:
                 tables = self._tables(con)
             if tables:
                 self._check_schema(tables)
-                return
+                return True
         with self._write() as con:  # new file, or an empty DuckDB database: make it a store
             tables = self._tables(con)
             if not tables:
@@ -283,8 +359,9 @@ class RunStore:
                     [STORE_FORMAT, SCHEMA_VERSION, _now(), __version__],
                 )
                 con.execute("COMMIT")
-                return
+                return False
         self._check_schema(tables)
+        return True
 
     @staticmethod
     def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -293,16 +370,32 @@ class RunStore:
 
     def _check_schema(self, tables: set[str]) -> None:
         if "schema_version" not in tables:
+            if {"runs", "metrics"} <= tables:
+                raise StoreError(
+                    f"{self.path} looks like a run store from before schema versions (version 0), which this "
+                    f"learndyn cannot migrate; allowed: schema versions 1..{SCHEMA_VERSION}"
+                )
             raise StoreError(
                 f"{self.path} is a DuckDB database but not a learndyn run store (no schema_version table)"
             )
-        with self._read() as con:
-            try:
+        version = self._schema_version()
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+            tables = self._tables_now()
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            raise StoreError(f"{self.path} is a damaged run store: missing table(s) {', '.join(missing)}")
+
+    def _schema_version(self, con: duckdb.DuckDBPyConnection | None = None) -> int:
+        """The store's schema version; refuses foreign, unknown and newer versions."""
+        try:
+            if con is None:
+                with self._read() as read_con:
+                    rows = read_con.execute("SELECT format, version FROM schema_version").fetchall()
+            else:
                 rows = con.execute("SELECT format, version FROM schema_version").fetchall()
-            except duckdb.Error as exc:
-                raise StoreError(
-                    f"{self.path}: unreadable schema_version table: {_first_line(exc)}"
-                ) from None
+        except (duckdb.Error, StoreError) as exc:
+            raise StoreError(f"{self.path}: unreadable schema_version table: {_first_line(exc)}") from None
         if len(rows) != 1 or rows[0][0] != STORE_FORMAT:
             raise StoreError(
                 f"{self.path} is a DuckDB database but not a learndyn run store (foreign schema_version)"
@@ -318,9 +411,70 @@ class RunStore:
                 f"{self.path} has schema version {version}, newer than this learndyn {__version__} supports "
                 f"({SCHEMA_VERSION}); upgrade learndyn to read it"
             )
-        missing = [t for t in _TABLES if t not in tables]
+        return version
+
+    def _tables_now(self) -> set[str]:
+        with self._read() as con:
+            return self._tables(con)
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade the store from ``version`` to ``SCHEMA_VERSION``: one transaction, under the write lock."""
+        missing = [v for v in range(version, SCHEMA_VERSION) if v not in _MIGRATIONS]
         if missing:
-            raise StoreError(f"{self.path} is a damaged run store: missing table(s) {', '.join(missing)}")
+            raise StoreError(
+                f"{self.path} has schema version {version}, older than this learndyn's {SCHEMA_VERSION}, and "
+                f"no migration from version {missing[0]} exists; open it with an older learndyn"
+            )
+        with self._write() as con:
+            current = self._schema_version(con)  # another process may have migrated it meanwhile
+            if current == SCHEMA_VERSION:
+                return
+            con.execute("BEGIN")
+            try:
+                for v in range(current, SCHEMA_VERSION):
+                    _MIGRATIONS[v](con)
+                con.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION])
+                con.execute("COMMIT")
+            except Exception as exc:
+                con.execute("ROLLBACK")
+                raise StoreError(
+                    f"{self.path}: migration from schema version {current} to {SCHEMA_VERSION} failed "
+                    f"(store unchanged): {_first_line(exc)}"
+                ) from None
+
+    # ------------------------------------------------------------------ crash recovery
+    def recover_dead_runs(self) -> list[str]:
+        """Mark ``interrupted`` every ``running`` run of this host whose process is gone; return their ids.
+
+        A process killed with SIGKILL (or a machine that lost power) cannot mark its run; this does, the next
+        time anyone opens the store (``learndyn list`` included). Runs of other hosts are left alone.
+        """
+        host = socket.gethostname()
+        with self._read() as con:
+            rows = con.execute(  # updated_at: the writer (pid) was alive then, so it started before
+                "SELECT id, pid, coalesce(updated_at, started_at) FROM runs "
+                "WHERE status = 'running' AND host = ?",
+                [host],
+            ).fetchall()
+        dead = [(i, pid) for i, pid, wrote in rows if pid is not None and not _process_alive(pid, wrote)]
+        if not dead:
+            return []
+        marked = []
+        with self._write() as con:
+            for run_id, pid in dead:
+                changed = con.execute(
+                    "UPDATE runs SET status = 'interrupted', ended_at = coalesce(updated_at, ?), error = ? "
+                    "WHERE id = ? AND status = 'running' AND host = ? AND pid = ? RETURNING id",
+                    [
+                        _now(),
+                        f"process {pid} on {host} ended without closing the run (killed?)",
+                        run_id,
+                        host,
+                        pid,
+                    ],
+                ).fetchall()
+                marked.extend(r[0] for r in changed)
+        return marked
 
     # ------------------------------------------------------------------ writing
     def start_run(
@@ -334,6 +488,7 @@ class RunStore:
         flush_every: int = 100,
         flush_seconds: float | None = 10.0,
         git_commit: str | None = None,
+        checkpoint_every: int | None = None,
     ) -> Run:
         """Open a new run (status ``running``, visible at once) and return it as a :class:`Run` recorder.
 
@@ -341,6 +496,8 @@ class RunStore:
         the report's experiment-specific figures. ``flush_every``: flush after this many distinct steps;
         ``flush_seconds``: also flush when a new step comes this long after the last flush (None: never).
         ``git_commit`` defaults to the learndyn source tree's commit (``+dirty`` when modified).
+        ``checkpoint_every``: updates between the checkpoints of ``run.checkpointer`` (default
+        ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none).
         """
         from learndyn.config import config_to_dict
 
@@ -348,6 +505,12 @@ class RunStore:
             raise LearndynValueError(f"name={name!r} is not allowed; allowed: a non-empty string")
         if seed is not None:
             seed = check_int("seed", int(seed) if isinstance(seed, np.integer) else seed, owner="start_run")
+        check_int("flush_every", flush_every, low=1, owner="start_run")  # checked before the run exists
+        if flush_seconds is not None:
+            check_real("flush_seconds", flush_seconds, low=0.0, owner="start_run")
+        if checkpoint_every is None:
+            checkpoint_every = default_checkpoint_every()  # a bad $LEARNDYN_CHECKPOINT_EVERY fails here
+        check_int("checkpoint_every", checkpoint_every, low=0, owner="start_run")
         run_id = uuid.uuid4().hex
         config_json = _dumps(config_to_dict(config))
         now = _now()
@@ -371,7 +534,70 @@ class RunStore:
                     __version__,
                 ],
             )
-        return Run(self, run_id, name, flush_every=flush_every, flush_seconds=flush_seconds)
+        return Run(
+            self,
+            run_id,
+            name,
+            flush_every=flush_every,
+            flush_seconds=flush_seconds,
+            checkpoint_every=checkpoint_every,
+        )
+
+    def reopen_run(
+        self,
+        ref: str,
+        *,
+        flush_every: int = 100,
+        flush_seconds: float | None = 10.0,
+        checkpoint_every: int | None = None,
+    ) -> Run:
+        """Continue an ``interrupted`` or ``failed`` run under its id (``learndyn resume``); returns its Run.
+
+        The run is marked ``running`` by this process. Rows it logs at a (step, name) an earlier attempt
+        already wrote replace those rows (metrics and arrays alike); its summary starts from the stored one. A
+        run still running in a live process, or one that completed or diverged, is refused (StoreError).
+        """
+        check_int("flush_every", flush_every, low=1, owner="reopen_run")
+        if checkpoint_every is None:
+            checkpoint_every = default_checkpoint_every()
+        check_int("checkpoint_every", checkpoint_every, low=0, owner="reopen_run")
+        run_id = self.resolve(ref)
+        self.recover_dead_runs()
+        host, pid = socket.gethostname(), os.getpid()
+        with self._write() as con:
+            row = con.execute(
+                "SELECT name, status, host, pid, summary FROM runs WHERE id = ?", [run_id]
+            ).fetchone()
+            name, status, run_host, run_pid, summary = row
+            if status not in RESUMABLE:
+                where = f" (pid {run_pid} on {run_host})" if status == "running" else ""
+                raise StoreError(
+                    f"run {run_id[:8]} ({name}) is {status}{where}; allowed to resume: "
+                    + ", ".join(RESUMABLE)
+                )
+            con.execute(
+                "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL, traceback = NULL, "
+                "host = ?, pid = ?, updated_at = ? WHERE id = ?",
+                [host, pid, _now(), run_id],
+            )
+            metric_keys = con.execute(
+                "SELECT name, list(DISTINCT step) FROM metrics WHERE run_id = ? GROUP BY name", [run_id]
+            ).fetchall()
+            array_keys = con.execute(
+                "SELECT name, list(DISTINCT step) FROM arrays WHERE run_id = ? GROUP BY name", [run_id]
+            ).fetchall()
+        run = Run(
+            self,
+            run_id,
+            name,
+            flush_every=flush_every,
+            flush_seconds=flush_seconds,
+            checkpoint_every=checkpoint_every,
+        )
+        run._summary = dict(_loads(summary) or {})
+        run._old_rows = {n: set(steps) for n, steps in metric_keys}
+        run._old_arrays = {n: set(steps) for n, steps in array_keys}
+        return run
 
     # ------------------------------------------------------------------ resolving references
     def resolve(self, ref: str) -> str:
@@ -595,9 +821,26 @@ class RunStore:
         rows: list[tuple[int, str, float]],
         array_rows: list[tuple[int, str, str, str, str, str]],
         updates: Mapping[str, Any],
+        replace_rows: Sequence[tuple[int, str]] = (),
+        replace_arrays: Sequence[tuple[int, str]] = (),
     ) -> None:
         with self._write() as con:
             con.execute("BEGIN")
+            for table, keys in (("metrics", replace_rows), ("arrays", replace_arrays)):
+                if keys:
+                    batch = pa.table(
+                        {
+                            "step": pa.array([k[0] for k in keys], pa.int64()),
+                            "name": pa.array([k[1] for k in keys], pa.string()),
+                        }
+                    )
+                    con.register("_ld_replace", batch)
+                    con.execute(
+                        f"DELETE FROM {table} WHERE run_id = ? AND (step, name) IN "
+                        "(SELECT (step, name) FROM _ld_replace)",
+                        [run_id],
+                    )
+                    con.unregister("_ld_replace")
             if rows:
                 table = pa.table(
                     {
@@ -650,6 +893,10 @@ class Run:
     propagates). Everything logged is buffered and written in batches; :attr:`last_flushed_step` tells how far
     the durable part goes. A run never closed is flushed (not closed) at interpreter exit. Not thread-safe:
     log to one run from one thread.
+
+    :attr:`checkpointer` is where the run's training loops keep their checkpoints
+    (``train_loop(..., checkpointer=getattr(recorder, "checkpointer", None))``); they are deleted when the
+    run completes or diverges and kept otherwise, for ``learndyn resume``.
     """
 
     def __init__(
@@ -660,6 +907,7 @@ class Run:
         *,
         flush_every: int = 100,
         flush_seconds: float | None = 10.0,
+        checkpoint_every: int | None = None,
     ) -> None:
         self.store = store
         self.id = run_id
@@ -684,6 +932,13 @@ class Run:
         self._file_seq = 0
         self._closed = False
         self._pid = os.getpid()
+        self._checkpointer = RunCheckpointer(
+            store.arrays_dir / run_id / "checkpoints", every=checkpoint_every
+        )  # validates checkpoint_every now, before any training
+        # (step)s per name an earlier attempt of this run wrote (see RunStore.reopen_run); rows logged again
+        # at those keys replace the old ones
+        self._old_rows: dict[str, set[int]] = {}
+        self._old_arrays: dict[str, set[int]] = {}
         _OPEN_RUNS.add(self)
 
     def __repr__(self) -> str:
@@ -701,6 +956,11 @@ class Run:
     @property
     def summary(self) -> dict[str, Any]:
         return dict(self._summary)
+
+    @property
+    def checkpointer(self) -> RunCheckpointer:
+        """The run's checkpoints (``<store>.arrays/<run id>/checkpoints``), for ``train_loop``."""
+        return self._checkpointer
 
     # ------------------------------------------------------------------ Recorder
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -737,8 +997,13 @@ class Run:
         """Write everything buffered to the store now (one transaction under the store's write lock)."""
         if not (self._rows or self._arrays or self._updates):
             return
+        replace_rows = self._replaced(self._old_rows, ((s, n) for s, n, _ in self._rows))
+        replace_arrays = self._replaced(self._old_arrays, ((s, n) for s, n, _ in self._arrays))
         array_rows = self._write_array_file() if self._arrays else []
-        self.store._flush(self.id, self._rows, array_rows, self._updates)
+        self.store._flush(self.id, self._rows, array_rows, self._updates, replace_rows, replace_arrays)
+        for old, keys in ((self._old_rows, replace_rows), (self._old_arrays, replace_arrays)):
+            for step, name in keys:
+                old[name].discard(step)
         if self._max_step is not None:
             self._last_flushed_step = self._max_step
         self._rows, self._arrays, self._updates = [], [], {}
@@ -754,9 +1019,17 @@ class Run:
         self._updates["summary"] = _dumps(self._summary)
         self.flush()
 
-    def mark_diverged(self, reason: str | None = None) -> None:
-        """Mark the run as diverged; it is closed with status ``diverged`` instead of ``completed``."""
+    def mark_diverged(self, reason: str | None = None, *, step: int | None = None) -> None:
+        """Mark the run as diverged; it is closed with status ``diverged`` instead of ``completed``.
+
+        ``train_loop`` calls this when a loop diverges. The first call wins: its ``reason`` becomes the run's
+        error and ``step`` is stored as ``diverged_at`` in the summary (now, so it survives a crash).
+        """
+        if self._diverged_reason is not None:
+            return
         self._diverged_reason = reason or "diverged"
+        if step is not None:
+            self.set_summary({"diverged_at": int(step)})
 
     @property
     def diverged(self) -> bool:
@@ -780,6 +1053,8 @@ class Run:
         self._status = status
         self._closed = True
         _OPEN_RUNS.discard(self)
+        if status in ("completed", "diverged"):
+            self._checkpointer.clear()  # nothing will resume it
 
     def __enter__(self) -> Run:
         return self
@@ -827,6 +1102,14 @@ class Run:
         if self._max_step is None or step_int > self._max_step:
             self._max_step = step_int
         return step_int
+
+    @staticmethod
+    def _replaced(old: dict[str, set[int]], keys: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The (step, name) keys of this batch that an earlier attempt of the run wrote."""
+        if not old:
+            return []
+        out = {(step, name) for step, name in keys if step in old.get(name, ())}
+        return sorted(out)
 
     def _auto_flush(self) -> None:
         """A flush due by step count or time; if the store is busy (lock timeout), keep buffering and retry

@@ -1,0 +1,345 @@
+"""Store integrity: damaged and foreign files are refused in one line; old schemas are migrated or refused;
+concurrent processes never lose or duplicate a run; a resumed run replaces, never duplicates, its rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from learndyn.cli import app
+from learndyn.store import RunStore, StoreError
+from learndyn.store import runstore as rs
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _filled_store(path: Path, runs: int = 3, steps: int = 200) -> RunStore:
+    store = RunStore(path)
+    for i in range(runs):
+        with store.start_run("r", {"i": i}, seed=i) as run:
+            for t in range(steps):
+                run.log(t, {"loss": 1.0 / (t + 1), "x": float(t)})
+            run.log_array(0, "spectrum", np.arange(3.0))
+    return store
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert text and "\n" not in text, text
+    return text
+
+
+# ---------------------------------------------------------------------------------------- damaged files
+def _damage(kind: str, data: bytes) -> bytes:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    return {
+        "truncated-half": data[: len(data) // 2],
+        "truncated-4k": data[:4096],
+        "truncated-100b": data[:100],
+        "header-only": data[:12],
+        "zeros-after-header": data[:4096] + bytes(len(data) - 4096),
+        "garbage-after-header": data[:4096] + noise[4096:],
+        "garbage-after-magic": data[:12] + noise[12:],
+        "all-garbage": noise,
+        "all-zeros": bytes(len(data)),
+    }[kind]
+
+
+DAMAGE = [
+    "truncated-half",
+    "truncated-4k",
+    "truncated-100b",
+    "header-only",
+    "zeros-after-header",
+    "garbage-after-header",
+    "garbage-after-magic",
+    "all-garbage",
+    "all-zeros",
+]
+
+
+@pytest.fixture(scope="module")
+def good_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("good") / "s.duckdb"
+    _filled_store(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_store_file_is_refused_in_one_line(tmp_path, good_bytes, kind):
+    path = tmp_path / "s.duckdb"
+    path.write_bytes(_damage(kind, good_bytes))
+    with pytest.raises(StoreError) as exc:
+        store = RunStore(path)
+        store.runs()  # a damage DuckDB only notices when it reads the tables
+        store.sql("SELECT count(*) FROM metrics")
+    assert str(path) in _one_line(exc)
+    result = CliRunner().invoke(app, ["list", "--store", str(path)], catch_exceptions=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet", "json", "empty-duckdb-with-table"])
+def test_foreign_files_are_refused(tmp_path, kind):
+    path = tmp_path / "s.duckdb"
+    if kind == "sqlite":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE runs (id TEXT)")
+        con.commit()
+        con.close()
+    elif kind == "parquet":
+        duckdb.sql(f"COPY (SELECT 1 AS a) TO '{path}' (FORMAT parquet)")
+    elif kind == "json":
+        path.write_text('{"runs": []}')
+    else:
+        con = duckdb.connect(str(path))
+        con.execute("CREATE TABLE schema_version (format VARCHAR, version INTEGER)")
+        con.execute("INSERT INTO schema_version VALUES ('someone-else', 1)")
+        con.close()
+    with pytest.raises(StoreError, match="not a learndyn run store") as exc:
+        RunStore(path)
+    _one_line(exc)
+
+
+def test_a_garbage_write_ahead_log_does_not_lose_the_store(tmp_path):
+    path = tmp_path / "s.duckdb"
+    _filled_store(path, runs=2, steps=10)
+    garbage = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    Path(str(path) + ".wal").write_bytes(garbage)
+    store = RunStore(path)
+    assert len(store.runs()) == 2 and len(store.metrics(store.runs()["id"].iloc[0])) == 20
+    with store.start_run("after", {}) as run:
+        run.log(0, {"loss": 1.0})
+    assert len(RunStore(path).runs()) == 3
+
+
+# ---------------------------------------------------------------------------------------- schema versions
+V1_SCHEMA = rs._SCHEMA  # what version 1 stores contain
+
+
+def _v1_store(path: Path) -> None:
+    """A store as learndyn with schema version 1 writes it, one run in it."""
+    store = RunStore(path)
+    with store.start_run("old", {"a": 1}) as run:
+        run.log(0, {"loss": 2.0})
+
+
+def test_pre_versioning_v0_store_is_refused_clearly(tmp_path):
+    path = tmp_path / "v0.duckdb"
+    con = duckdb.connect(str(path))  # runs and metrics, but no schema_version table
+    con.execute("CREATE TABLE runs (id VARCHAR, name VARCHAR, status VARCHAR, config VARCHAR)")
+    con.execute("CREATE TABLE metrics (run_id VARCHAR, step BIGINT, name VARCHAR, value DOUBLE)")
+    con.close()
+    with pytest.raises(StoreError) as exc:
+        RunStore(path)
+    message = _one_line(exc)
+    assert "before schema versions (version 0)" in message and f"1..{rs.SCHEMA_VERSION}" in message
+
+
+def test_older_schema_is_migrated_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    _v1_store(path)
+    calls = []
+
+    def add_notes(con):  # a v1 -> v2 migration: a new column with a default
+        calls.append(1)
+        con.execute("ALTER TABLE runs ADD COLUMN notes VARCHAR DEFAULT ''")
+
+    monkeypatch.setattr(rs, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(rs, "_MIGRATIONS", {1: add_notes})
+    store = RunStore(path)
+    assert calls == [1]
+    assert store.sql("SELECT version FROM schema_version").iloc[0, 0] == 2
+    assert store.sql("SELECT name, notes FROM runs").values.tolist() == [["old", ""]]
+    assert store.metrics("old")["value"].tolist() == [2.0]  # data kept
+    RunStore(path)
+    assert calls == [1]  # migrated once
+
+
+def test_missing_or_failing_migration_refuses_and_leaves_the_store_unchanged(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    _v1_store(path)
+    monkeypatch.setattr(rs, "SCHEMA_VERSION", 3)
+
+    def v1_to_v2(con):
+        con.execute("ALTER TABLE runs ADD COLUMN notes VARCHAR")
+
+    monkeypatch.setattr(rs, "_MIGRATIONS", {1: v1_to_v2})  # no 2 -> 3
+    with pytest.raises(StoreError) as exc:
+        RunStore(path)
+    assert "no migration from version 2" in _one_line(exc)
+
+    def broken(con):  # runs after v1_to_v2 in the same transaction
+        con.execute("ALTER TABLE runs ADD COLUMN more VARCHAR")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(rs, "_MIGRATIONS", {1: v1_to_v2, 2: broken})
+    with pytest.raises(StoreError) as exc:
+        RunStore(path)
+    assert "migration from schema version 1 to 3 failed (store unchanged): disk on fire" in _one_line(exc)
+    monkeypatch.setattr(rs, "SCHEMA_VERSION", 1)
+    store = RunStore(path)  # rolled back: still a valid version-1 store
+    assert store.sql("SELECT version FROM schema_version").iloc[0, 0] == 1
+    assert not {"notes", "more"} & set(store.sql("SELECT * FROM runs").columns)
+
+
+# ---------------------------------------------------------------------------------------- concurrency
+MANY_RUNS = """
+import sys
+from learndyn.store import RunStore
+path, worker, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for r in range(runs):
+    store = RunStore(path)  # every open also runs crash recovery, concurrently with the other writers
+    with store.start_run(f"w{worker}", {"worker": worker, "r": r}, flush_every=3, flush_seconds=None) as run:
+        for t in range(7):
+            run.log(t, {"v": worker * 1000 + r * 10 + t})
+print("done")
+"""
+
+
+def test_concurrent_processes_never_lose_or_duplicate_a_run(tmp_path):
+    path = tmp_path / "s.duckdb"
+    RunStore(path)
+    workers, runs = 4, 8
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MANY_RUNS, str(path), str(w), str(runs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for w in range(workers)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and out.strip() == "done", err
+    store = RunStore(path)
+    df = store.runs()
+    assert len(df) == workers * runs and df["id"].is_unique
+    assert set(df["status"]) == {"completed"}  # recovery never touched a live writer's run
+    pairs = sorted((c["worker"], c["r"]) for c in df["config"])
+    assert pairs == [(w, r) for w in range(workers) for r in range(runs)]
+    m = store.sql("SELECT run_id, step, name, value FROM metrics")
+    assert len(m) == workers * runs * 7 and not m.duplicated(["run_id", "step", "name"]).any()
+
+
+REOPEN = """
+import sys
+from learndyn.store import RunStore, StoreError
+try:
+    run = RunStore(sys.argv[1]).reopen_run(sys.argv[2])
+except StoreError as exc:
+    print("REFUSED", exc)
+else:
+    print("TOOK", run.id)
+    sys.stdout.flush()
+    sys.stdin.readline()  # hold the run (alive) until told
+    run.close()
+"""
+
+
+def test_only_one_process_can_resume_a_run(tmp_path):
+    path = tmp_path / "s.duckdb"
+    store = RunStore(path)
+    run = store.start_run("r", {})
+    run.log(0, {"loss": 1.0})
+    run.close("interrupted")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REOPEN, str(path), run.id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for _ in range(3)
+    ]
+    try:
+        firsts = [p.stdout.readline().split()[0] for p in procs]
+        assert sorted(firsts) == ["REFUSED", "REFUSED", "TOOK"], [p.stderr.read() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.write("\n")
+                p.stdin.flush()
+            p.wait(timeout=120)
+    assert RunStore(path).run_info(run.id)["status"] == "completed"
+
+
+# ---------------------------------------------------------------------------------------- resumed rows
+def test_a_resumed_run_replaces_the_rows_it_logs_again_and_keeps_the_rest(tmp_path):
+    store = RunStore(tmp_path / "s.duckdb")
+    run = store.start_run("r", {"x": 1}, flush_every=2)
+    for t in range(10):
+        run.log(t, {"loss": float(t), "other": -1.0})
+        run.log_array(t, "spec", np.full(2, t, dtype=float))
+    run.set_summary({"kept": 1})
+    run.flush()
+    run.close("interrupted")  # as if killed after flushing step 9
+
+    again = store.reopen_run(run.id[:6], flush_every=3)
+    assert store.run_info(run.id)["status"] == "running" and again.summary == {"kept": 1}
+    for t in range(6, 12):  # the resumed loop restarts at its checkpoint, step 6
+        again.log(t, {"loss": 100.0 + t})
+        again.log_array(t, "spec", np.full(2, 100 + t, dtype=float))
+    again.log(11, {"loss": 999.0})  # a second row at one key in one attempt is kept, as a fresh run would
+    again.close()
+
+    info = store.run_info(run.id)
+    assert info["status"] == "completed" and info["error"] is None and info["ended_at"] is not None
+    loss = store.metrics(run.id, "loss")
+    assert loss["step"].tolist() == [*range(12), 11]
+    assert loss["value"].tolist() == [*map(float, range(6)), *(100.0 + t for t in range(6, 12)), 999.0]
+    assert len(store.metrics(run.id, "other")) == 10  # not logged again: kept
+    spec = store.arrays(run.id, "spec")
+    assert spec["step"].tolist() == list(range(12))
+    assert [a[0] for a in spec["array"]] == [*map(float, range(6)), *(100.0 + t for t in range(6, 12))]
+
+
+def test_completed_and_diverged_runs_are_not_resumable(tmp_path):
+    store = RunStore(tmp_path / "s.duckdb")
+    with store.start_run("done", {}) as run:
+        run.log(0, {"a": 1.0})
+    with store.start_run("bad", {}) as bad:
+        bad.mark_diverged("loss is nan at step 3", step=3)
+    for ref, status in ((run.id, "completed"), (bad.id, "diverged")):
+        with pytest.raises(StoreError, match=f"is {status}; allowed to resume: interrupted, failed"):
+            store.reopen_run(ref)
+
+
+def test_checkpoints_live_beside_the_run_and_go_when_it_completes(tmp_path):
+    store = RunStore(tmp_path / "s.duckdb")
+    run = store.start_run("r", {}, checkpoint_every=7)
+    ckpt = run.checkpointer
+    assert ckpt.every == 7 and ckpt.directory == store.arrays_dir / run.id / "checkpoints"
+    keys = [ckpt.loop_key("main"), ckpt.loop_key("main"), ckpt.loop_key("probe")]
+    assert keys == ["main-0", "main-1", "probe-0"]
+    ckpt.save("main-0", {"step": 3})
+    run.close("interrupted")
+    assert ckpt.load("main-0") == {"step": 3}  # kept for `learndyn resume`
+    again = store.reopen_run(run.id)
+    assert again.checkpointer.load("main-0") == {"step": 3}
+    assert again.checkpointer.loop_key("main") == "main-0"  # a new attempt counts its loops afresh
+    again.close()
+    assert not ckpt.directory.exists()
+    with pytest.raises(ValueError, match="checkpoint_every=-1 is out of range"):
+        store.start_run("r", {}, checkpoint_every=-1)
+    assert len(store.runs()) == 1  # refused before a run was opened
