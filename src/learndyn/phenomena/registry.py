@@ -39,6 +39,16 @@ class ExperimentResult:
             return None
         return self.agreement <= self.tolerance
 
+    def stored_summary(self) -> dict[str, Any]:
+        """What a run stores as its summary: ``summary`` plus ``agreement``, ``tolerance`` and ``passed``
+        where they are known."""
+        out: dict[str, Any] = dict(self.summary)
+        for key in ("agreement", "tolerance", "passed"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
 
 @dataclass(frozen=True)
 class Experiment:

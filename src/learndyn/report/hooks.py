@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 FigureFn = Callable[["RunStore", str], list[Any]]
 
-BUILTIN_FIGURE_MODULES = ("learndyn.report.optimizer_comparison",)
+# Importing ``learndyn.phenomena`` registers every built-in experiment together with its figure hooks.
+BUILTIN_FIGURE_MODULES = ("learndyn.report.optimizer_comparison", "learndyn.phenomena")
 
 _FIGURES: dict[str, list[FigureFn]] = {}
 

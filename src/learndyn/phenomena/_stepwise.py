@@ -1,0 +1,56 @@
+"""Helpers shared by the stepwise-learning phenomena (:mod:`.deep_linear`, :mod:`.ssl_stepwise`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from learndyn.validation import LearndynValueError
+
+MAX_CHECKPOINTS = 20
+"""A loop checkpoints at most about this many times: each checkpoint also flushes the run store."""
+
+
+def float_tuple(owner: str, name: str, value: object) -> tuple[float, ...]:
+    """``value`` as a tuple: accepts ``"3,1.5,0.75"`` (from ``--set``), one number, or a sequence."""
+    if isinstance(value, str):
+        try:
+            return tuple(float(p) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise LearndynValueError(
+                f"{owner}.{name}={value!r} is not a list of numbers; allowed: e.g. 3,1.5,0.75"
+            ) from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (float(value),)
+    try:
+        return tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise LearndynValueError(
+            f"{owner}.{name}={value!r} is not allowed; allowed: a list of numbers"
+        ) from None
+
+
+def crossing_step(steps: np.ndarray, values: np.ndarray, level: float) -> float:
+    """First step at which ``values`` reaches ``level`` (linear interpolation); ``nan`` if it never does."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    above = np.nonzero(values >= level)[0]
+    if above.size == 0:
+        return float("nan")
+    k = int(above[0])
+    if k == 0:
+        return float(steps[0])
+    v0, v1 = values[k - 1], values[k]
+    frac = (level - v0) / (v1 - v0) if v1 != v0 else 1.0
+    return float(steps[k - 1] + frac * (steps[k] - steps[k - 1]))
+
+
+def loop_checkpoint_every(checkpointer: Any, steps: int) -> int:
+    """Updates between checkpoints for a loop of ``steps`` updates: the checkpointer's ``every`` (0: off), but
+    no more often than ``MAX_CHECKPOINTS`` times per loop (these loops are long and each step is cheap)."""
+    if checkpointer is None:
+        return 0
+    every = getattr(checkpointer, "every", None)
+    if every == 0:
+        return 0
+    return max(int(every or 0), -(-steps // MAX_CHECKPOINTS), 1)

@@ -1,0 +1,665 @@
+r"""Grokking: delayed generalisation on modular addition (``learndyn run grokking``).
+
+Power, Burda, Edwards, Babuschkin & Misra, "Grokking: generalization beyond overfitting on small algorithmic
+datasets" (2022); Nanda, Chan, Lieberum, Smith & Steinhardt, "Progress measures for grokking via mechanistic
+interpretability", ICLR 2023.
+
+Task and model
+--------------
+All ``p²`` pairs ``(a, b) ∈ Z_p × Z_p`` with label ``c = (a + b) mod p``; a random ``train_fraction`` of them
+(split by ``seed``) is the training set, the rest the test set. The model is a two-layer MLP on learned token
+embeddings,
+
+    logits(a, b) = W_out · ReLU(W_in [E_a ; E_b] + b_in) + b_out,
+
+with one embedding table ``E ∈ R^{p×d}`` (``d = embed_dim``) shared by both operands, ``hidden`` ReLU units
+and an unembedding ``W_out ∈ R^{p×hidden}`` (one row per output token). It is trained on the cross-entropy by
+AdamW with decoupled weight decay ``weight_decay``, full batch by default (``batch_size=None``).
+
+What happens (the phenomenon)
+-----------------------------
+The network first *memorises*: training accuracy reaches ~100% within tens to hundreds of steps while the test
+accuracy stays at chance (``1/p``) and the test loss even rises. Much later, with the training accuracy at
+100% all along, the test accuracy jumps to ~100%: the network *groks*. Nanda et al. explain it for a one-layer
+transformer, and the same picture holds for this MLP (its final embedding spectrum is a handful of sharp
+frequencies): weight decay slowly trades the memorising solution for a cheaper, generalising *Fourier
+circuit* that embeds each token as ``cos(2πka/p), sin(2πka/p)`` for a few key frequencies ``k`` and computes
+``a + b`` with trigonometric identities. They split training into three phases: **memorisation**, **circuit
+formation** (the Fourier circuit grows inside the memorising network while the test loss barely moves) and
+**cleanup** (weight decay removes the memorising components; the test loss collapses, the test accuracy jumps
+and the weight norm falls fast). In this MLP, from PyTorch's default initialisation (embedding entries
+``N(0, 1)``), the weight norm grows during circuit formation, peaks near its end and falls through cleanup.
+
+The hidden progress measure: Fourier concentration
+---------------------------------------------------
+For a table ``W ∈ R^{p×n}`` indexed by token (the embedding ``E``, or ``W_out``) take the discrete Fourier
+transform over the token axis, ``Ŵ_k = Σ_a W_a e^{−2πika/p}``, and its power per frequency
+``P_k = ‖Ŵ_k‖² + ‖Ŵ_{p−k}‖²`` for ``k = 1 … ⌊p/2⌋`` (``Ŵ_{p−k} = conj Ŵ_k`` for real ``W``, so a
+frequency and its mirror are one real Fourier mode; the Nyquist ``k = p/2`` of an even ``p`` counts once).
+The constant component ``k = 0`` is left out: a token-independent offset carries no information about ``a``.
+The normalised spectrum ``s_k = P_k / Σ_j P_j`` (:func:`fourier_spectrum`) gives two concentrations:
+
+* ``topk`` -- the fraction of power in the ``top_k`` strongest frequencies, ``Σ_{k ∈ top} s_k``
+  (:func:`topk_fraction`): about ``top_k / ⌊p/2⌋`` (plus an order-statistics excess) for a random table,
+  → 1 for a table built from ``top_k`` or fewer frequencies;
+* ``gini`` -- the Gini coefficient of ``s`` (:func:`gini`), ``G = Σ_i (2i − m − 1) s_(i) / (m Σ s)`` over
+  the ``m = ⌊p/2⌋`` frequencies sorted ascending: 0 for a flat spectrum, ``1 − 1/m`` for one frequency.
+
+Both are logged for the embedding (``fourier/embed_*``) and the unembedding (``fourier/unembed_*``); the
+spectrum of the embedding is logged as the array ``fourier/embed_spectrum`` (index ``k − 1``).
+
+Logged and reported
+-------------------
+Every ``eval_every`` steps (and after the last update): ``train/loss``, ``train/acc``, ``test/loss``,
+``test/acc`` (the whole split, no dropout), the Fourier concentrations, and through the
+:class:`~learndyn.probes.Monitor` the :class:`~learndyn.probes.representation.ParameterDistanceProbe`'s
+``params/norm`` (``‖θ‖₂`` over all trainable parameters) and ``params/dist_init``; ``loss`` is the
+training (mini)batch loss the loop minimises.
+
+Summary: ``memorisation_step`` (first evaluated step with train accuracy ≥ ``memorisation_acc``),
+``grokking_step`` (first with test accuracy ≥ ``generalisation_acc``), ``delay_ratio`` = grokking /
+memorisation step, the final accuracies and losses, the weight norm (initial, final, and the step of its
+maximum after memorisation) and the Fourier concentrations at initialisation, at memorisation and at the end.
+
+Stages: a :class:`~learndyn.probes.stages.StageDetector` (:func:`stage_detector`) is run on the test loss,
+the test accuracy and the weight norm, one point per evaluation. For each it reports the first completed
+descent after memorisation (a plateau end followed by a drop; for the accuracy a jump up):
+``stages/<series>/descent_start`` (the plateau end), ``.../drop`` (steepest descent) and ``.../settled``
+(the next plateau; ``nan`` if the series is still moving at the end). The phases in the result's ``table``:
+
+* memorisation: ``[0, memorisation_step]``;
+* circuit formation: ``[memorisation_step, cleanup_start)``, where ``cleanup_start_step`` is where the test
+  accuracy leaves its plateau (``stages/test_acc/descent_start``; else the weight norm's descent start; never
+  after ``grokking_step``);
+* cleanup: ``[cleanup_start, cleanup_end]``, ``cleanup_end_step`` being where the test loss settles
+  (``stages/test_loss/settled``, else the end of training).
+
+Measured at the defaults (p = 97, 30% of the pairs, d = 64, 128 hidden units, AdamW lr 1e-2, weight decay 1,
+full batch, 2500 steps; ~26 s of one CPU core), seeds 0/1/2: memorised at step 50, grokked at 1550/1170/1310
+(delay ratio 31/23/26), final test accuracy 1.0, top-5 Fourier concentration of the embedding 0.13 → 0.62/
+0.65/0.78 (it starts rising a few hundred steps after memorisation, long before the test accuracy moves).
+Seed 0: the test loss climbs from 4.6 to 14 while memorising; the weight norm rises during circuit formation
+to a peak at step 840 and falls through cleanup (detected descent start 910, cleanup start 940, test-accuracy
+jump 1395, test loss settled 1785). ``--set p=113`` or ``train_fraction=0.5`` work as well; small moduli
+(p ≲ 40) generalise gradually rather than suddenly.
+
+There is no closed form, so ``agreement`` and ``tolerance`` are ``None``.
+
+Resuming: with a checkpointer on the recorder (a stored run's), the loop checkpoints under ``grokking``; the
+measured series travel inside the checkpoints, so a resumed run reports the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from learndyn.phenomena._loop_log import LoopLog
+from learndyn.phenomena._stepwise import loop_checkpoint_every
+from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.probes.monitor import Monitor
+from learndyn.probes.representation import ParameterDistanceProbe
+from learndyn.probes.stages import StageDetector, StageEvent
+from learndyn.store.recorder import Recorder
+from learndyn.training import train_loop
+from learndyn.validation import LearndynValueError, check_int, check_real
+
+NAME = "grokking"
+SPECTRUM_EVERY = 10
+"""The embedding spectrum array is logged every this many evaluations (and at the first and last)."""
+
+
+@dataclass
+class GrokkingConfig:
+    """Modular addition mod ``p``, the MLP, AdamW and the evaluation schedule (see the module docstring).
+
+    ``p``: the modulus (≥ 3; ``p²`` pairs). ``train_fraction``: share of the pairs trained on (both splits
+    must be non-empty). ``embed_dim``, ``hidden``: embedding width ``d`` and ReLU units.
+    ``lr``, ``weight_decay``, ``beta1``, ``beta2``: AdamW's (decoupled weight decay; grokking needs it).
+    ``steps``: optimizer updates. ``batch_size``: ``None`` for full batch, else a minibatch drawn without
+    replacement each step. ``eval_every``: steps between evaluations. ``top_k``: frequencies in the top-k
+    Fourier concentration (≤ ``p // 2``). ``memorisation_acc`` / ``generalisation_acc``: the train / test
+    accuracies that define the memorisation and grokking steps. ``seed``: split, initialisation and batches.
+    ``threads``: torch intra-op threads while it runs (``None`` leaves torch's setting).
+    """
+
+    p: int = 97
+    train_fraction: float = 0.3
+    embed_dim: int = 64
+    hidden: int = 128
+    lr: float = 1e-2
+    weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    steps: int = 2500
+    batch_size: int | None = None
+    eval_every: int = 10
+    top_k: int = 5
+    memorisation_acc: float = 0.99
+    generalisation_acc: float = 0.95
+    seed: int = 0
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        owner = "GrokkingConfig"
+        check_int("p", self.p, low=3, high=1000, owner=owner)
+        self.train_fraction = check_real(
+            "train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, high_open=True,
+            owner=owner,
+        )
+        n_train = self.n_train()
+        if not 1 <= n_train <= self.p**2 - 1:
+            raise LearndynValueError(
+                f"{owner}.train_fraction={self.train_fraction!r} gives {n_train} of {self.p**2} pairs; "
+                "allowed: at least one training and one test pair"
+            )
+        check_int("embed_dim", self.embed_dim, low=1, owner=owner)
+        check_int("hidden", self.hidden, low=1, owner=owner)
+        self.lr = check_real("lr", self.lr, low=0.0, high=1.0, low_open=True, owner=owner)
+        self.weight_decay = check_real("weight_decay", self.weight_decay, low=0.0, owner=owner)
+        if self.lr * self.weight_decay >= 1.0:
+            raise LearndynValueError(
+                f"{owner}.weight_decay={self.weight_decay!r} is out of range; "
+                f"allowed: lr * weight_decay < 1 (lr={self.lr!r})"
+            )
+        self.beta1 = check_real("beta1", self.beta1, low=0.0, high=1.0, high_open=True, owner=owner)
+        self.beta2 = check_real("beta2", self.beta2, low=0.0, high=1.0, high_open=True, owner=owner)
+        check_int("steps", self.steps, low=1, owner=owner)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, low=1, high=n_train, owner=owner)
+        check_int("eval_every", self.eval_every, low=1, owner=owner)
+        check_int("top_k", self.top_k, low=1, high=self.p // 2, owner=owner)
+        self.memorisation_acc = check_real(
+            "memorisation_acc", self.memorisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
+        )
+        self.generalisation_acc = check_real(
+            "generalisation_acc", self.generalisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
+        )
+        check_int("seed", self.seed, low=0, owner=owner)
+        if self.threads is not None:
+            check_int("threads", self.threads, low=1, owner=owner)
+
+    def n_train(self) -> int:
+        """Number of training pairs, ``round(train_fraction · p²)``."""
+        return int(round(self.train_fraction * self.p**2))
+
+
+# ------------------------------------------------------------------------------------------ data and model
+def modular_addition_split(config: GrokkingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_test, y_test)``: pairs ``(a, b)`` as ``int64 (n, 2)``, labels ``(a + b) mod p``.
+
+    The split is a random permutation of all ``p²`` pairs drawn from ``seed`` (its own generator).
+    """
+    p = config.p
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
+    y = (x[:, 0] + x[:, 1]) % p
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(config.seed))
+    train, test = perm[: config.n_train()], perm[config.n_train() :]
+    return x[train], y[train], x[test], y[test]
+
+
+class ModularMLP(nn.Module):
+    """``W_out ReLU(W_in [E_a; E_b] + b_in) + b_out`` with one embedding table ``E`` for both operands.
+
+    ``embed.weight`` (``p × embed_dim``) and ``unembed.weight`` (``p × hidden``) are indexed by token: their
+    DFT over dimension 0 is the Fourier picture of the module docstring.
+    """
+
+    def __init__(self, p: int, embed_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(p, embed_dim)
+        self.hidden = nn.Linear(2 * embed_dim, hidden)
+        self.unembed = nn.Linear(hidden, p)
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.unembed(F.relu(self.hidden(self.embed(pairs).flatten(1))))
+
+
+def make_model(config: GrokkingConfig) -> ModularMLP:
+    """The MLP with PyTorch's default initialisation drawn from ``seed`` (the global RNG is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return ModularMLP(config.p, config.embed_dim, config.hidden)
+
+
+# ------------------------------------------------------------------------------------------ Fourier measures
+def fourier_spectrum(table: Tensor) -> Tensor:
+    """Normalised power ``s_k`` of ``table`` (``p × n``, rows indexed by token) per frequency ``k ≥ 1``.
+
+    ``P_k = ‖Ŵ_k‖² + ‖Ŵ_{p−k}‖²`` with ``Ŵ_k = Σ_a W_a e^{−2πika/p}`` (the Nyquist frequency of an even ``p``
+    counted once), ``k = 0`` left out, normalised to sum to 1 (a table with no power outside ``k = 0`` gives
+    the flat spectrum). Returns a float64 tensor of length ``p // 2``; entry ``k − 1`` is frequency ``k``.
+    """
+    w = table.detach().to(torch.float64)
+    if w.dim() == 1:
+        w = w[:, None]
+    p = w.shape[0]
+    if p < 3:
+        raise LearndynValueError(f"fourier_spectrum: table has {p} rows; allowed: at least 3 (tokens)")
+    power = torch.fft.rfft(w, dim=0).abs().square().reshape(p // 2 + 1, -1).sum(dim=1)[1:]
+    power = 2.0 * power
+    if p % 2 == 0:
+        power[-1] = power[-1] / 2.0
+    total = power.sum()
+    if not bool(total > 0):
+        return torch.full_like(power, 1.0 / power.numel())
+    return power / total
+
+
+def topk_fraction(spectrum: Tensor | np.ndarray, k: int) -> float:
+    """Fraction of a normalised spectrum's power in its ``k`` largest entries."""
+    s = torch.as_tensor(spectrum, dtype=torch.float64).reshape(-1)
+    k = check_int("k", k, low=1, high=s.numel(), owner="topk_fraction")
+    return float(torch.topk(s, k).values.sum() / s.sum())
+
+
+def gini(spectrum: Tensor | np.ndarray) -> float:
+    """Gini coefficient ``Σ_i (2i − m − 1) s_(i) / (m Σ s)`` of a non-negative vector sorted ascending.
+
+    0 when all entries are equal, ``1 − 1/m`` when one entry holds everything.
+    """
+    s = torch.sort(torch.as_tensor(spectrum, dtype=torch.float64).reshape(-1)).values
+    m = s.numel()
+    total = s.sum()
+    if m == 0 or not bool(total > 0):
+        return 0.0
+    i = torch.arange(1, m + 1, dtype=torch.float64)
+    return float(((2 * i - m - 1) * s).sum() / (m * total))
+
+
+def fourier_metrics(model: ModularMLP, top_k: int) -> tuple[dict[str, float], Tensor]:
+    """``fourier/{embed,unembed}_{topk,gini}`` of the model, and the embedding's spectrum."""
+    out: dict[str, float] = {}
+    embed_spectrum = fourier_spectrum(model.embed.weight)
+    for name, spectrum in (("embed", embed_spectrum), ("unembed", fourier_spectrum(model.unembed.weight))):
+        out[f"fourier/{name}_topk"] = topk_fraction(spectrum, top_k)
+        out[f"fourier/{name}_gini"] = gini(spectrum)
+    return out, embed_spectrum
+
+
+# ------------------------------------------------------------------------------------------ stage detection
+def stage_detector(quantity: str) -> StageDetector:
+    """The detector for one evaluated series (one point per evaluation), with log-time windows.
+
+    Windows cover the last 20% of the elapsed steps (at least 8 evaluations): they lengthen with the stages.
+
+    * ``"test_loss"``, ``"test_acc"``: on the values themselves (``log=False``; accuracy as an increase); a
+      plateau ends when the metric moves by more than 0.2 across a window, a stage must move it by 0.5.
+    * ``"weight_norm"``: on ``log ‖θ‖`` with tolerances a tenth of those (the norm changes by ~10%).
+    """
+    if quantity == "weight_norm":
+        return StageDetector(window=8, horizon=0.2, plateau_tol=0.005, drop_tol=0.02, min_drop=0.03)
+    if quantity not in ("test_loss", "test_acc"):
+        raise LearndynValueError(
+            f"stage_detector: quantity={quantity!r} is not allowed; allowed: 'test_loss', 'test_acc', "
+            "'weight_norm'"
+        )
+    return StageDetector(
+        window=8,
+        horizon=0.2,
+        plateau_tol=0.05,
+        drop_tol=0.2,
+        min_drop=0.5,
+        log=False,
+        direction="increase" if quantity == "test_acc" else "decrease",
+    )
+
+
+def detect_stages(steps: np.ndarray, values: np.ndarray, detector: StageDetector) -> list[StageEvent]:
+    """Feed a whole series to ``detector`` (and :meth:`~StageDetector.finish` it); return its events."""
+    for step, value in zip(steps, values, strict=True):
+        detector.update(int(step), float(value))
+    detector.finish()
+    return list(detector.events)
+
+
+def first_event(events: list[StageEvent], kind: str, after: float = -math.inf) -> float:
+    """Step of the first event of ``kind`` that ends a plateau followed by a drop, at or after ``after``.
+
+    ``kind="plateau_end"``: the start of the first completed descent (a plateau end followed by a drop);
+    ``"drop"``: that drop's step (steepest descent); ``"plateau_start"``: the plateau the descent ends in.
+    ``nan`` if there is none.
+    """
+    for i, event in enumerate(events):
+        if event.kind != "plateau_end" or event.step < after:
+            continue
+        rest = events[i + 1 :]
+        drop = next((e for e in rest if e.kind in ("drop", "plateau_end")), None)
+        if drop is None or drop.kind != "drop":
+            continue
+        if kind == "plateau_end":
+            return float(event.step)
+        if kind == "drop":
+            return float(drop.step)
+        settle = next((e for e in rest if e.kind == "plateau_start" and e.step >= drop.step), None)
+        return float(settle.step) if settle is not None else math.nan
+    return math.nan
+
+
+def first_step_at_least(steps: np.ndarray, values: np.ndarray, level: float) -> float:
+    """First entry of ``steps`` where ``values ≥ level`` (``nan`` if never)."""
+    hit = np.nonzero(np.asarray(values) >= level)[0]
+    return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan
+
+
+# ------------------------------------------------------------------------------------------ the experiment
+class _Probes:
+    """``train_loop``'s monitor: at evaluation steps runs the :class:`Monitor` (weight norm, distance from
+    initialisation) and, every ``SPECTRUM_EVERY`` evaluations, logs the embedding's Fourier spectrum."""
+
+    def __init__(self, model: ModularMLP, monitor: Monitor, log: LoopLog, every: int) -> None:
+        self.model, self.monitor, self.log, self.every = model, monitor, log, every
+
+    def measure(self, step: int, batch: tuple[Tensor, Tensor], spectrum: bool = True) -> None:
+        self.monitor.after_step(step, batch)
+        if spectrum:
+            spectrum_k = fourier_spectrum(self.model.embed.weight).numpy()
+            self.log.log_array(step, "fourier/embed_spectrum", spectrum_k)
+
+    def after_step(
+        self, step: int, batch: tuple[Tensor, Tensor], metrics: Mapping[str, float] | None = None
+    ) -> None:
+        if step % self.every == 0:
+            self.measure(step, batch, spectrum=step % (SPECTRUM_EVERY * self.every) == 0)
+
+
+def run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
+    """Train the MLP on modular addition; log accuracies, losses, Fourier concentration; find the phases."""
+    with torch_threads(config.threads):
+        return _run(config, recorder)
+
+
+def _run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
+    x_train, y_train, x_test, y_test = modular_addition_split(config)
+    model = make_model(config)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(config.beta1, config.beta2),
+    )
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    log = LoopLog(recorder)
+    every = config.eval_every
+    n_train = x_train.shape[0]
+
+    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        if config.batch_size is None:
+            return x_train, y_train
+        idx = torch.randperm(n_train, generator=gen)[: config.batch_size]
+        return x_train[idx], y_train[idx]
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            logits = net(x)
+            out[f"{split}/loss"] = float(F.cross_entropy(logits, y))
+            out[f"{split}/acc"] = float((logits.argmax(dim=1) == y).double().mean())
+        out.update(fourier_metrics(model, config.top_k)[0])
+        return out
+
+    monitor = Monitor(
+        model,
+        F.cross_entropy,
+        probes=[ParameterDistanceProbe(every=1, per_param=False)],
+        recorder=log,
+        optimizer=optimizer,
+    )
+    probes = _Probes(model, monitor, log, every)
+    checkpointer = log.checkpointer
+    loop = train_loop(
+        model,
+        optimizer,
+        sample,
+        F.cross_entropy,
+        config.steps,
+        generator=generator,
+        recorder=log,
+        monitor=probes,
+        log_every=every,
+        evaluate=evaluate,
+        eval_every=every,
+        checkpointer=checkpointer,
+        checkpoint_every=loop_checkpoint_every(checkpointer, config.steps),
+        key=NAME,
+        prefix="",
+        progress=NAME,
+    )
+    if loop.status == "completed":  # the state after the last update (train_loop evaluated it already)
+        probes.measure(config.steps, (x_train, y_train))
+    monitor.close()
+    return _result(config, log, loop.status)
+
+
+def _result(config: GrokkingConfig, log: LoopLog, status: str) -> ExperimentResult:
+    names = {
+        "train_acc": "train/acc",
+        "test_acc": "test/acc",
+        "train_loss": "train/loss",
+        "test_loss": "test/loss",
+        "norm": "params/norm",
+        "topk": "fourier/embed_topk",
+        "gini": "fourier/embed_gini",
+        "unembed_topk": "fourier/unembed_topk",
+    }
+    series = {key: log.series(name) for key, name in names.items()}
+
+    def at(key: str, step: float) -> float:
+        """The value of a series at the first evaluation at or after ``step``."""
+        x, y = series[key]
+        if not math.isfinite(step) or y.size == 0:
+            return math.nan
+        i = int(np.searchsorted(x, step))
+        return float(y[min(i, y.size - 1)])
+
+    def first(key: str) -> float:
+        return float(series[key][1][0]) if series[key][1].size else math.nan
+
+    def final(key: str) -> float:
+        return float(series[key][1][-1]) if series[key][1].size else math.nan
+
+    t_mem = first_step_at_least(*series["train_acc"], config.memorisation_acc)
+    t_gen = first_step_at_least(*series["test_acc"], config.generalisation_acc)
+    events = {
+        "test_loss": detect_stages(*series["test_loss"], stage_detector("test_loss")),
+        "test_acc": detect_stages(*series["test_acc"], stage_detector("test_acc")),
+        "weight_norm": detect_stages(*series["norm"], stage_detector("weight_norm")),
+    }
+    after = t_mem if math.isfinite(t_mem) else -math.inf
+    boundaries = {
+        f"stages/{name}/{label}": first_event(evs, kind, after)
+        for name, evs in events.items()
+        for label, kind in (("descent_start", "plateau_end"), ("drop", "drop"), ("settled", "plateau_start"))
+    }
+    # cleanup starts where the test accuracy leaves its plateau for the jump (else where the weight norm
+    # starts to fall), and no later than the grokking step
+    candidates = (boundaries["stages/test_acc/descent_start"], boundaries["stages/weight_norm/descent_start"])
+    cleanup = next((v for v in candidates if math.isfinite(v)), t_gen)
+    cleanup = min(cleanup, t_gen) if math.isfinite(t_gen) else cleanup
+    steps = series["test_acc"][0]
+    end = float(steps[-1]) if steps.size else math.nan
+    settled = boundaries["stages/test_loss/settled"]
+    cleanup_end = settled if math.isfinite(settled) and settled >= cleanup else end
+    norm_steps, norm = series["norm"]
+    later = norm_steps >= after  # the norm's peak after memorisation (the initial norm may be larger)
+    peak_step = float(norm_steps[later][int(np.argmax(norm[later]))]) if later.any() else math.nan
+    summary: dict[str, float] = {
+        "memorisation_step": t_mem,
+        "grokking_step": t_gen,
+        "delay_ratio": t_gen / t_mem if math.isfinite(t_gen) and t_mem > 0 else math.nan,
+        "cleanup_start_step": cleanup,
+        "cleanup_end_step": cleanup_end,
+        "final_train_acc": final("train_acc"),
+        "final_test_acc": final("test_acc"),
+        "final_train_loss": final("train_loss"),
+        "final_test_loss": final("test_loss"),
+        "max_test_loss": float(series["test_loss"][1].max()) if series["test_loss"][1].size else math.nan,
+        "weight_norm_init": first("norm"),
+        "weight_norm_peak_step": peak_step,
+        "weight_norm_final": final("norm"),
+        "fourier_topk_init": first("topk"),
+        "fourier_topk_memorised": at("topk", t_mem),
+        "fourier_topk_final": final("topk"),
+        "fourier_gini_init": first("gini"),
+        "fourier_gini_final": final("gini"),
+        "unembed_fourier_topk_init": first("unembed_topk"),
+        "unembed_fourier_topk_final": final("unembed_topk"),
+        "diverged": float(status == "diverged"),
+    }
+    summary.update(boundaries)
+    for name, evs in events.items():
+        summary[f"stages/{name}/drops"] = float(sum(e.kind == "drop" for e in evs))
+    phases = [
+        ("memorisation", 0.0, t_mem),
+        ("circuit formation", t_mem, cleanup),
+        ("cleanup", cleanup, cleanup_end),
+    ]
+    table = [
+        {
+            "phase": phase,
+            "start_step": start,
+            "end_step": stop,
+            "train_acc_end": at("train_acc", stop),
+            "test_acc_end": at("test_acc", stop),
+            "test_loss_end": at("test_loss", stop),
+            "weight_norm_end": at("norm", stop),
+            "fourier_topk_end": at("topk", stop),
+        }
+        for phase, start, stop in phases
+    ]
+    return ExperimentResult(summary=summary, table=table)
+
+
+# ------------------------------------------------------------------------------------------ report figures
+def _mark(fig: Any, step: float, label: str | None, color: str, dash: str, row: int | None = None) -> None:
+    """A vertical line at ``step`` on a log-step axis, labelled at the top (annotations on a log axis take
+    ``log10`` of the position; shapes take the value itself)."""
+    where = {"row": row, "col": 1} if row is not None else {}
+    fig.add_vline(x=step, line_dash=dash, line_color=color, **where)
+    if label:
+        fig.add_annotation(x=math.log10(step), y=1.0, yref="y domain", text=label, showarrow=False,
+                           font={"color": color, "size": 11}, textangle=-90, xanchor="right",
+                           yanchor="top", **where)
+
+
+def grokking_figures(store: Any, run_id: str) -> list[Any]:
+    """Report figures: accuracy and loss on a log-step axis with the phase markers; Fourier concentration and
+    weight norm over time; the embedding's final Fourier spectrum (beside the initial one)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    df = store.metrics(run_id, ["train/*", "test/*", "fourier/*", "params/norm"])
+    summary = store.run_info(run_id)["summary"] or {}
+    series = {
+        str(name): (g["step"].to_numpy(), g["value"].to_numpy(dtype=float)) for name, g in df.groupby("name")
+    }
+
+    def positive(name: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = series.get(name, (np.array([]), np.array([])))
+        keep = x > 0  # a log-step axis
+        return x[keep], y[keep]
+
+    markers = [
+        ("memorisation_step", "memorised", "royalblue"),
+        ("cleanup_start_step", "cleanup", "darkorange"),
+        ("grokking_step", "grokked", "firebrick"),
+    ]
+    curves = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    for row, quantity in ((1, "acc"), (2, "loss")):
+        for split, color in (("train", "royalblue"), ("test", "firebrick")):
+            x, y = positive(f"{split}/{quantity}")
+            curves.add_trace(
+                go.Scatter(x=x, y=y, mode="lines", name=f"{split} {quantity}", line={"color": color}),
+                row=row, col=1,
+            )
+    def step_of(key: str) -> float | None:
+        value = summary.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok and value > 0 else None
+
+    for key, label, color in markers:
+        if (step := step_of(key)) is not None:
+            for row in (1, 2):
+                _mark(curves, step, label if row == 1 else None, color, "dot", row=row)
+    if (step := step_of("stages/test_loss/drop")) is not None:
+        _mark(curves, step, None, "gray", "dash", row=2)
+    curves.update_xaxes(type="log", title_text="step", row=2, col=1)
+    curves.update_xaxes(type="log", row=1, col=1)
+    curves.update_yaxes(title_text="accuracy", row=1, col=1)
+    curves.update_yaxes(type="log", title_text="cross-entropy", row=2, col=1)
+    curves.update_layout(
+        title="Grokking: train/test accuracy and loss (dotted: memorisation, cleanup start, grokking; "
+        "dashed: the detected test-loss drop)",
+        template="plotly_white",
+        height=620,
+    )
+
+    fourier = make_subplots(specs=[[{"secondary_y": True}]])
+    for name, label, dash in (
+        ("fourier/embed_topk", "embedding top-k fraction", "solid"),
+        ("fourier/embed_gini", "embedding Gini", "dot"),
+        ("fourier/unembed_topk", "unembedding top-k fraction", "dash"),
+    ):
+        x, y = positive(name)
+        fourier.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, line={"dash": dash}),
+                          secondary_y=False)
+    x, y = positive("params/norm")
+    fourier.add_trace(go.Scatter(x=x, y=y, mode="lines", name="weight norm ‖θ‖", line={"color": "gray"}),
+                      secondary_y=True)
+    for key, label, color in markers:
+        if (step := step_of(key)) is not None:
+            _mark(fourier, step, label, color, "dot")
+    fourier.update_xaxes(type="log", title_text="step")
+    fourier.update_yaxes(title_text="Fourier concentration", range=[0, 1.02], secondary_y=False)
+    fourier.update_yaxes(title_text="‖θ‖₂", secondary_y=True)
+    fourier.update_layout(
+        title="Hidden progress: Fourier concentration of the embeddings, and the weight norm",
+        template="plotly_white",
+    )
+    figures = [curves, fourier]
+
+    arrays = store.arrays(run_id, "fourier/embed_spectrum")
+    if len(arrays):
+        spectrum = go.Figure()
+        for idx, label, opacity in ((0, "initial", 0.35), (len(arrays) - 1, "final", 1.0)):
+            s = np.asarray(arrays["array"].iloc[idx], dtype=float)
+            spectrum.add_trace(go.Bar(x=np.arange(1, s.size + 1), y=s, opacity=opacity,
+                                      name=f"{label} (step {int(arrays['step'].iloc[idx])})"))
+        spectrum.update_layout(
+            title="Embedding power per frequency k (DFT over tokens, k and p−k combined, k = 0 left out)",
+            xaxis_title="frequency k",
+            yaxis_title="share of power",
+            barmode="overlay",
+            template="plotly_white",
+        )
+        figures.append(spectrum)
+    return figures
+
+
+EXPERIMENT = register(
+    Experiment(
+        name=NAME,
+        description="Grokking on modular addition: memorise first, generalise much later (Fourier features)",
+        config_cls=GrokkingConfig,
+        run=run,
+        quick_overrides={"p": 53, "train_fraction": 0.4, "steps": 2200},
+    )
+)
+
+
+def _register_figures() -> None:
+    from learndyn.report.hooks import register_figure
+
+    register_figure(NAME, grokking_figures)
+
+
+_register_figures()

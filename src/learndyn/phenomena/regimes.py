@@ -1,0 +1,850 @@
+r"""The three regimes of covariant gradient descent: α = 0 (SGD), ½ (scale-free, whitening), 1 (covariant).
+
+``learndyn run regimes``. :class:`~learndyn.optim.CovariantGD` updates ``θ ← θ − lr·g⁻¹∇̂`` with
+``g = (Ŝ + εI)^α`` and ``Ŝ`` the EMA covariance of the minibatch gradients (``moment='covariance'``,
+``first_moment=False``; structures ``diag`` and ``full`` -- for these one-tensor models ``block`` is
+``full``).
+All tasks are linear regression on Gaussian inputs, where everything is known in closed form.
+
+The task
+--------
+``x = M z`` with ``z ~ N(0, I_r)`` and ``M = V diag(√h)`` (``V``: ``d × r`` orthonormal columns, random if
+``rotate`` else the first ``r`` axes; ``h`` geometric from 1 down to ``1/condition``), ``y = zᵀw_z + σε``
+(``|w_z| = 1``, ``ε ~ N(0, 1)``); a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``, loss
+``½(f − y)²``, fresh minibatches of ``B`` samples each step (online SGD). The input covariance
+``H = MMᵀ`` has condition number ``condition`` on its support. The excess loss is exact:
+``L(p) − σ²/2 = ½|Mᵀp − w_z|²``.
+
+The key fact: with ``q = Mᵀp`` this is the *isotropic* problem in ``q``, seen through the linear
+reparametrisation ``p = M^{−T}q`` (for ``r = d``). Gradient statistics transform as ``S_p = M S_q Mᵀ``, and
+for α = 1 the full-structure update is covariant (the same ``q``-trajectory for every invertible ``M``, once
+``Ŝ`` has full rank), so its learning speed does not depend on the condition number at all; α = 0 (SGD) is
+not covariant and slows down ``∝ condition``; ``diag`` at α = 1 is covariant only for diagonal ``M``
+(``rotate=False``). Loss scaling ``H → cH`` scales the update by ``c^{1−2α}``: α = ½ is the scale-free point.
+
+1. Learning speed
+-----------------
+For each ``condition`` in ``conditions`` and each (α, structure), the steps until the excess loss first falls
+below ``target`` times its initial value ``½`` (the same minibatches for every run: ``z`` and ``ε`` are drawn
+from the same seed). Learning rates ``lrs`` are one per α, chosen on the isotropic problem and then kept
+fixed. Reported: ``speed/<label>/kappa=<c>/steps_to_target`` and ``speed/<label>/slowdown`` (steps at the
+largest over the smallest condition: ≈ 1 for α = 1 full, ≈ the condition ratio for α = 0). For α = 0 the
+expected loss is exact, ``½ tr(H S_k)`` with ``S_k`` from
+:func:`~learndyn.theory.sgd_stationary.sgd_second_moment_trajectory`: ``sim/excess_loss/a=0,kappa=<c>``
+against ``theory/excess_loss/a=0,kappa=<c>``, and the predicted steps to target in the summary.
+
+2. Stationary distribution of the weights (α = 0)
+-------------------------------------------------
+Near the minimum, SGD's weights fluctuate with the exact stationary covariance
+(:func:`~learndyn.theory.sgd_stationary.sgd_stationary_covariance`, on the support of ``H``)
+
+    Σ = V diag[(ησ²/B) / ((1 − κ)(2 − η(1 + 1/B)h_i))] Vᵀ,     κ = (η/B) Σ_j h_j/(2 − η(1 + 1/B)h_j),
+
+the fixed point of the exact second-moment recursion ``S ← (I − ηH)S(I − ηH) + (η²/B)[HSH + tr(HS)H + σ²H]``
+(a discrete Lyapunov equation). The small-``η`` (Langevin) limit solves ``HΣ + ΣH = ηC`` with SGD's noise
+``C = σ²H/B``: ``Σ = T·I`` (on the support), ``T = ησ²/(2B)`` -- *not* the Gibbs/Boltzmann covariance
+``T·H⁻¹``, which would need isotropic noise (Mandt, Hoffman & Blei 2017, "SGD as approximate Bayesian
+inference"; Yaida 2019, "Fluctuation-dissipation relations for SGD"). ``chains`` independent models (one
+vectorised loop; each gets exactly its own SGD step) start at the minimum; a probe measures their second
+moment ``E[(p − p*)(p − p*)ᵀ]`` over time, against the exact trajectory (``sim|theory/weight_cov_trace``). The
+**agreement** is the relative error of the trace of the time-averaged second moment after ``burn_in`` steps,
+``|tr Σ̂ − tr Σ| / tr Σ``; the summary adds the relative Frobenius error of the whole matrix and the trace
+errors of the Langevin (``T·I``) and Gibbs (``T·H⁻¹``) forms.
+
+3. The update covariance and its effective dimension
+----------------------------------------------------
+With ``Ŝ ≈ C = Cov(∇̂)`` the update ``u = g⁻¹∇̂`` has covariance ``C^{1−2α}`` (full structure, on the
+support of ``C``): α = 0 keeps the noise's anisotropy, α = ½ *whitens* it (``g⁻¹Cg⁻¹ = Π``, the projector
+on the support of ``C``), α = 1 inverts it. ``diag`` at α = ½ whitens only the variances:
+``D^{−½}CD^{−½}`` (the correlation matrix, ``D = diag C``). A probe keeps the last ``window`` updates
+``u_k = (θ_k − θ_{k+1})/lr`` and reports the participation ratio ``PR = (Σλ)²/Σλ²`` of their covariance (the
+effective dimension of the update subspace: ``r`` for a whitened update) over time, ``updates/pr/<run>``.
+Near the minimum (``stat_*`` settings, support rank ``stat_rank < dim``) the measured PR is compared with the
+prediction from ``C = σ²H/B`` (leading order in ``η``; for α = 0 the exact ``Cov(∇̂) = HΣH + (1/B)[HΣH +
+tr(HΣ)H + σ²H]``): ``sim|theory/update_pr/<run>``, and for α = ½ full the whitening is reported as the
+spread ``max/min`` of the update covariance's eigenvalues on the support and the fraction of update variance
+outside it.
+
+Resuming: with a checkpointer on the recorder (a stored run's ``run.checkpointer``; its ``every`` sets the
+interval) every loop checkpoints under its own key (``regimes-speed-<i>``, ``regimes-stationary-<i>``,
+``regimes-chains``); the measured series travel inside the checkpoints.
+The update-covariance window restarts empty after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from learndyn.optim import CovariantGD
+from learndyn.phenomena._loop_log import LoopLog
+from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.probes.base import Measurement, Probe, ProbeContext
+from learndyn.probes.monitor import Monitor
+from learndyn.store.recorder import Recorder
+from learndyn.theory.sgd_stationary import (
+    sgd_max_stable_lr,
+    sgd_second_moment_trajectory,
+    sgd_stationary_covariance,
+    sgd_temperature,
+)
+from learndyn.training import train_loop
+from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+
+NAME = "regimes"
+F64 = torch.float64
+STRUCTURES = ("diag", "block", "full")
+
+
+def _tuple(name: str, value: object, owner: str) -> tuple:
+    if isinstance(value, str):
+        value = tuple(p.strip() for p in value.split(",") if p.strip())
+    elif isinstance(value, int | float):
+        value = (value,)
+    out = tuple(value)  # type: ignore[arg-type]
+    if not out:
+        raise LearndynValueError(f"{owner}.{name}=() is empty; allowed: one or more values")
+    return out
+
+
+def _reals(name: str, value: object, owner: str, **bounds: Any) -> tuple[float, ...]:
+    items = _tuple(name, value, owner)
+    try:
+        items = tuple(float(v) if isinstance(v, str) else v for v in items)
+    except ValueError:
+        raise LearndynValueError(f"{owner}.{name}={value!r} is not a list of numbers") from None
+    return tuple(check_real(name, v, owner=owner, **bounds) for v in items)
+
+
+@dataclass
+class RegimesConfig:
+    """Sizes, learning rates and lengths of the three parts (see the module docstring).
+
+    Shared: ``dim`` (``d``), ``alphas`` (must contain 0), ``structures`` (for α > 0; ``diag``, ``block``,
+    ``full``), ``eps`` (metric damping), ``rotate`` (random eigenbasis of ``H``; ``False``: axis-aligned).
+    Learning speed: ``conditions``, ``lrs`` (one per α), ``batch``, ``noise_std``, ``steps``, ``target``
+    (fraction of the initial excess loss), ``beta2``, ``pr_window`` (updates in the PR window).
+    Near the minimum: ``stat_condition``, ``stat_rank`` (support of ``H``), ``stat_noise_std``,
+    ``stat_batch``, ``stat_lrs`` (one per α), ``stat_steps``, ``stat_window``, ``stat_beta2``; α = 0
+    ensemble: ``chains``, ``chain_steps``, ``chain_every``, ``burn_in``. ``seed``, ``tolerance``.
+    ``threads``: torch intra-op threads while it runs (the tensors are tiny: more threads only cost; ``None``
+    leaves torch's setting).
+    """
+
+    dim: int = 8
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0)
+    structures: tuple[str, ...] = ("diag", "full")
+    eps: float = 1e-10
+    rotate: bool = True
+    conditions: tuple[float, ...] = (1.0, 10.0, 100.0)
+    lrs: tuple[float, ...] = (0.5, 0.02, 1e-3)
+    batch: int = 16
+    noise_std: float = 0.05
+    steps: int = 1000
+    target: float = 0.01
+    beta2: float = 0.99
+    pr_window: int = 100
+    stat_condition: float = 10.0
+    stat_rank: int = 6
+    stat_noise_std: float = 1.0
+    stat_batch: int = 4
+    stat_lrs: tuple[float, ...] = (0.1, 0.05, 0.02)
+    stat_steps: int = 2000
+    stat_window: int = 1500
+    stat_beta2: float = 0.999
+    chains: int = 1000
+    chain_steps: int = 1000
+    chain_every: int = 10
+    burn_in: int = 300
+    seed: int = 0
+    threads: int | None = 1
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        owner = "RegimesConfig"
+        check_int("dim", self.dim, low=1, high=64, owner=owner)
+        self.alphas = _reals("alphas", self.alphas, owner, low=0.0, high=1.0)
+        if 0.0 not in self.alphas or len(set(self.alphas)) != len(self.alphas):
+            raise LearndynValueError(
+                f"{owner}.alphas={self.alphas!r} is not allowed; "
+                "allowed: distinct values in [0, 1] including 0"
+            )
+        self.structures = _tuple("structures", self.structures, owner)
+        for s in self.structures:
+            check_choice("structures", s, STRUCTURES, owner=owner)
+        if len(set(self.structures)) != len(self.structures):
+            raise LearndynValueError(
+                f"{owner}.structures={self.structures!r} repeats; allowed: distinct names"
+            )
+        self.eps = check_real("eps", self.eps, low=0.0, owner=owner)
+        if not isinstance(self.rotate, bool):
+            raise LearndynValueError(f"{owner}.rotate={self.rotate!r} is not allowed; allowed: True, False")
+        self.conditions = _reals("conditions", self.conditions, owner, low=1.0)
+        for name in ("lrs", "stat_lrs"):
+            values = _reals(name, getattr(self, name), owner, low=0.0, low_open=True)
+            if len(values) != len(self.alphas):
+                raise LearndynValueError(
+                    f"{owner}.{name} has {len(values)} values; allowed: one per alpha ({len(self.alphas)})"
+                )
+            setattr(self, name, values)
+        for name in ("batch", "stat_batch", "steps", "stat_steps", "chain_steps", "chain_every"):
+            check_int(name, getattr(self, name), low=1, owner=owner)
+        check_int("chains", self.chains, low=2, owner=owner)
+        check_int("pr_window", self.pr_window, low=2, high=self.steps, owner=owner)
+        check_int("stat_window", self.stat_window, low=2, high=self.stat_steps, owner=owner)
+        check_int("stat_rank", self.stat_rank, low=1, high=self.dim, owner=owner)
+        check_int("burn_in", self.burn_in, low=0, high=self.chain_steps - self.chain_every, owner=owner)
+        check_int("seed", self.seed, low=0, owner=owner)
+        if self.threads is not None:
+            check_int("threads", self.threads, low=1, owner=owner)
+        for name in ("noise_std", "stat_noise_std", "tolerance"):
+            setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
+        self.stat_condition = check_real("stat_condition", self.stat_condition, low=1.0, owner=owner)
+        self.target = check_real(
+            "target", self.target, low=0.0, high=1.0, low_open=True, high_open=True, owner=owner
+        )
+        for name in ("beta2", "stat_beta2"):
+            setattr(
+                self,
+                name,
+                check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner),
+            )
+        h = spectrum(self.stat_rank, self.stat_condition)
+        lr0 = self.stat_lrs[self.alphas.index(0.0)]
+        if lr0 >= sgd_max_stable_lr(np.diag(h), self.stat_batch):
+            raise LearndynValueError(
+                f"{owner}.stat_lrs[alpha=0]={lr0!r} is out of range; "
+                f"allowed: < {sgd_max_stable_lr(np.diag(h), self.stat_batch):.4g} (SGD variance diverges)"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ task
+
+
+def spectrum(rank: int, condition: float) -> np.ndarray:
+    """``h``: ``rank`` input variances spaced geometrically from 1 down to ``1/condition``."""
+    return np.logspace(0.0, -math.log10(condition), rank) if rank > 1 else np.ones(1)
+
+
+@dataclass(frozen=True)
+class LinearTask:
+    """Online linear regression ``x = Mz``, ``y = zᵀw_z + σε`` (module docstring); ``M = V diag(√h)``."""
+
+    V: Tensor  # (d, r) orthonormal columns
+    h: Tensor  # (r,)
+    w_z: Tensor  # (r,)
+    noise_std: float
+    batch: int
+
+    @property
+    def M(self) -> Tensor:
+        return self.V * self.h.sqrt()
+
+    @property
+    def H(self) -> np.ndarray:
+        """Input covariance ``MMᵀ`` (``d × d``)."""
+        return (self.M @ self.M.T).numpy()
+
+    @property
+    def p_star(self) -> Tensor:
+        """The minimum-norm minimiser ``p* = V diag(h^{−½}) w_z``."""
+        return self.V @ (self.w_z / self.h.sqrt())
+
+    def excess_loss(self, p: Tensor) -> float:
+        """``L(p) − σ²/2 = ½|Mᵀp − w_z|²`` (exact population value)."""
+        r = self.M.T @ p.detach().reshape(-1).to(F64) - self.w_z
+        return 0.5 * float(r @ r)
+
+    def sample(self, gen: torch.Generator, lead: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+        """``B`` fresh samples (``lead`` adds dimensions after the batch, e.g. chains): ``x (B, *lead, d)``,
+        ``y (B, *lead, 1)`` for a single model or ``(B, *lead)`` with chains."""
+        z = torch.randn(self.batch, *lead, self.h.numel(), generator=gen, dtype=F64)
+        noise = torch.randn(self.batch, *lead, generator=gen, dtype=F64)
+        y = z @ self.w_z + self.noise_std * noise
+        return z @ self.M.T, (y if lead else y[:, None])
+
+
+def make_task(
+    dim: int, condition: float, rank: int, noise_std: float, batch: int, seed: int, rotate: bool
+) -> LinearTask:
+    """The task of the module docstring; ``V`` and ``w_z`` from ``seed`` (the same for every condition)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + 11)
+    basis = torch.randn(dim, dim, generator=gen, dtype=F64)
+    w_z = torch.randn(rank, generator=gen, dtype=F64)
+    if rotate:
+        q, r = torch.linalg.qr(basis)
+        V = (q * torch.sign(torch.diagonal(r)))[:, :rank]
+    else:
+        V = torch.eye(dim, dtype=F64)[:, :rank]
+    h = torch.as_tensor(spectrum(rank, condition), dtype=F64)
+    return LinearTask(V, h, w_z / w_z.norm(), float(noise_std), int(batch))
+
+
+def half_mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``1/(2B) Σ_b (f(x_b) − y_b)²``."""
+    return 0.5 * (outputs - targets).square().mean()
+
+
+def linear_model(dim: int, init: Tensor | None = None) -> nn.Linear:
+    """``f(x) = pᵀx`` (``nn.Linear(dim, 1, bias=False)``, float64), ``p = init`` or 0."""
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Linear(dim, 1, bias=False).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(init.reshape(1, dim) if init is not None else torch.zeros(1, dim, dtype=F64))
+    return model
+
+
+def make_optimizer(
+    params: Any, alpha: float, structure: str, lr: float, beta2: float, eps: float
+) -> CovariantGD:
+    """CovariantGD with the covariance moment and no first moment: ``θ ← θ − lr (Ŝ + εI)^{−α} ∇̂``."""
+    return CovariantGD(
+        params,
+        lr=lr,
+        alpha=alpha,
+        structure=structure,
+        moment="covariance",
+        first_moment=False,
+        betas=(0.9, beta2),
+        eps=eps,
+    )
+
+
+def participation_ratio_of(eigs: np.ndarray) -> float:
+    """``(Σλ)² / Σλ²`` of non-negative eigenvalues (0 for all zero)."""
+    lam = np.clip(np.asarray(eigs, dtype=float), 0.0, None)
+    den = float(np.sum(lam**2))
+    return float(np.sum(lam) ** 2 / den) if den > 0 else 0.0
+
+
+def predicted_update_covariance(C: np.ndarray, alpha: float, structure: str) -> np.ndarray:
+    """Covariance of ``u = g⁻¹∇̂`` when the metric statistic equals the gradient covariance ``C``.
+
+    ``full``/``block``: ``C^{1−2α}`` on the support of ``C`` (0 off it); ``diag``: ``D^{−α} C D^{−α}`` with
+    ``D = diag C``.
+    """
+    if alpha == 0.0:
+        return C
+    if structure == "diag":
+        d = np.diag(C) ** (-alpha)
+        return d[:, None] * C * d[None, :]
+    lam, U = np.linalg.eigh(C)
+    keep = lam > lam.max() * C.shape[0] * 1e-12
+    power = np.zeros_like(lam)
+    power[keep] = lam[keep] ** (1.0 - 2.0 * alpha)
+    return (U * power) @ U.T
+
+
+# ----------------------------------------------------------------------------------------------- probes
+
+
+class UpdateCovarianceProbe(Probe):
+    """Covariance of the last ``window`` updates ``u_k = (θ_k − θ_{k+1})/lr`` and its participation ratio.
+
+    Runs every step (it needs every update); reports every ``report_every`` steps once the window is full:
+    ``updates/pr`` and the eigenvalues ``updates/cov_eigs`` (array, descending). The model's trainable
+    parameters are flattened in ``named_parameters`` order.
+    """
+
+    name = "updates"
+
+    def __init__(self, window: int, report_every: int) -> None:
+        super().__init__(every=1)
+        self.window = check_int("window", window, low=2, owner="UpdateCovarianceProbe")
+        self.report_every = check_int("report_every", report_every, low=1, owner="UpdateCovarianceProbe")
+        self.reset()
+
+    def reset(self) -> None:
+        self._prev: Tensor | None = None
+        self._buffer: deque[Tensor] = deque(maxlen=self.window)
+
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        theta = torch.cat([p.reshape(-1) for p in ctx.params.values()]).to(F64).clone()
+        if self._prev is not None and ctx.lr:
+            self._buffer.append((self._prev - theta) / ctx.lr)
+        self._prev = theta
+        if len(self._buffer) < self.window or ctx.step % self.report_every:
+            return {}
+        U = torch.stack(tuple(self._buffer))
+        U = U - U.mean(0)
+        eigs = torch.linalg.eigvalsh(U.T @ U / (U.shape[0] - 1)).flip(0).clamp_min(0).numpy()
+        return {"updates/pr": participation_ratio_of(eigs), "updates/cov_eigs": eigs}
+
+
+class ChainSecondMomentProbe(Probe):
+    """``E_c[(p_c − p*)(p_c − p*)ᵀ]`` over the chains of a :class:`ChainLinear` model.
+
+    Metrics: ``chains/trace`` and ``chains/second_moment`` (array ``d × d``).
+    """
+
+    name = "chains"
+
+    def __init__(self, every: int, p_star: Tensor) -> None:
+        super().__init__(every)
+        self.p_star = p_star.detach().to(F64)
+
+    def measure(self, ctx: ProbeContext) -> Measurement:
+        e = ctx.params["weight"].to(F64) - self.p_star
+        S = e.T @ e / e.shape[0]
+        return {"chains/trace": float(torch.trace(S)), "chains/second_moment": S.numpy()}
+
+
+class ChainLinear(nn.Module):
+    """``C`` independent linear models ``f_c(x) = p_cᵀx``: ``weight (C, d)``, inputs ``(B, C, d)``.
+
+    With a loss that sums the chains' own minibatch losses, one SGD step is ``C`` independent SGD steps
+    (α = 0 only: a preconditioner with α > 0 would couple them through the metric).
+    """
+
+    def __init__(self, chains: int, init: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(init.detach().to(F64).reshape(1, -1).repeat(chains, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("bcd,cd->bc", x, self.weight)
+
+
+def _chains_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Sum over chains of each chain's ``1/(2B) Σ_b (f_c(x_b) − y_b)²``."""
+    return 0.5 * (outputs - targets).square().mean(dim=0).sum()
+
+
+class _ExcessTracker:
+    """``train_loop``'s monitor: keeps the exact excess loss every step, logs it every ``log_every`` steps
+    (as ``name``), then runs the :class:`Monitor`."""
+
+    def __init__(
+        self, task: LinearTask, model: nn.Linear, monitor: Monitor, log: LoopLog, log_every: int, name: str
+    ) -> None:
+        self.task, self.model, self.monitor, self.log = task, model, monitor, log
+        self.log_every, self.name = log_every, name
+
+    def after_step(
+        self, step: int, batch: tuple[Tensor, Tensor], metrics: Mapping[str, float] | None = None
+    ) -> None:
+        excess = self.task.excess_loss(self.model.weight)
+        self.log.keep(step, {"excess": excess})
+        if step % self.log_every == 0:
+            self.log.log(step, {self.name: excess})
+        self.monitor.after_step(step, batch, metrics)
+
+    def state_dict(self) -> Any:
+        """The wrapped monitor's state (``None`` if it keeps none), saved with the loop's checkpoints."""
+        fn = getattr(self.monitor, "state_dict", None)
+        return fn() if callable(fn) else None
+
+    def load_state_dict(self, state: Any) -> None:
+        fn = getattr(self.monitor, "load_state_dict", None)
+        if callable(fn):
+            fn(state)
+
+
+# ---------------------------------------------------------------------------------------- 1. learning speed
+
+
+def run_label(alpha: float, structure: str) -> str:
+    """``a=<α>`` for α = 0 (the structure does not matter), ``a=<α>,<structure>`` otherwise."""
+    return f"a={alpha:g}" if alpha == 0.0 else f"a={alpha:g},{structure}"
+
+
+def _runs(config: RegimesConfig) -> list[tuple[float, str, int]]:
+    """(α, structure, index of α) of every optimizer: α = 0 once (``diag``), others per structure."""
+    out = []
+    for i, alpha in enumerate(config.alphas):
+        for structure in ("diag",) if alpha == 0.0 else config.structures:
+            out.append((alpha, structure, i))
+    return out
+
+
+def steps_to_target(steps: np.ndarray, excess: np.ndarray, level: float) -> float:
+    """First step with ``excess <= level`` (``nan`` if never)."""
+    hit = np.nonzero(excess <= level)[0]
+    return float(steps[hit[0]]) if hit.size else float("nan")
+
+
+def alpha0_expected_excess(task: LinearTask, lr: float, steps: np.ndarray) -> np.ndarray:
+    """Exact ``E[L_k] − σ²/2 = ½ tr(H S_k)`` of SGD from ``p = 0``.
+
+    Eq. 1 of :mod:`~learndyn.theory.sgd_stationary`, in the eigenbasis of the support of ``H``.
+    """
+    e0 = -(task.V.T @ task.p_star).numpy()
+    h = task.h.numpy()
+    S = sgd_second_moment_trajectory(np.diag(h), lr, task.batch, task.noise_std**2, np.outer(e0, e0), steps)
+    return 0.5 * np.einsum("i,tii->t", h, S)
+
+
+def _speed_run(
+    config: RegimesConfig,
+    index: int,
+    alpha: float,
+    structure: str,
+    lr: float,
+    condition: float,
+    recorder: Recorder,
+) -> dict[str, Any]:
+    label = run_label(alpha, structure)
+    tag = f"{label},kappa={condition:g}"
+    log = LoopLog(recorder, tag)
+    task = make_task(
+        config.dim, condition, config.dim, config.noise_std, config.batch, config.seed, config.rotate
+    )
+    model = linear_model(config.dim)
+    opt = make_optimizer(model.parameters(), alpha, structure, lr, config.beta2, config.eps)
+    every = max(1, config.steps // 100)
+    probe = UpdateCovarianceProbe(config.pr_window, every)
+    monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
+    name = "sim/excess_loss" if alpha == 0.0 else "speed/excess_loss"
+    tracker = _ExcessTracker(task, model, monitor, log, every, name)
+    loop = train_loop(
+        model,
+        opt,
+        task.sample,
+        half_mse,
+        config.steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 12),  # the same batches for every run
+        recorder=log,
+        monitor=tracker,
+        log_every=every,
+        checkpointer=log.checkpointer,
+        key=f"regimes-speed-{index}",
+        prefix="speed/",
+        progress=f"{NAME}: speed {tag}",
+    )
+    if loop.status == "completed":
+        excess = task.excess_loss(model.weight)
+        log.keep(config.steps, {"excess": excess})
+        log.log(config.steps, {name: excess})
+    monitor.close()
+    steps, excess = log.series("excess")
+    level = config.target * 0.5
+    out: dict[str, Any] = {
+        "label": label,
+        "condition": condition,
+        "lr": lr,
+        "status": loop.status,
+        "steps_to_target": steps_to_target(steps, excess, level),
+        "final_excess": float(excess[-1]),
+    }
+    _, pr = log.series("updates/pr")
+    out["final_pr"] = float(pr[-1]) if pr.size else float("nan")
+    if alpha == 0.0:
+        logged, _ = log.series(name)
+        theory = alpha0_expected_excess(task, lr, logged)
+        for s, v in zip(logged, theory, strict=True):
+            log.log(int(s), {"theory/excess_loss": float(v)})
+        full = alpha0_expected_excess(task, lr, np.arange(config.steps + 1))
+        out["steps_to_target_theory"] = steps_to_target(np.arange(config.steps + 1), full, level)
+    log.flush()
+    return out
+
+
+# ------------------------------------------------------------------------- 2. stationary covariance (α = 0)
+
+
+def stationary_theory(task: LinearTask, lr: float) -> dict[str, np.ndarray]:
+    """Exact, Langevin (``T·I`` on the support) and Gibbs (``T·H⁺``) stationary covariances (``d × d``)."""
+    V, h = task.V.numpy(), task.h.numpy()
+    s2 = task.noise_std**2
+    exact = V @ sgd_stationary_covariance(np.diag(h), lr, task.batch, s2) @ V.T
+    T = sgd_temperature(lr, task.batch, s2)
+    return {"exact": exact, "langevin": T * V @ V.T, "gibbs": T * (V / h) @ V.T}
+
+
+def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:
+    log = LoopLog(recorder)
+    lr = config.stat_lrs[config.alphas.index(0.0)]
+    task = make_task(
+        config.dim,
+        config.stat_condition,
+        config.stat_rank,
+        config.stat_noise_std,
+        config.stat_batch,
+        config.seed,
+        config.rotate,
+    )
+    model = ChainLinear(config.chains, task.p_star)
+    opt = make_optimizer(model.parameters(), 0.0, "diag", lr, config.stat_beta2, config.eps)
+    probe = ChainSecondMomentProbe(config.chain_every, task.p_star)
+    monitor = Monitor(model, _chains_loss, probes=[probe], recorder=log, optimizer=opt)
+
+    def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        return task.sample(gen, (config.chains,))
+
+    loop = train_loop(
+        model,
+        opt,
+        sample,
+        _chains_loss,
+        config.chain_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 13),
+        recorder=log,
+        monitor=monitor,
+        log_every=config.chain_every,
+        checkpointer=log.checkpointer,
+        key="regimes-chains",
+        prefix="chains/",
+        progress=f"{NAME}: stationary covariance",
+    )
+    if loop.status == "completed":
+        monitor.after_step(config.chain_steps, sample(torch.Generator().manual_seed(0)))
+    monitor.close()
+    steps, moments = log.array_series("chains/second_moment")
+    V, h = task.V.numpy(), task.h.numpy()
+    trajectory = sgd_second_moment_trajectory(
+        np.diag(h), lr, task.batch, task.noise_std**2, np.zeros((h.size, h.size)), steps
+    )
+    trace_theory = np.einsum("tii->t", trajectory)
+    _, trace_sim = log.series("chains/trace")
+    for k, s in enumerate(steps):
+        log.log(
+            int(s),
+            {"sim/weight_cov_trace": float(trace_sim[k]), "theory/weight_cov_trace": float(trace_theory[k])},
+        )
+    log.flush()
+    late = steps >= config.burn_in
+    estimate = np.mean(np.stack(moments)[late], axis=0)
+    forms = stationary_theory(task, lr)
+    exact = forms["exact"]
+    tr = float(np.trace(exact))
+    out: dict[str, Any] = {
+        "trace": float(np.trace(estimate)),
+        "trace_theory": tr,
+        "trace_error": abs(float(np.trace(estimate)) - tr) / tr if loop.status == "completed" else math.inf,
+        "matrix_error": float(np.linalg.norm(estimate - exact) / np.linalg.norm(exact)),
+        "trace_langevin": float(np.trace(forms["langevin"])),
+        "trace_gibbs": float(np.trace(forms["gibbs"])),
+        "lr": lr,
+        "status": loop.status,
+    }
+    out["langevin_error"] = abs(out["trace"] - out["trace_langevin"]) / out["trace_langevin"]
+    out["gibbs_error"] = abs(out["trace"] - out["trace_gibbs"]) / out["trace_gibbs"]
+    # the shape: in H's eigenbasis the variances are flat (T·I), not ∝ 1/h (Gibbs)
+    variances = np.einsum("di,de,ei->i", V, estimate, V)
+    out["variance_spread"] = float(variances.max() / variances.min())
+    out["variance_spread_theory"] = float(np.max(np.diag(V.T @ exact @ V)) / np.min(np.diag(V.T @ exact @ V)))
+    out["variance_spread_gibbs"] = float(h.max() / h.min())
+    return out
+
+
+# --------------------------------------------------------------------- 3. update covariance near the minimum
+
+
+def gradient_covariance(task: LinearTask, sigma: np.ndarray | None) -> np.ndarray:
+    """``Cov(∇̂) = HΣH + (1/B)[HΣH + tr(HΣ)H + σ²H]`` at weight covariance ``Σ`` (``None``: ``Σ = 0``, the
+    leading order ``σ²H/B``)."""
+    H = task.H
+    B, s2 = task.batch, task.noise_std**2
+    if sigma is None:
+        return s2 * H / B
+    HSH = H @ sigma @ H
+    return HSH + (HSH + np.trace(H @ sigma) * H + s2 * H) / B
+
+
+def _stationary_run(
+    config: RegimesConfig, index: int, alpha: float, structure: str, lr: float, recorder: Recorder
+) -> dict[str, Any]:
+    label = run_label(alpha, structure)
+    log = LoopLog(recorder, f"{label},stationary")
+    task = make_task(
+        config.dim,
+        config.stat_condition,
+        config.stat_rank,
+        config.stat_noise_std,
+        config.stat_batch,
+        config.seed,
+        config.rotate,
+    )
+    model = linear_model(config.dim, task.p_star)
+    opt = make_optimizer(model.parameters(), alpha, structure, lr, config.stat_beta2, config.eps)
+    every = max(1, config.stat_steps // 50)
+    probe = UpdateCovarianceProbe(config.stat_window, every)
+    monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
+    loop = train_loop(
+        model,
+        opt,
+        task.sample,
+        half_mse,
+        config.stat_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 14 + index),
+        recorder=log,
+        monitor=monitor,
+        log_every=every,
+        checkpointer=log.checkpointer,
+        key=f"regimes-stationary-{index}",
+        prefix="stationary/",
+        progress=f"{NAME}: updates {label}",
+    )
+    if loop.status == "completed":
+        monitor.after_step(config.stat_steps, task.sample(torch.Generator().manual_seed(0)))
+    monitor.close()
+    sigma = stationary_theory(task, lr)["exact"] if alpha == 0.0 else None
+    predicted = predicted_update_covariance(gradient_covariance(task, sigma), alpha, structure)
+    pr_theory = participation_ratio_of(np.linalg.eigvalsh(predicted))
+    steps, pr = log.series("updates/pr")
+    for s, v in zip(steps, pr, strict=True):
+        log.log(int(s), {"sim/update_pr": float(v), "theory/update_pr": pr_theory})
+    log.flush()
+    _, eigs = log.array_series("updates/cov_eigs")
+    r = config.stat_rank
+    final = eigs[-1] if eigs else np.full(config.dim, np.nan)
+    return {
+        "label": label,
+        "pr": float(pr[-1]) if pr.size else float("nan"),
+        "pr_theory": pr_theory,
+        "support_spread": float(final[0] / final[r - 1]),
+        "off_support": float(np.sum(final[r:]) / np.sum(final)) if r < final.size else 0.0,
+        "status": loop.status,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+
+def run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
+    """Learning speed, stationary covariance and update covariance (module docstring); agreement = part 2."""
+    with torch_threads(config.threads):
+        return _run(config, recorder)
+
+
+def _run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
+    summary: dict[str, float] = {}
+    table: list[dict[str, Any]] = []
+    runs = _runs(config)
+    index = 0
+    for alpha, structure, i in runs:
+        by_condition = []
+        for condition in config.conditions:
+            r = _speed_run(config, index, alpha, structure, config.lrs[i], condition, recorder)
+            index += 1
+            by_condition.append(r)
+            key = f"speed/{r['label']}/kappa={condition:g}"
+            summary[f"{key}/steps_to_target"] = r["steps_to_target"]
+            summary[f"{key}/final_update_pr"] = r["final_pr"]
+            row = {
+                "part": "speed",
+                "optimizer": r["label"],
+                "lr": r["lr"],
+                "condition": condition,
+                "steps_to_target": r["steps_to_target"],
+                "final_excess": r["final_excess"],
+                "update_pr": r["final_pr"],
+                "status": r["status"],
+            }
+            if "steps_to_target_theory" in r:
+                summary[f"{key}/steps_to_target_theory"] = r["steps_to_target_theory"]
+                row["theory"] = r["steps_to_target_theory"]
+            table.append(row)
+        first, last = by_condition[0]["steps_to_target"], by_condition[-1]["steps_to_target"]
+        summary[f"speed/{run_label(alpha, structure)}/slowdown"] = last / first if first > 0 else float("nan")
+
+    chains = _chain_run(config, recorder)
+    summary.update({f"stationary/{k}": float(v) for k, v in chains.items() if k != "status"})
+    table.append(
+        {
+            "part": "stationary Σ (α=0)",
+            "optimizer": "a=0",
+            "lr": chains["lr"],
+            "measured": chains["trace"],
+            "theory": chains["trace_theory"],
+            "rel_error": chains["trace_error"],
+            "note": f"Langevin T·I off by {chains['langevin_error']:.3f}, Gibbs T·H⁻¹ by "
+            f"{chains['gibbs_error']:.3f}",
+        }
+    )
+
+    for k, (alpha, structure, i) in enumerate(runs):
+        u = _stationary_run(config, k, alpha, structure, config.stat_lrs[i], recorder)
+        key = f"updates/{u['label']}"
+        summary[f"{key}/pr"] = u["pr"]
+        summary[f"{key}/pr_theory"] = u["pr_theory"]
+        summary[f"{key}/support_spread"] = u["support_spread"]
+        summary[f"{key}/off_support"] = u["off_support"]
+        table.append(
+            {
+                "part": "update PR",
+                "optimizer": u["label"],
+                "lr": config.stat_lrs[i],
+                "measured": u["pr"],
+                "theory": u["pr_theory"],
+                "rel_error": abs(u["pr"] - u["pr_theory"]) / u["pr_theory"],
+                "note": f"eig max/min on support {u['support_spread']:.2f}, "
+                f"off support {u['off_support']:.1e}",
+            }
+        )
+
+    agreement = chains["trace_error"]
+    summary["agreement"] = agreement
+    return ExperimentResult(summary=summary, agreement=agreement, tolerance=config.tolerance, table=table)
+
+
+def regimes_figures(store: Any, run_id: str) -> list[Any]:
+    """Report figure: steps to target against the condition number, one line per optimizer (log-log)."""
+    import plotly.graph_objects as go
+
+    summary = store.run_info(run_id)["summary"] or {}
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if (
+            len(parts) == 4
+            and parts[0] == "speed"
+            and parts[3] in ("steps_to_target", "steps_to_target_theory")
+        ):
+            label = parts[1] + (" (theory)" if parts[3].endswith("theory") else "")
+            if isinstance(value, int | float) and math.isfinite(value):
+                curves.setdefault(label, []).append((float(parts[2].split("=", 1)[1]), float(value)))
+    fig = go.Figure()
+    for label, points in sorted(curves.items()):
+        points.sort()
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in points],
+                y=[p[1] for p in points],
+                name=label,
+                mode="lines+markers",
+                line={"dash": "dash" if "theory" in label else "solid"},
+            )
+        )
+    fig.update_layout(
+        title="Steps to target vs condition number (α = 1 full: flat; α = 0: ∝ condition)",
+        xaxis_title="condition number",
+        yaxis_title="steps to target",
+        xaxis_type="log",
+        yaxis_type="log",
+    )
+    return [fig]
+
+
+def _register_figures() -> None:
+    from learndyn.report.hooks import register_figure
+
+    register_figure(NAME, regimes_figures)
+
+
+_register_figures()
+
+EXPERIMENT = register(
+    Experiment(
+        name=NAME,
+        description="CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates",
+        config_cls=RegimesConfig,
+        run=run,
+        quick_overrides={
+            "structures": ("full",),
+            "conditions": (1.0, 100.0),
+            "steps": 600,
+            "stat_steps": 1200,
+            "stat_window": 1000,
+            "chains": 500,
+            "chain_steps": 800,
+        },
+    )
+)

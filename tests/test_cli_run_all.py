@@ -1,0 +1,125 @@
+"""``learndyn run all``: every phenomenon with a closed form, one stored run each, a table, one report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from typer.testing import CliRunner
+
+import learndyn.phenomena  # noqa: F401  (the built-in experiments, registered before the registry is swapped)
+from learndyn.cli import app
+from learndyn.phenomena import registry
+from learndyn.phenomena.registry import Experiment, ExperimentResult
+from learndyn.store import Recorder, RunStore
+from learndyn.validation import check_int
+
+
+@dataclasses.dataclass
+class TheoryConfig:
+    steps: int = 20
+    error: float = 0.01
+    crash: bool = False
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, low=1, owner="TheoryConfig")
+
+
+def run_theory(config: TheoryConfig, recorder: Recorder) -> ExperimentResult:
+    if config.crash:
+        raise RuntimeError("broken on purpose")
+    for k in range(config.steps):
+        recorder.log(k, {"sim/x": 1.0 / (k + 1) * (1 + config.error), "theory/x": 1.0 / (k + 1)})
+    recorder.flush()
+    return ExperimentResult(
+        summary={"steps": config.steps}, agreement=config.error, tolerance=config.tolerance
+    )
+
+
+@dataclasses.dataclass
+class NoTheoryConfig:
+    steps: int = 3
+
+
+def run_no_theory(config: NoTheoryConfig, recorder: Recorder) -> ExperimentResult:
+    raise AssertionError("run all must not run experiments without a closed form")
+
+
+def _experiments(**theory_overrides) -> dict[str, Experiment]:
+    good = Experiment("tiny-theory", "agrees", TheoryConfig, run_theory, quick_overrides={"steps": 5})
+    bad = Experiment(
+        "tiny-off", "disagrees", TheoryConfig, run_theory, quick_overrides={"steps": 5, **theory_overrides}
+    )
+    other = Experiment("tiny-no-theory", "no closed form", NoTheoryConfig, run_no_theory)
+    return {e.name: e for e in (good, bad, other)}
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEARNDYN_STORE", str(tmp_path / "store.duckdb"))
+    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("LEARNDYN_DEBUG", raising=False)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _runs(tmp_path):
+    return RunStore(tmp_path / "store.duckdb", create=False).runs()
+
+
+def test_runs_each_theory_experiment_into_its_own_run(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", _experiments())
+    report = tmp_path / "all.html"
+    result = cli("run", "all", "--quick", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "2 phenomena at test size" in out
+    assert "tiny-theory" in out and "tiny-off" in out and "yes" in out
+    assert "not run (no closed form): tiny-no-theory" in out
+    assert report.exists() and "tiny-theory" in report.read_text()
+    runs = _runs(tmp_path)
+    assert sorted(runs["name"]) == ["tiny-off", "tiny-theory"]
+    assert set(runs["status"]) == {"completed"}
+    for _, row in runs.iterrows():
+        assert row["config"]["steps"] == 5  # the quick size
+        assert row["summary"]["agreement"] == 0.01 and row["summary"]["passed"] is True
+
+
+def test_a_miss_or_a_crash_is_reported_and_exits_1(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", _experiments(error=0.5))
+    result = cli("run", "all", "--quick")
+    assert result.exit_code == 1
+    assert "NO" in result.stdout and "1 of 2 did not pass: tiny-off" in result.stderr
+    monkeypatch.setattr(registry, "_REGISTRY", _experiments(crash=True))
+    result = cli("run", "all", "--quick")
+    assert result.exit_code == 1 and "broken on purpose" in result.stderr
+    runs = _runs(tmp_path)
+    assert list(runs["status"]).count("failed") == 1 and len(runs) == 4  # the others still ran
+
+
+def test_bad_input_is_one_line(cli, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", _experiments())
+    result = cli("run", "all", "--set", "steps=3")
+    assert result.exit_code == 2 and "--set is not allowed with `run all`" in result.stderr
+    result = cli("run", "all", "--show-config")
+    assert result.exit_code == 2 and "needs one experiment name" in result.stderr
+    monkeypatch.setattr(registry, "_REGISTRY", {"tiny-no-theory": _experiments()["tiny-no-theory"]})
+    result = cli("run", "all")
+    assert result.exit_code == 2 and "no registered experiment has a closed form" in result.stderr
+
+
+@pytest.mark.slow
+def test_all_builtin_phenomena_pass_at_test_size(cli, tmp_path, monkeypatch):
+    builtin = {n: e for n, e in registry._REGISTRY.items() if e.run.__module__.startswith("learndyn.")}
+    monkeypatch.setattr(registry, "_REGISTRY", builtin)
+    report = tmp_path / "all.html"
+    result = cli("run", "all", "--quick", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert "deep-linear" in result.stdout and "ssl-stepwise" in result.stdout
+    assert "not run (no closed form): " in result.stdout and "optimizer-comparison" in result.stdout
+    runs = _runs(tmp_path)
+    assert {"deep-linear", "ssl-stepwise"} <= set(runs["name"])
+    assert all(s["passed"] is True for s in runs["summary"])
+    assert report.exists()
