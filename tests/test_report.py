@@ -124,7 +124,9 @@ def test_report_of_a_sweep_overlays_runs(store, tmp_path):
     html = out.read_text()
     assert all(i[:8] in html for i in ids)
     assert "rate=0.3" in html and "3 runs" in html
-    assert html.count('class="ld-figure"') == 6 + 2 * 3  # six overlaid figures, two heatmaps per run
+    # a line plot over the one swept field (rate), six overlaid figures, two heatmaps per run
+    assert "Phase diagrams: sweep-xyz" in html
+    assert html.count('class="ld-figure"') == 1 + 6 + 2 * 3
 
 
 def test_report_of_a_run_without_metrics(store, tmp_path):

@@ -77,7 +77,8 @@ def _report(tmp_path) -> tuple[str, int]:
 
 def test_report_renders_in_chromium_without_errors(driver, tmp_path):
     uri, expected = _report(tmp_path)
-    assert expected == 4 + 2  # loss, theory-vs-sim, noise, symmetry + one spectrum heatmap per run
+    # the sweep's line plot over rate; loss, theory-vs-sim, noise, symmetry; one spectrum heatmap per run
+    assert expected == 1 + 4 + 2
     driver.get(uri)
     deadline = time.monotonic() + 30
     rendered = 0

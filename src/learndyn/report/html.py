@@ -157,6 +157,7 @@ def build_html_report(
     page = _Page()
     page.section("summary", "Summary")
     page.parts.append(_summary_tables(data))
+    _phase_sections(store, data, page)
     _experiment_figures(store, data, page)
     names = sorted({n for r in data for n in r.series})
     for section in plan_sections(names):
@@ -175,6 +176,24 @@ def build_html_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_render(page, title, store), encoding="utf-8")
     return out
+
+
+def _phase_sections(store: RunStore, data: Sequence[RunData], page: _Page) -> None:
+    """Phase diagrams (learndyn.report.phase) of every sweep among the runs."""
+    from learndyn.report.phase import phase_figures
+
+    for sweep_id in sorted({r.info["sweep_id"] for r in data if r.info.get("sweep_id")}):
+        try:
+            figures = phase_figures(store, sweep_id)
+        except Exception as exc:  # a broken diagram must not cost the whole report
+            message = f"phase diagrams of sweep {sweep_id} failed: {type(exc).__name__}: {exc}"
+            warnings.warn(message, stacklevel=2)
+            page.note(message)
+            continue
+        if figures:
+            page.section(f"phase-{safe_key(sweep_id)}", f"Phase diagrams: {sweep_id}")
+            for fig in figures:
+                page.figure(fig)
 
 
 def _experiment_figures(store: RunStore, data: Sequence[RunData], page: _Page) -> None:

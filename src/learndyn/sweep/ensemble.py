@@ -1,0 +1,234 @@
+"""Train many small models in one vectorised pass, and the registry of experiments that can.
+
+:func:`train_ensemble` stacks ``B`` models of one architecture (``torch.func.stack_module_state``), evaluates
+all members' losses on their own minibatches with one ``vmap`` of ``functional_call``, backpropagates once
+(members are independent, so the gradient of the summed loss is every member's own gradient) and steps a
+stacked optimizer (:mod:`learndyn.sweep.stacked_optim`) with per-member hyperparameters. It follows the step
+semantics of :func:`learndyn.training.train_loop` member by member -- the loss of step ``s`` is that of the
+parameters after ``s`` updates, evaluations run at ``s % eval_every == 0`` and after the last update, and a
+member whose loss or parameters turn non-finite stops at that step (it is *diverged*; the others go on) --
+so a member's numbers equal a separate ``train_loop`` run's up to floating-point rounding.
+
+An experiment opts in with :func:`register_ensemble`: it names the config fields its members may differ in
+(``axes``, e.g. seed, init scale, learning rate, α) and gives a function training a list of configs that
+agree on every other field; the sweep groups its runs accordingly (:func:`ensemble_key`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from learndyn.config import config_to_dict
+from learndyn.sweep.stacked_optim import StackedOptimizer
+from learndyn.validation import check_int
+
+__all__ = [
+    "EnsembleSupport",
+    "EnsembleTrace",
+    "MemberOutcome",
+    "ensemble_key",
+    "ensemble_support",
+    "register_ensemble",
+    "train_ensemble",
+]
+
+Batch = tuple[Tensor, Tensor]
+_EVAL_CHUNK = 64
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class MemberOutcome:
+    """What one ensemble member produced: the equivalent of one run.
+
+    ``series``: scalar metrics ``name -> (steps, values)``; ``summary``: the run summary; ``status``:
+    ``completed``, ``diverged`` or ``failed`` (with ``error``).
+    """
+
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class EnsembleTrace:
+    """The per-step record of :func:`train_ensemble`.
+
+    ``loss``: ``(steps, B)`` minibatch losses (entries after a member's divergence are meaningless);
+    ``eval_steps`` and ``evals[name]`` ``(len(eval_steps), B)``: evaluations; ``diverged_at``: ``(B,)``, the
+    step at which each member stopped, ``-1`` for members that completed; ``params``: the final stacked
+    parameters; ``seconds``: wall time of the training loop; ``steps``: updates asked for.
+    """
+
+    loss: np.ndarray
+    eval_steps: list[int]
+    evals: dict[str, np.ndarray]
+    diverged_at: np.ndarray
+    params: dict[str, Tensor]
+    seconds: float
+    steps: int
+
+    @property
+    def members(self) -> int:
+        return int(self.diverged_at.shape[0])
+
+    def member_series(
+        self, b: int, *, log_every: int = 1, prefix: str = ""
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Member ``b``'s metrics exactly as ``train_loop`` would have logged them (``<prefix>loss``, evals,
+        ``<prefix>diverged_at``)."""
+        stop = int(self.diverged_at[b])
+        last = self.steps - 1 if stop < 0 else stop
+        steps = np.arange(0, last + 1, log_every, dtype=np.int64)
+        out = {f"{prefix}loss": (steps, self.loss[steps, b].astype(float))}
+        keep = [i for i, s in enumerate(self.eval_steps) if (s <= stop if stop >= 0 else True)]
+        if keep:
+            es = np.asarray([self.eval_steps[i] for i in keep], dtype=np.int64)
+            for name, values in self.evals.items():
+                out[f"{prefix}{name}"] = (es, values[keep, b].astype(float))
+        if stop >= 0:
+            out[f"{prefix}diverged_at"] = (np.array([stop], dtype=np.int64), np.array([float(stop)]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------- training
+def train_ensemble(
+    models: Sequence[nn.Module],
+    optimizer: StackedOptimizer | Callable[[list[Tensor]], StackedOptimizer],
+    sample: Callable[[int], Batch],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    steps: int,
+    *,
+    evaluate: Callable[[Callable[[Tensor], Tensor]], Mapping[str, Tensor]] | None = None,
+    eval_every: int = 0,
+) -> EnsembleTrace:
+    """Train ``B = len(models)`` models of one architecture in lockstep; see the module docstring.
+
+    ``sample(step)`` returns the stacked minibatch ``(inputs (B, n, ...), targets (B, n, ...))`` (member ``b``
+    gets row ``b``). ``loss_fn(outputs, targets)`` is one member's loss (mean reduction). ``optimizer`` steps
+    the stacked parameters (in ``model.named_parameters()`` order). ``evaluate(forward)`` gets
+    ``forward(x) -> (B, n, ...)``, all members applied to a shared input, and returns named ``(B,)``
+    tensors; it runs without gradients at steps divisible by ``eval_every`` (0: never) and after the last
+    update. The models themselves are not modified.
+    """
+    check_int("steps", steps, low=0, owner="train_ensemble")
+    check_int("eval_every", eval_every, low=0, owner="train_ensemble")
+    if not models:
+        raise ValueError("train_ensemble needs at least one model")
+    params, buffers = stack_module_state(list(models))
+    names = list(params)
+    plist = [params[n] for n in names]
+    base = copy.deepcopy(models[0]).to("meta")
+    members = len(models)
+
+    def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(base, (p, b), (x,)), y)
+
+    batched_loss = vmap(member_loss)
+
+    def forward_shared(x: Tensor) -> Tensor:
+        # Evaluation inputs are large (a whole data set per member): 64 members at a time stay in cache.
+        return vmap(lambda p, b: functional_call(base, (p, b), (x,)), chunk_size=_EVAL_CHUNK)(params, buffers)
+
+    def run_eval(step: int) -> None:
+        assert evaluate is not None
+        with torch.no_grad():
+            values = evaluate(forward_shared)
+        eval_steps.append(step)
+        for name, v in values.items():
+            evals.setdefault(name, []).append(v.detach().reshape(members).to(torch.float64))
+
+    opt = optimizer(plist) if callable(optimizer) and not hasattr(optimizer, "step") else optimizer
+    loss_hist = torch.empty(steps, members, dtype=torch.float64)
+    diverged_at = torch.full((members,), -1, dtype=torch.long)
+    alive = torch.ones(members, dtype=torch.bool)
+    eval_steps: list[int] = []
+    evals: dict[str, list[Tensor]] = {}
+    start = time.perf_counter()
+    for step in range(steps):
+        x, y = sample(step)
+        loss = batched_loss(params, buffers, x, y)
+        grads = torch.autograd.grad(loss.sum(), plist)
+        with torch.no_grad():
+            loss = loss.detach()
+            loss_hist[step] = loss
+            if evaluate is not None and eval_every and step % eval_every == 0:
+                run_eval(step)
+            finite = torch.isfinite(loss)
+            for p in plist:
+                finite &= torch.isfinite(torch.linalg.vector_norm(p.flatten(1), dim=1))
+            newly = alive & ~finite
+            diverged_at = torch.where(newly, torch.full_like(diverged_at, step), diverged_at)
+            alive &= finite
+            opt.step(plist, list(grads))  # type: ignore[union-attr]
+    if evaluate is not None and eval_every and steps > 0:
+        run_eval(steps)
+    seconds = time.perf_counter() - start
+    stacked = {n: torch.stack(v).numpy() for n, v in evals.items()}
+    return EnsembleTrace(
+        loss=loss_hist.numpy(),
+        eval_steps=eval_steps,
+        evals=stacked,
+        diverged_at=diverged_at.numpy(),
+        params={n: params[n].detach() for n in names},
+        seconds=seconds,
+        steps=steps,
+    )
+
+
+# --------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class EnsembleSupport:
+    """How an experiment trains several configs at once.
+
+    ``axes``: the config fields members may differ in; ``run(configs) -> [MemberOutcome]`` trains configs
+    that agree on every other field (one outcome per config, in order); ``max_members``: the largest group
+    it takes (bigger groups are split).
+    """
+
+    experiment: str
+    axes: tuple[str, ...]
+    run: Callable[[list[Any]], list[MemberOutcome]]
+    max_members: int = 1024
+
+
+_ENSEMBLES: dict[str, EnsembleSupport] = {}
+
+
+def register_ensemble(
+    experiment: str,
+    run: Callable[[list[Any]], list[MemberOutcome]],
+    axes: Sequence[str],
+    *,
+    max_members: int = 1024,
+) -> EnsembleSupport:
+    """Declare that ``experiment`` can train configs differing only in ``axes`` together with ``run``."""
+    support = EnsembleSupport(experiment, tuple(axes), run, check_int("max_members", max_members, low=1))
+    _ENSEMBLES[experiment] = support
+    return support
+
+
+def ensemble_support(experiment: str) -> EnsembleSupport | None:
+    """The :class:`EnsembleSupport` registered for ``experiment`` (loading the built-in experiments)."""
+    from learndyn.phenomena import registry
+
+    registry.names()  # imports the built-in experiments, which register their ensembles
+    return _ENSEMBLES.get(experiment)
+
+
+def ensemble_key(config: Any, axes: Sequence[str]) -> str:
+    """Configs with the same key agree on every field outside ``axes`` and may share an ensemble."""
+    from learndyn.sweep.spec import canonical_config
+
+    data = {k: v for k, v in config_to_dict(config).items() if k not in set(axes)}
+    return canonical_config(data)

@@ -1,0 +1,273 @@
+"""Units of sweep work and how a worker runs them: one run, or one ensemble of runs.
+
+A :class:`WorkUnit` is plain data (picklable, cheap to ship to a process or a Ray task): the experiment name,
+the sweep id, the store path and one config (``single``) or several (``ensemble``), as dicts. A worker
+calls :func:`execute_unit`, which opens the store itself and writes the runs:
+
+- ``single``: exactly like ``learndyn run`` -- ``start_run`` (the run is visible as ``running`` at once),
+  the experiment's ``run`` logging into it, the summary, then ``completed``/``diverged``; an exception marks
+  it ``failed`` (the unit reports it, the worker lives on); Ctrl-C/SIGTERM mark it ``interrupted``.
+- ``ensemble``: the experiment's ensemble function trains all members in memory; then every member is written
+  as one finished run in a single store transaction (:func:`write_finished_runs`; hundreds of runs cost one
+  lock and one commit instead of three each). A worker killed mid-ensemble leaves no rows: the resume runs the
+  whole group again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from learndyn import __version__
+
+__all__ = ["RunOutcome", "UnitResult", "WorkUnit", "execute_unit", "write_finished_runs"]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One schedulable piece of a sweep (see the module docstring). ``hashes`` are the configs' hashes."""
+
+    id: int
+    kind: str  # "single" | "ensemble"
+    experiment: str
+    sweep_id: str
+    store_path: str
+    configs: tuple[dict[str, Any], ...]
+    hashes: tuple[str, ...]
+    imports: tuple[str, ...] = ()
+    threads: int = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.configs)
+
+
+@dataclass
+class RunOutcome:
+    """How one run of a unit ended."""
+
+    hash: str
+    run_id: str | None
+    status: str
+    error: str | None = None
+
+
+@dataclass
+class UnitResult:
+    """What a worker reports back for a unit."""
+
+    unit_id: int
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    pid: int = 0
+    host: str = ""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _prepare(unit: WorkUnit) -> Any:
+    import torch
+
+    from learndyn.phenomena import registry
+
+    if unit.threads > 0:
+        torch.set_num_threads(unit.threads)
+    for module in unit.imports:
+        importlib.import_module(module)
+    return registry.get(unit.experiment)
+
+
+def execute_unit(unit: WorkUnit) -> UnitResult:
+    """Run ``unit`` and write its runs to the store at ``unit.store_path``; never raises for a failing
+    experiment (that is a ``failed`` outcome). KeyboardInterrupt (and SIGTERM turned into it) propagates after
+    the run is marked ``interrupted``."""
+    from learndyn.config import config_from_dict
+
+    start = time.perf_counter()
+    result = UnitResult(unit.id, pid=os.getpid(), host=socket.gethostname())
+    try:
+        experiment = _prepare(unit)
+        configs = [
+            config_from_dict(experiment.config_cls, c, experiment=experiment.name) for c in unit.configs
+        ]
+        store = _open_store(unit.store_path)
+    except Exception as exc:  # noqa: BLE001 - setup failures fail the unit's runs without a store row
+        result.outcomes = [RunOutcome(h, None, "failed", _one_line(exc)) for h in unit.hashes]
+        result.seconds = time.perf_counter() - start
+        return result
+    if unit.kind == "ensemble":
+        result.outcomes = _execute_ensemble(unit, experiment, configs, store)
+    else:
+        result.outcomes = [_execute_single(unit, experiment, configs[0], unit.hashes[0], store)]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+_STORES: dict[tuple[int, str], Any] = {}
+
+
+def _open_store(path: str) -> Any:
+    """The worker's :class:`~learndyn.store.RunStore` for ``path``, opened once per process (opening checks
+    the file and its schema: two store reads a run need not pay again). The sweep's driver has already
+    recovered dead runs, so workers open without recovery where the store supports that."""
+    import inspect
+
+    from learndyn.store.runstore import RunStore
+
+    key = (os.getpid(), os.path.realpath(path))
+    store = _STORES.get(key)
+    if store is None or not os.path.exists(path):
+        kwargs = {"recover": False} if "recover" in inspect.signature(RunStore).parameters else {}
+        store = _STORES[key] = RunStore(path, create=False, **kwargs)
+    return store
+
+
+def _seed_of(config: Any) -> int | None:
+    seed = getattr(config, "seed", None)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _execute_single(unit: WorkUnit, experiment: Any, config: Any, h: str, store: Any) -> RunOutcome:
+    run = store.start_run(
+        experiment.name,
+        config,
+        seed=_seed_of(config),
+        sweep_id=unit.sweep_id,
+        flush_every=1000,
+        flush_seconds=30.0,
+    )
+    with run:
+        try:
+            result = experiment.run(config, run)
+        except Exception as exc:  # noqa: BLE001 - a failing run is an outcome, not a worker crash
+            message = _one_line(exc)
+            run.close("failed", message, "".join(traceback.format_exception(exc)))
+            return RunOutcome(h, run.id, "failed", message)
+        run.set_summary(result.stored_summary())
+    return RunOutcome(h, run.id, run.status, None)
+
+
+def _execute_ensemble(unit: WorkUnit, experiment: Any, configs: list[Any], store: Any) -> list[RunOutcome]:
+    from learndyn.sweep.ensemble import MemberOutcome, ensemble_support
+
+    support = ensemble_support(experiment.name)
+    started = _now()
+    try:
+        if support is None:
+            raise RuntimeError(f"experiment {experiment.name!r} registers no ensemble function")
+        members = support.run(configs)
+        if len(members) != len(configs):
+            raise RuntimeError(f"the ensemble returned {len(members)} outcomes for {len(configs)} configs")
+    except Exception as exc:  # noqa: BLE001 - the whole group failed; record every member as failed
+        message = _one_line(exc)
+        tb = "".join(traceback.format_exception(exc))
+        members = [MemberOutcome("failed", error=message, summary={}) for _ in configs]
+        for m in members:
+            m.series = {}
+        ids = write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started, tb=tb)
+        return [RunOutcome(h, i, "failed", message) for h, i in zip(unit.hashes, ids, strict=True)]
+    ids = write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started)
+    return [
+        RunOutcome(h, i, m.status, m.error if m.status == "failed" else None)
+        for h, i, m in zip(unit.hashes, ids, members, strict=True)
+    ]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def write_finished_runs(
+    store: Any,
+    experiment: str,
+    sweep_id: str,
+    configs: Sequence[Any],
+    members: Sequence[Any],
+    started_at: datetime,
+    *,
+    tb: str | None = None,
+) -> list[str]:
+    """Write finished runs (one per member: status, summary, scalar series) in one store transaction.
+
+    ``members`` are :class:`~learndyn.sweep.ensemble.MemberOutcome`. The rows are the ones
+    ``RunStore.start_run`` + logging + ``close`` would write (same columns and JSON encodings). Returns the
+    new run ids in order.
+    """
+    import pyarrow as pa
+
+    from learndyn.config import config_to_dict
+    from learndyn.store import runstore
+
+    ended = _now()
+    git = runstore._git_commit()
+    host, pid = socket.gethostname(), os.getpid()
+    ids = [uuid.uuid4().hex for _ in configs]
+    run_rows = []
+    run_col, step_col, name_col, value_col = [], [], [], []
+    for run_id, config, m in zip(ids, configs, members, strict=True):
+        error = m.error if m.status in ("failed", "diverged") else None
+        run_rows.append(
+            [
+                run_id,
+                experiment,
+                experiment,
+                m.status,
+                runstore._dumps(config_to_dict(config)),
+                runstore._dumps(m.summary),
+                error,
+                tb if m.status == "failed" else None,
+                started_at,
+                ended,
+                ended,
+                git,
+                _seed_of(config),
+                sweep_id,
+                host,
+                pid,
+                __version__,
+            ]
+        )
+        for name, (steps, values) in m.series.items():
+            n = len(steps)
+            run_col.extend([run_id] * n)
+            step_col.append(np.asarray(steps, dtype=np.int64))
+            name_col.extend([name] * n)
+            value_col.append(np.asarray(values, dtype=np.float64))
+    metrics = pa.table(
+        {
+            "run_id": pa.array(run_col, pa.string()),
+            "step": pa.array(np.concatenate(step_col) if step_col else np.empty(0, np.int64), pa.int64()),
+            "name": pa.array(name_col, pa.string()),
+            "value": pa.array(np.concatenate(value_col) if value_col else np.empty(0), pa.float64()),
+        }
+    )
+    with store._write() as con:
+        con.execute("BEGIN")
+        con.executemany(
+            "INSERT INTO runs (id, name, experiment, status, config, summary, error, traceback, started_at, "
+            "ended_at, updated_at, git_commit, seed, sweep_id, host, pid, learndyn_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            run_rows,
+        )
+        if metrics.num_rows:
+            con.register("_ld_sweep_batch", metrics)
+            con.execute(
+                "INSERT INTO metrics (run_id, step, name, value) SELECT run_id, step, name, value "
+                "FROM _ld_sweep_batch"
+            )
+            con.unregister("_ld_sweep_batch")
+        con.execute("COMMIT")
+    return ids
