@@ -235,3 +235,22 @@ def test_cli_in_a_real_process_exits_2_without_traceback(tmp_path):
         )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_open_shows_the_report_in_a_browser_or_says_where_it_is(cli, tmp_path, monkeypatch):
+    import webbrowser
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda uri, *a, **k: opened.append(uri) or True)
+    report = tmp_path / "r.html"
+    result = cli("run", TINY, "--quick", "--report", str(report), "--open")
+    assert result.exit_code == 0, result.output
+    assert opened == [report.resolve().as_uri()]
+
+    monkeypatch.setattr(webbrowser, "open", lambda uri, *a, **k: False)  # a headless machine
+    result = cli("report", TINY, "--out", str(tmp_path / "again.html"), "--open")
+    assert result.exit_code == 0, result.output
+    said = result.stdout.replace("\n", "")
+    assert "no web browser found" in said and (tmp_path / "again.html").resolve().as_uri() in said
+
+    _assert_bad_input(cli("run", TINY, "--quick", "--open"), "--open", "--report")

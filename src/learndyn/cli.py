@@ -1,8 +1,11 @@
 """The ``learndyn`` command line: run experiments into the store; list, show and compare runs; build reports.
 
-Bad input (an unknown experiment, a bad ``--set``, a missing run or store) prints one line on stderr and exits
-with code 2, never a traceback. An experiment that fails while running marks its run ``failed`` and exits 1
-(set ``LEARNDYN_DEBUG=1`` to see the traceback); Ctrl-C marks it ``interrupted`` and exits 130.
+Bad input (an unknown experiment, a bad ``--set``, an unknown option or a bad option value, a missing run or
+store) prints one line on stderr and exits with code 2, never a traceback; all of it is checked before any
+training starts. An experiment that fails while running marks its run ``failed`` and exits 1 (set
+``LEARNDYN_DEBUG=1`` to see the traceback); Ctrl-C (or SIGTERM) marks it ``interrupted`` and exits 130, and
+``learndyn resume RUN`` continues it from its last checkpoint. A run whose training diverged is stored as
+``diverged`` (exit 0: it is a result).
 """
 
 from __future__ import annotations
@@ -18,10 +21,51 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from learndyn import __version__
 
+# typer vendors click: its exception classes, found from the public ones
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a bad option value, a missing argument) as one line on stderr with
+    exit code 2, like every other bad input, instead of click's usage block."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `learndyn`: the help, as before
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            ctx = getattr(exc, "ctx", None)
+            message = _one_line_text(exc.format_message())
+            if ctx is not None:
+                message = f"{ctx.command_path}: {message} (see `{ctx.command_path} --help`)"
+            _print_error(message)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _print_error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="learndyn: drive, measure and explain neural-network learning dynamics.",
     no_args_is_help=True,
     add_completion=False,
@@ -34,6 +78,25 @@ StoreOption = Annotated[
     Path | None,
     typer.Option("--store", help="Run store file (default: $LEARNDYN_STORE or runs/learndyn.duckdb)."),
 ]
+
+
+OpenOption = Annotated[
+    bool,
+    typer.Option("--open", help="Open the written HTML report in the default web browser."),
+]
+
+
+def _open_report(path: Path) -> None:
+    """Open ``path`` in the default browser; on a machine without one, say where the file is instead."""
+    import webbrowser
+
+    uri = Path(path).resolve().as_uri()
+    try:
+        opened = webbrowser.open(uri)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        _out().print(f"no web browser found here; open {uri} yourself")
 
 
 class CliError(Exception):
@@ -50,8 +113,14 @@ def _err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    _err().print(f"[bold red]error:[/] {escape(message)}", markup=True)  # user text is never markup
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
-    _err().print(f"[bold red]error:[/] {message}", markup=True)
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -67,13 +136,50 @@ def _friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except (CliError, StoreError, LearndynValueError) as exc:
             _fail(_one_line(exc))
+        except OSError as exc:  # a path given on the command line that cannot be read or written
+            name = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or _one_line(exc)}{name}")
 
     return wrapper  # type: ignore[return-value]
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _one_line_text(str(exc))
     return text or type(exc).__name__
+
+
+CheckpointOption = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        help="Training updates between checkpoints (0: none; default $LEARNDYN_CHECKPOINT_EVERY or 100).",
+        show_default=False,
+    ),
+]
+
+
+def _checkpoint_every(value: int | None) -> int:
+    from learndyn.checkpoint import default_checkpoint_every
+    from learndyn.validation import check_int
+
+    if value is None:
+        return default_checkpoint_every()
+    return check_int("--checkpoint-every", value, low=0)
+
+
+def _check_output_path(path: Path | None, option: str) -> None:
+    """Refuse an output file that cannot be written, before anything runs."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(f"{option} {path} is a directory; allowed: a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"{option} {path}: {parent} is not writable")
 
 
 def _open_store(path: Path | None, *, create: bool):
@@ -168,7 +274,11 @@ def _build_config(experiment: Any, overrides: Sequence[str], quick: bool) -> Any
 @_friendly
 def run(
     name: Annotated[
-        str | None, typer.Argument(help="Experiment name (see --list).", show_default=False)
+        str | None,
+        typer.Argument(
+            help="Experiment name (see --list), or 'all': every phenomenon with a closed form.",
+            show_default=False,
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -190,6 +300,8 @@ def run(
             "--show-config", help="Print the experiment's config fields, types and defaults, and exit."
         ),
     ] = False,
+    checkpoint_every: CheckpointOption = None,
+    open_: OpenOption = False,
 ) -> None:
     """Run an experiment, store it, print its results (and write a report with --report)."""
     from learndyn.phenomena import registry
@@ -199,6 +311,11 @@ def run(
         return
     if not name:
         raise CliError("missing experiment name; try `learndyn run --list`")
+    if name == ALL:
+        if show_config:
+            raise CliError("--show-config needs one experiment name, not 'all'")
+        _run_all(set_ or [], quick, store, report, checkpoint_every, open_)
+        return
     try:
         experiment = registry.get(name)
     except ValueError as exc:
@@ -206,18 +323,93 @@ def run(
     if show_config:
         _show_config(experiment)
         return
+    if open_ and report is None:
+        raise CliError("--open needs --report FILE (the report to open)")
     config = _build_config(experiment, set_ or [], quick)
+    every = _checkpoint_every(checkpoint_every)
+    _check_output_path(report, "--report")
     run_store = _open_store(store, create=True)
     seed = getattr(config, "seed", None)
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    _execute(
+        experiment,
+        config,
+        run_store,
+        lambda: run_store.start_run(experiment.name, config, seed=seed, checkpoint_every=every),
+        report,
+        open_report=open_,
+    )
 
+
+@app.command()
+@_friendly
+def resume(
+    run_ref: Annotated[
+        str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name (latest).")
+    ],
+    store: StoreOption = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write an HTML report of the run here.")
+    ] = None,
+    checkpoint_every: CheckpointOption = None,
+) -> None:
+    """Continue an interrupted (or failed) run from its last checkpoint, under the same run id.
+
+    The config is rebuilt from the stored one and the experiment runs again; its training loops restore
+    their checkpoints (model, optimizer, RNG), and rows logged again replace those of the earlier attempt.
+    """
+    from learndyn.config import ConfigError, config_from_dict
+    from learndyn.phenomena import registry
+    from learndyn.store.runstore import RESUMABLE
+
+    every = _checkpoint_every(checkpoint_every)
+    _check_output_path(report, "--report")
+    run_store = _open_store(store, create=False)  # opening marks runs of dead processes interrupted
+    info = run_store.run_info(run_store.resolve(run_ref))
+    if info["status"] not in RESUMABLE:
+        raise CliError(
+            f"run {info['id'][:8]} ({info['name']}) is {info['status']}; "
+            f"allowed to resume: {', '.join(RESUMABLE)} runs"
+        )
+    try:
+        experiment = registry.get(info["experiment"] or info["name"])
+    except ValueError as exc:
+        raise CliError(f"run {info['id'][:8]} cannot be resumed: {_one_line(exc)}") from None
+    try:
+        config = config_from_dict(experiment.config_cls, info["config"], experiment=experiment.name)
+    except ConfigError as exc:
+        raise CliError(f"run {info['id'][:8]}: stored config no longer fits: {_one_line(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"run {info['id'][:8]}: invalid stored config: {_one_line(exc)}") from None
+    _execute(
+        experiment,
+        config,
+        run_store,
+        lambda: run_store.reopen_run(info["id"], checkpoint_every=every),
+        report,
+        resumed=True,
+    )
+
+
+def _execute(
+    experiment: Any,
+    config: Any,
+    run_store: Any,
+    open_run: Callable[[], Any],
+    report: Path | None,
+    *,
+    resumed: bool = False,
+    open_report: bool = False,
+) -> None:
+    """Run ``experiment`` into the run ``open_run()`` gives (a new or a reopened one); print; report."""
     out = _out()
     store_run = None
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _sigterm)  # `kill` marks the run interrupted, like Ctrl-C
     try:
-        with run_store.start_run(experiment.name, config, seed=seed) as store_run:
-            out.print(f"[bold]{experiment.name}[/] run [cyan]{store_run.id[:8]}[/] → {run_store.path}")
+        with open_run() as store_run:
+            verb = "resuming" if resumed else "run"
+            out.print(f"[bold]{experiment.name}[/] {verb} [cyan]{store_run.id[:8]}[/] → {run_store.path}")
             try:
                 result = experiment.run(config, store_run)
             except (KeyboardInterrupt, SystemExit):
@@ -231,14 +423,7 @@ def run(
                     f"(run {store_run.id[:8]} marked failed; LEARNDYN_DEBUG=1 shows the traceback)",
                     code=1,
                 )
-            summary = dict(result.summary)
-            if result.agreement is not None:
-                summary["agreement"] = result.agreement
-            if result.tolerance is not None:
-                summary["tolerance"] = result.tolerance
-            if result.passed is not None:
-                summary["passed"] = result.passed
-            store_run.set_summary(summary)
+            store_run.set_summary(result.stored_summary())
     except KeyboardInterrupt:
         where = (
             f"run {store_run.id[:8]} marked interrupted in {run_store.path}" if store_run else "no run stored"
@@ -258,11 +443,118 @@ def run(
             f"(tolerance {_fmt(result.tolerance)}) {verdict}"
         )
     out.print(f"run [cyan]{store_run.id}[/] ({store_run.status}) stored in {run_store.path}")
+    if store_run.status == "diverged":
+        info = run_store.run_info(store_run.id)
+        out.print(f"training diverged: {info['error']}")
     if report is not None:
         from learndyn.report.html import build_html_report
 
         path = build_html_report(run_store, [store_run.id], report)
         out.print(f"report: {path}")
+        if open_report:
+            _open_report(path)
+
+
+ALL = "all"
+
+
+def _has_closed_form(experiment: Any) -> bool:
+    """Whether ``run all`` runs ``experiment``: a phenomenon with a closed form has a ``tolerance`` config
+    field (what its agreement figure is tested against); an ``Experiment.has_theory`` flag would decide."""
+    import dataclasses
+
+    flag = getattr(experiment, "has_theory", None)
+    if isinstance(flag, bool):
+        return flag
+    cls = experiment.config_cls
+    return dataclasses.is_dataclass(cls) and any(f.name == "tolerance" for f in dataclasses.fields(cls))
+
+
+def _run_all(
+    overrides: Sequence[str],
+    quick: bool,
+    store: Path | None,
+    report: Path | None,
+    checkpoint_every: int | None,
+    open_report: bool = False,
+) -> None:
+    """``learndyn run all [--quick]``: every registered phenomenon with a closed form, each as its own stored
+    run (at its test size with ``--quick``), then a table of agreement figures and, with ``--report``, one
+    combined HTML report. Exits 1 when any of them fails, diverges or misses its tolerance."""
+    import time
+
+    from learndyn.phenomena import registry
+
+    if overrides:
+        raise CliError("--set is not allowed with `run all`; run one experiment to change its config")
+    if open_report and report is None:
+        raise CliError("--open needs --report FILE (the report to open)")
+    every = _checkpoint_every(checkpoint_every)
+    _check_output_path(report, "--report")
+    experiments = [registry.get(n) for n in registry.names()]
+    chosen = [e for e in experiments if _has_closed_form(e)]
+    if not chosen:
+        raise CliError("no registered experiment has a closed form (a `tolerance` config field)")
+    configs = [(e, _build_config(e, [], quick)) for e in chosen]  # every config is valid before any runs
+    run_store = _open_store(store, create=True)
+    out = _out()
+    rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    store_run = None
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        for experiment, config in configs:
+            seed = getattr(config, "seed", None)
+            seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+            row: dict[str, Any] = {"experiment": experiment.name}
+            start = time.perf_counter()
+            with run_store.start_run(experiment.name, config, seed=seed, checkpoint_every=every) as store_run:
+                ids.append(store_run.id)
+                out.print(f"[bold]{experiment.name}[/] run [cyan]{store_run.id[:8]}[/] → {run_store.path}")
+                try:
+                    result = experiment.run(config, store_run)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:
+                    if os.environ.get("LEARNDYN_DEBUG"):
+                        raise
+                    message = f"{type(exc).__name__}: {_one_line(exc)}"
+                    store_run.close("failed", message, _traceback(exc))
+                    _print_error(f"experiment {experiment.name!r} failed: {message}")
+                    result = None
+                if result is not None:
+                    store_run.set_summary(result.stored_summary())
+            ok = result is not None and result.passed is not False and store_run.status == "completed"
+            row["run"] = store_run.id[:8]
+            row["agreement"] = None if result is None else result.agreement
+            row["tolerance"] = None if result is None else result.tolerance
+            row["pass"] = "n/a" if ok and result.passed is None else ("yes" if ok else "NO")
+            row["status"] = store_run.status
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+    except KeyboardInterrupt:
+        where = f"run {store_run.id[:8]} marked interrupted" if store_run else "no run stored"
+        _fail(f"interrupted; {where} in {run_store.path}", code=130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    size = "test size (--quick)" if quick else "default size"
+    out.print(_table(rows, title=f"Theory vs simulation, {len(rows)} phenomena at {size}"))
+    skipped = [e.name for e in experiments if e not in chosen]
+    if skipped:
+        out.print(f"not run (no closed form): {', '.join(skipped)}")
+    if report is not None:
+        from learndyn.report.html import build_html_report
+
+        path = build_html_report(run_store, ids, report, title=f"learndyn run all ({size})")
+        out.print(f"report: {path}")
+        if open_report:
+            _open_report(path)
+    failed = [r["experiment"] for r in rows if r["pass"] == "NO"]
+    if failed:
+        _print_error(f"{len(failed)} of {len(rows)} did not pass: {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 def _sigterm(signum: int, frame: Any) -> None:
@@ -437,6 +729,7 @@ def report(
         Path | None, typer.Option("--png", help="Also write PNG figures into this folder.")
     ] = None,
     store: StoreOption = None,
+    open_: OpenOption = False,
 ) -> None:
     """Write an interactive, self-contained HTML report (and optionally PNG figures) of runs or a sweep."""
     from learndyn.report.html import build_html_report
@@ -447,8 +740,16 @@ def report(
     path = build_html_report(run_store, ids, out)
     console = _out()
     console.print(f"report of {len(ids)} run{'s' if len(ids) != 1 else ''}: {path}")
+    if open_:
+        _open_report(path)
     if png is not None:
         for run_id in ids:
             folder = png if len(ids) == 1 else png / run_id[:8]
             written = save_png_figures(run_store, run_id, folder)
             console.print(f"{len(written)} PNG figures of {run_id[:8]}: {folder}")
+
+
+# ----------------------------------------------------------------------------------------------------- sweep
+from learndyn.sweep.command import sweep as _sweep_command  # noqa: E402  (lives beside the sweep code)
+
+app.command("sweep")(_friendly(_sweep_command))
