@@ -82,6 +82,7 @@ __all__ = [
 
 RANDOM_FUNCTIONS = ("uniform", "loguniform", "randint", "choice")
 GRID_FUNCTIONS = ("range", "linspace", "logspace")
+MAX_SWEEP_RUNS = 100_000  # a larger sweep is refused before anything is expanded (split it into several)
 _CALL_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FILE_KEYS = ("experiment", "name", "set", "grid", "samples", "sweep_seed", "quick")
@@ -268,7 +269,12 @@ def _parse_call(
         nums = [int(_number(key, func, a, integer=True)) for a in args]
         if len(nums) == 3 and nums[2] == 0:
             raise SweepSpecError(f"{key}={source!r}: the step of range must not be 0")
-        values = list(range(*nums))
+        span = range(*nums)
+        if len(span) > MAX_SWEEP_RUNS:
+            raise SweepSpecError(
+                f"{key}={source!r} has {len(span)} values; allowed: at most {MAX_SWEEP_RUNS} per sweep"
+            )
+        values = list(span)
         if not values:
             raise SweepSpecError(f"{key}={source!r} is empty")
         return Axis(key, tuple(_whole(key, func, values, kind)), source=source)
@@ -277,8 +283,10 @@ def _parse_call(
             raise SweepSpecError(f"{key}={source!r}: allowed: {func}(start, stop, num)")
         a, b = _number(key, func, args[0]), _number(key, func, args[1])
         n = int(_number(key, func, args[2], integer=True))
-        if n < 1:
-            raise SweepSpecError(f"{key}={source!r}: num={n} is out of range; allowed: num >= 1")
+        if not 1 <= n <= MAX_SWEEP_RUNS:
+            raise SweepSpecError(
+                f"{key}={source!r}: num={n} is out of range; allowed: 1 <= num <= {MAX_SWEEP_RUNS}"
+            )
         if func == "logspace":
             if a <= 0 or b <= 0:
                 raise SweepSpecError(f"{key}={source!r}: logspace needs start > 0 and stop > 0")
@@ -480,16 +488,25 @@ class SweepSpec:
                 f"random axis {random_axes[0].key}={random_axes[0].source} needs --samples N (samples: N)"
             )
         if self.samples is not None:
-            if self.samples < 1:
-                raise SweepSpecError(f"samples={self.samples} is out of range; allowed: samples >= 1")
+            if not 1 <= self.samples <= MAX_SWEEP_RUNS:
+                raise SweepSpecError(
+                    f"samples={self.samples} is out of range; allowed: 1 <= samples <= {MAX_SWEEP_RUNS}"
+                )
             if not random_axes:
                 raise SweepSpecError("--samples needs a random axis (uniform, loguniform, randint or choice)")
         if self.name is not None and not _NAME_RE.match(self.name):
             raise SweepSpecError(
                 f"name={self.name!r} is not allowed; allowed: letters, digits, '.', '_' and '-'"
             )
-        base = self._base_config(experiment)
         grid_axes = [a for a in axes if not a.is_random]
+        size = math.prod(len(a.values) for a in grid_axes) * (self.samples or 1)
+        if size > MAX_SWEEP_RUNS:
+            sizes = [len(a.values) for a in grid_axes] + ([self.samples] if self.samples else [])
+            shape = " x ".join(str(n) for n in sizes)
+            raise SweepSpecError(
+                f"the sweep would have {size} runs ({shape}); allowed: at most {MAX_SWEEP_RUNS} per sweep"
+            )
+        base = self._base_config(experiment)
         rng = np.random.default_rng(self.sweep_seed or 0)
         draws = [{a.key: a.sampler(rng) for a in random_axes} for _ in range(self.samples or 1)]  # type: ignore[misc]
         points: list[SweepPoint] = []
