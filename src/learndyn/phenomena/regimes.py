@@ -355,6 +355,7 @@ class UpdateCovarianceProbe(Probe):
     """
 
     name = "updates"
+    state_attrs = ("_prev", "_buffer")
 
     def __init__(self, window: int, report_every: int) -> None:
         super().__init__(every=1)

@@ -10,6 +10,7 @@ optimizer state or the global RNG state as seen by the training loop.
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -22,6 +23,8 @@ from learndyn.validation import check_int
 
 Measurement = Mapping[str, float | np.ndarray]
 """Metric name -> scalar (float) or array (np.ndarray). Names are ``"<probe>/<quantity>"``."""
+
+_GENERATOR_STATE = "__torch_generator_state__"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(outputs, targets) -> scalar`` with mean reduction over the batch."""
@@ -68,6 +71,10 @@ class Probe(abc.ABC):
 
     name: ClassVar[str] = "probe"
     needs: ClassVar[frozenset[str]] = frozenset()
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    """Attributes holding what the probe remembers between measurements (previous kernel, references,
+    detector windows, RNG); :meth:`state_dict` saves them so a resumed run measures what an uninterrupted
+    one would."""
 
     def __init__(self, every: int = 1) -> None:
         self.every = check_int("every", every, low=1, owner=type(self).__name__)
@@ -81,6 +88,32 @@ class Probe(abc.ABC):
 
     def reset(self) -> None:  # noqa: B027 - optional hook
         """Forget state kept between measurements (e.g. the previous kernel). Default: nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the attributes named in ``state_attrs`` (a ``torch.Generator`` as its state tensor)."""
+        state: dict[str, Any] = {}
+        for attr in self.state_attrs:
+            value = getattr(self, attr)
+            if isinstance(value, torch.Generator):
+                state[attr] = {_GENERATOR_STATE: value.get_state()}
+            else:
+                state[attr] = copy.deepcopy(value)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from a probe of the same class and settings)."""
+        unknown = sorted(set(state) - set(self.state_attrs))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: unknown state {unknown}; "
+                f"allowed: {', '.join(self.state_attrs) or 'none'}"
+            )
+        for attr, value in state.items():
+            current = getattr(self, attr, None)
+            if isinstance(value, dict) and _GENERATOR_STATE in value and isinstance(current, torch.Generator):
+                current.set_state(value[_GENERATOR_STATE])
+            else:
+                setattr(self, attr, copy.deepcopy(value))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(every={self.every})"

@@ -160,6 +160,7 @@ class CurvatureProbe(Probe):
     """
 
     name = "curvature"
+    state_attrs = ("_gen",)
     needs = frozenset({"hvp"})
 
     def __init__(

@@ -151,6 +151,7 @@ class KernelProbe(Probe):
     """
 
     name = "kernel"
+    state_attrs = ("_x", "_y", "_K0", "_prev", "_n_out")
 
     def __init__(
         self,

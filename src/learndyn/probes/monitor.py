@@ -214,6 +214,32 @@ class Monitor:
             for p, flag in flags:
                 p.requires_grad_(flag)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue measuring exactly: the initial parameters and each probe's
+        memory (``Probe.state_dict``). ``train_loop`` saves it with every checkpoint."""
+        return {
+            "init_params": {n: t.detach().cpu().clone() for n, t in self.init_params.items()},
+            "probes": [(type(p).__name__, p.state_dict()) for p in self.probes],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` of a Monitor with the same probes (same classes, same order)."""
+        saved = [name for name, _ in state["probes"]]
+        have = [type(p).__name__ for p in self.probes]
+        if saved != have:
+            raise ValueError(f"Monitor.load_state_dict: saved probes {saved}; allowed: this Monitor's {have}")
+        if set(state["init_params"]) != set(self.init_params):
+            raise ValueError(
+                f"Monitor.load_state_dict: saved init_params for {sorted(state['init_params'])}; "
+                f"allowed: this model's trainable parameters {sorted(self.init_params)}"
+            )
+        self.init_params = {
+            n: t.to(device=self.init_params[n].device, dtype=self.init_params[n].dtype).clone()
+            for n, t in state["init_params"].items()
+        }
+        for probe, (_, probe_state) in zip(self.probes, state["probes"], strict=True):
+            probe.load_state_dict(probe_state)
+
     def reset(self) -> None:
         """Reset every probe's state (previous kernel, reference quantities, ...)."""
         for p in self.probes:

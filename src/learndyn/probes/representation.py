@@ -210,6 +210,7 @@ class RepresentationProbe(Probe):
     """
 
     name = "repr"
+    state_attrs = ("_norm0",)
     needs = frozenset({"activations"})
 
     def __init__(
@@ -296,6 +297,7 @@ class ParameterDistanceProbe(Probe):
     """
 
     name = "params"
+    state_attrs = ("_init", "_prev")
 
     def __init__(self, every: int = 1, *, per_param: bool = True, reference: str = "init") -> None:
         super().__init__(every)

@@ -359,6 +359,7 @@ class StageProbe(Probe):
     """
 
     name = "stage"
+    state_attrs = ("detector", "_new", "_value")
     needs = frozenset({"batch_loss"})
 
     def __init__(

@@ -636,6 +636,20 @@ class SymmetryProbe(Probe):
         self._model_id: int | None = None
         self.specs: list[_Spec] = []
         self._refs: dict[Symmetry, tuple[Tensor, float]] = {}
+        self._restored_refs: dict[Symmetry, tuple[Tensor, float]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference quantity of each tracked symmetry (what drift is measured against)."""
+        refs = self._refs or self._restored_refs
+        return {"refs": {sym: (q.detach().cpu().clone(), scale) for sym, (q, scale) in refs.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the references; they are matched to the model's symmetries at the next measurement."""
+        if set(state) != {"refs"}:
+            raise ValueError(f"SymmetryProbe.load_state_dict: state keys {sorted(state)}; allowed: refs")
+        self._model_id = None
+        self._refs = {}
+        self._restored_refs = {sym: (q.clone(), float(scale)) for sym, (q, scale) in state["refs"].items()}
 
     def symmetries(self) -> list[Symmetry]:
         """The symmetries tracked (after the first measurement)."""
@@ -647,7 +661,11 @@ class SymmetryProbe(Probe):
         seen = {(s.kind, s.producer, s.consumer) for s in syms}
         syms += [s for s in self.declared if (s.kind, s.producer, s.consumer) not in seen]
         self.specs = [resolve_symmetry(ctx.model, s) for s in syms]
-        self._refs = {}
+        device = next((p.device for p in ctx.model.parameters()), torch.device("cpu"))
+        self._refs = {  # references restored from a checkpoint, else measured afresh
+            sym: (q.to(device), scale) for sym, (q, scale) in self._restored_refs.items()
+        }
+        self._restored_refs = {}
         self._model_id = id(ctx.model)
 
     @staticmethod
