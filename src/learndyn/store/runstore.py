@@ -196,6 +196,18 @@ def _process_alive(pid: int, wrote_at: datetime | None = None) -> bool:
     return True
 
 
+def run_process_alive(host: Any, pid: Any, wrote_at: datetime | None = None) -> bool | None:
+    """Whether the process recorded for a run (``host``, ``pid``) may still be running it: None when the run
+    belongs to another host (this one cannot tell), else :func:`_process_alive` (malformed pids are dead)."""
+    if not host or pid is None or host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid)
+    except (OverflowError, ValueError, TypeError):
+        return False
+    return _process_alive(pid, wrote_at)
+
+
 @lru_cache(maxsize=1)
 def _boot_time() -> float:
     with open("/proc/stat") as fh:

@@ -21,8 +21,6 @@ the configs differ only in its ensemble axes, single runs otherwise -- and hande
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from learndyn.progress import progress_bar
+from learndyn.store.runstore import run_process_alive
 from learndyn.sweep.ensemble import ensemble_key, ensemble_support
 from learndyn.sweep.executors import Executor, SerialExecutor, make_executor
 from learndyn.sweep.spec import SweepPlan, SweepPoint, SweepSpec, SweepSpecError, config_hash
@@ -84,26 +83,6 @@ class SweepResult:
 
 
 # --------------------------------------------------------------------------------------------- state
-def _process_alive(host: Any, pid: Any) -> bool | None:
-    """Whether ``pid`` on ``host`` runs (None: another host, cannot tell). Zombies count as dead."""
-    if not host or pid is None or host != socket.gethostname():
-        return None
-    try:
-        pid = int(pid)
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError, TypeError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def sweep_state(store: Any, plan: SweepPlan, *, rerun_running: bool = False, mark: bool = True) -> SweepState:
     """Match ``plan`` against the store's runs of ``plan.sweep_id`` (see the module docstring).
 
@@ -126,7 +105,7 @@ def sweep_state(store: Any, plan: SweepPlan, *, rerun_running: bool = False, mar
         running = [r for r in rows if r["status"] == "running"]
         live = False
         for r in running:
-            alive = _process_alive(r.get("host"), r.get("pid"))
+            alive = run_process_alive(r.get("host"), r.get("pid"))
             if alive or (alive is None and not rerun_running):
                 live = True
             else:
