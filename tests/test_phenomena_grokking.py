@@ -25,6 +25,7 @@ from learndyn.phenomena.grokking import (
     gini,
     grokking_figures,
     modular_addition_split,
+    reproduction_shortfall,
     run,
     topk_fraction,
 )
@@ -89,7 +90,7 @@ def test_phases_are_ordered_and_logged(quick_run):
     assert s["stages/test_acc/drops"] >= 1  # the jump of the test accuracy is a detected stage
     assert s["memorisation_step"] < s["stages/test_acc/drop"] <= config.steps
     assert [row["phase"] for row in result.table] == ["memorisation", "circuit formation", "cleanup"]
-    assert result.agreement is None and result.passed is None
+    assert result.agreement == reproduction_shortfall(s, config) and result.passed is True
     for name in ("loss", "train/loss", "train/acc", "test/loss", "test/acc", "params/norm",
                  "fourier/embed_topk", "fourier/embed_gini", "fourier/unembed_topk"):
         steps, values = recorder.series(name)
@@ -256,3 +257,13 @@ def test_report_figures(tmp_path):
     assert curves.layout.xaxis.type == "log"
     assert any(t.name == "embedding top-k fraction" for t in fourier.data)
     assert len(spectrum.data) == 2 and len(spectrum.data[-1].y) == 5
+
+
+def test_reproduction_shortfall_needs_generalisation_and_delay():
+    config = GrokkingConfig()  # min_delay_ratio 10
+    assert reproduction_shortfall({"final_test_acc": 1.0, "delay_ratio": 31.0}, config) == 0.0
+    assert reproduction_shortfall({"final_test_acc": 0.5, "delay_ratio": 31.0}, config) == 0.5
+    assert reproduction_shortfall({"final_test_acc": 1.0, "delay_ratio": 2.5}, config) == 0.75  # no delay
+    assert reproduction_shortfall({"final_test_acc": 0.02, "delay_ratio": math.nan}, config) == 1.0
+    with pytest.raises(LearndynValueError, match="min_delay_ratio"):
+        GrokkingConfig(min_delay_ratio=0.5)

@@ -459,8 +459,9 @@ ALL = "all"
 
 
 def _has_closed_form(experiment: Any) -> bool:
-    """Whether ``run all`` runs ``experiment``: a phenomenon with a closed form has a ``tolerance`` config
-    field (what its agreement figure is tested against); an ``Experiment.has_theory`` flag would decide."""
+    """Whether ``run all`` runs ``experiment``: a phenomenon with an agreement figure -- a closed form, or a
+    reproduction criterion like grokking's -- has a ``tolerance`` config field (what the figure is tested
+    against); an ``Experiment.has_theory`` flag would decide."""
     import dataclasses
 
     flag = getattr(experiment, "has_theory", None)

@@ -83,7 +83,10 @@ to a peak at step 840 and falls through cleanup (detected descent start 910, cle
 jump 1395, test loss settled 1785). ``--set p=113`` or ``train_fraction=0.5`` work as well; small moduli
 (p ≲ 40) generalise gradually rather than suddenly.
 
-There is no closed form, so ``agreement`` and ``tolerance`` are ``None``.
+There is no closed form; the agreement figure is the *reproduction shortfall*
+(:func:`reproduction_shortfall`): ``max(1 − final test accuracy, max(0, 1 − delay_ratio/min_delay_ratio))``,
+0 when the run generalises fully at least ``min_delay_ratio`` (10) times later than it memorised, tested
+against ``tolerance`` (0.1).
 
 Resuming: with a checkpointer on the recorder (a stored run's), the loop checkpoints under ``grokking``; the
 measured series travel inside the checkpoints, so a resumed run reports the same result.
@@ -147,6 +150,8 @@ class GrokkingConfig:
     generalisation_acc: float = 0.95
     seed: int = 0
     threads: int | None = 1
+    min_delay_ratio: float = 10.0
+    tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         owner = "GrokkingConfig"
@@ -186,6 +191,10 @@ class GrokkingConfig:
         check_int("seed", self.seed, low=0, owner=owner)
         if self.threads is not None:
             check_int("threads", self.threads, low=1, owner=owner)
+        self.min_delay_ratio = check_real(
+            "min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner
+        )
+        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, high=1.0, owner=owner)
 
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""
@@ -536,7 +545,22 @@ def _result(config: GrokkingConfig, log: LoopLog, status: str) -> ExperimentResu
         }
         for phase, start, stop in phases
     ]
-    return ExperimentResult(summary=summary, table=table)
+    shortfall = reproduction_shortfall(summary, config)
+    return ExperimentResult(summary=summary, table=table, agreement=shortfall, tolerance=config.tolerance)
+
+
+def reproduction_shortfall(summary: dict[str, float], config: GrokkingConfig) -> float:
+    """How far a run falls short of the published phenomenon, in ``[0, 1]`` (0: fully reproduced).
+
+    ``max(1 − final test accuracy, max(0, 1 − delay_ratio / min_delay_ratio))``: the network must end up
+    generalising *and* do so at least ``min_delay_ratio`` times later than it memorised; a run that never
+    memorised or never generalised scores 1. With the default tolerance 0.1 that is test accuracy ≥ 0.9
+    and a delay ratio ≥ 0.9 · ``min_delay_ratio``.
+    """
+    acc, delay = summary["final_test_acc"], summary["delay_ratio"]
+    if not (math.isfinite(acc) and math.isfinite(delay)):
+        return 1.0
+    return float(max(1.0 - acc, max(0.0, 1.0 - delay / config.min_delay_ratio)))
 
 
 # ------------------------------------------------------------------------------------------ report figures
