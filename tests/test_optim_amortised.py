@@ -46,7 +46,11 @@ class AmortisedReference:
         precondition_every=1,
         max_factor_dim=None,
         eps_root=0.0,
+        precondition_warmup=100,
+        stale_damping="trace",
     ):
+        self.warmup, self.damping = precondition_warmup, stale_damping
+        self.root = {}  # block/full: (Ŝ₀, u₀) of the cached root
         self.params = list(params)
         self.structure, self.lr, self.alpha, (self.b1, self.b2) = structure, lr, alpha, betas
         self.eps, self.mode, self.k, self.p, self.mfd = (
@@ -79,23 +83,36 @@ class AmortisedReference:
             self.u += 1
         bk = self.b2**self.k
         bc2 = 1 - bk**self.u  # matrix statistics: u updates of decay β^k
-        new = (self.t - 1) % self.p == 0
+        new = self.t <= self.warmup or (self.t - 1) % self.p == 0
         a, eps, mode, er = self.alpha, self.eps, self.mode, self.eps_root
+
+        def matrix_root(key):
+            """Fresh on root steps; stale otherwise, with 'trace' the fresh formula applied to the upper bound
+            c Ŝ₀ + τ I of Ŝ (c = β^{k(u−u₀)}(1−β^{k u₀})/(1−β^{k u}), τ = tr(Ŝ − c Ŝ₀))."""
+            S_hat = self.S[key] / bc2
+            if new:
+                self.root[key] = (S_hat.copy(), self.u)
+                self.M[key] = _inv_metric(S_hat, a, eps, mode, er)
+            elif self.damping == "trace" and a > 0:
+                S0, u0 = self.root[key]
+                c = bk ** (self.u - u0) * (1 - bk**u0) / bc2
+                tau = max(0.0, np.trace(S_hat - c * S0))
+                self.M[key] = _inv_metric(c * S0 + tau * np.eye(len(S0)), a, eps, mode, er)
+            return self.M[key]
+
         if self.structure == "full":
             if stats:
                 vv = np.concatenate(g)
                 self._ema("full", np.outer(vv, vv), bk)
-            if new:
-                self.M["full"] = _inv_metric(self.S["full"] / bc2, a, eps, mode, er)
-            d = np.split(self.M["full"] @ np.concatenate(F), np.cumsum([p.numel() for p in self.params])[:-1])
+            M = matrix_root("full")
+            d = np.split(M @ np.concatenate(F), np.cumsum([p.numel() for p in self.params])[:-1])
         else:
             d = []
             for i, p in enumerate(self.params):
                 if self.structure == "block":
                     if stats:
                         self._ema(i, np.outer(g[i], g[i]), bk)
-                    if new:
-                        self.M[i] = _inv_metric(self.S[i] / bc2, a, eps, mode, er)
+                    matrix_root(i)
                 elif p.ndim >= 2:  # kron
                     m_, n_ = p.shape[0], p.numel() // p.shape[0]
                     V = g[i].reshape(m_, n_)
@@ -118,6 +135,22 @@ class AmortisedReference:
                                 _sym_fn(R, lambda x: (x + er) ** (a / 2)),
                             )
                             self.M[i] = np.linalg.inv(K + eps * np.eye(len(K)))
+                        self.root[i] = (L, R, self.u)
+                    elif self.damping == "trace" and a > 0 and self.u != self.root[i][2]:
+                        # stale: |d| ≤ G |F|, G the largest gain of the metric of the bounds
+                        # X̂ ⪯ c X̂₀ + τ_X I (c = β^{k(u−u₀)}(1−β^{k u₀})/(1−β^{k u}), τ_X = tr(X̂ − c X̂₀))
+                        L0, R0, u0 = self.root[i]
+                        c = bk ** (self.u - u0) * (1 - bk**u0) / bc2
+                        tl = max(0.0, np.trace(self.S[(i, "L")] / bc2 - c * L0)) + er
+                        tr = max(0.0, np.trace(self.S[(i, "R")] / bc2 - c * R0)) + er
+                        G = (
+                            ((tl + eps) * (tr + eps)) ** (-a / 2)
+                            if mode == "inside"
+                            else 1 / ((tl * tr) ** (a / 2) + eps)
+                        )
+                        di = self.M[i] @ F[i]
+                        d.append(di * min(1.0, G * np.linalg.norm(F[i]) / np.linalg.norm(di)))
+                        continue
                 else:  # kron's vectors: elementwise, every step, decay β and 1 − βᵗ
                     self._ema(i, np.diag(g[i] ** 2), self.b2)
                     self.M[i] = _inv_metric(self.S[i] / (1 - self.b2**self.t), a, eps, mode, er)
@@ -164,25 +197,30 @@ def _close(a, b, tol):
 
 
 @pytest.mark.parametrize(
-    ("structure", "eps_mode", "k", "p"),
+    ("structure", "eps_mode", "k", "p", "warmup", "damping"),
     [
-        ("kron", "inside", 3, 1),
-        ("kron", "inside", 3, 2),
-        ("kron", "outside", 2, 3),
-        ("kron", "inside", 4, 2),  # k > p: some recomputes see unchanged statistics
-        ("block", "inside", 3, 2),
-        ("block", "outside", 2, 1),
-        ("full", "inside", 3, 2),
-        ("full", "outside", 4, 2),
+        ("kron", "inside", 3, 1, 0, "trace"),
+        ("kron", "inside", 3, 2, 0, "trace"),
+        ("kron", "outside", 2, 3, 0, "trace"),
+        ("kron", "inside", 4, 2, 0, "trace"),  # k > p: some recomputes see unchanged statistics
+        ("kron", "inside", 2, 3, 5, "trace"),  # warm-up: roots on every statistics update up to step 5
+        ("block", "inside", 3, 2, 0, "none"),
+        ("block", "inside", 3, 2, 0, "trace"),
+        ("block", "outside", 2, 1, 0, "trace"),
+        ("full", "inside", 3, 2, 0, "none"),
+        ("full", "inside", 2, 3, 0, "trace"),
+        ("full", "outside", 4, 2, 0, "trace"),
+        ("full", "inside", 2, 3, 5, "trace"),
     ],
 )
-def test_statistics_every_against_brute_force(structure, eps_mode, k, p):
+def test_statistics_every_against_brute_force(structure, eps_mode, k, p, warmup, damping):
     # With k > 1 the first moment holds gradients the statistics never saw, so F reaches the null space
     # of a rank-deficient Ŝ. Outside, h(λ) = 1/(λ^α + ε) has an infinite slope at λ = 0: round-off
     # eigenvalues ~1e-17 move h by √1e-17/ε. eps_root > 0 makes the slope finite (inside it is already),
     # and ε = 1e-2 keeps the steps along unseen directions O(1) (no chaotic separation from round-off).
     eps, eps_root = (1e-4, 0.0) if eps_mode == "inside" else (1e-2, 1e-4)
     kw = dict(lr=0.05, alpha=0.5, betas=(0.9, 0.99), eps=eps, eps_mode=eps_mode, eps_root=eps_root)
+    kw.update(precondition_warmup=warmup, stale_damping=damping)
     amort = dict(statistics_every=k, precondition_every=p)
     batches = _data(13)
     ours = _run(m := _twins(), CovariantGD(m.parameters(), structure=structure, **kw, **amort), batches)
@@ -249,18 +287,33 @@ def test_amortised_bias_correction_is_the_total_weight():
     assert Fn.amortised_bias_correction(0.999, 7, 1) == Fn.bias_correction(0.999, 7)
 
 
-def test_recomputes_are_skipped_only_when_the_statistics_did_not_change(monkeypatch):
-    """k = 4, p = 2: statistics on steps 1, 5; roots due on 1, 3, 5, 7; only 1 and 5 are computed."""
+@pytest.mark.parametrize(
+    ("k", "p", "warmup", "computed"),
+    [
+        (4, 2, 0, 2),  # statistics on 1, 5; roots due on 1, 3, 5, 7: only 1 and 5 computed
+        (4, 2, 100, 2),  # warm-up: due on every step, computed only where the statistics changed (1, 5)
+        (2, 4, 3, 3),  # statistics on 1, 3, 5, 7; due on 1, 2, 3 (warm-up) and 5: 2 is skipped
+        (2, 4, 0, 2),  # due on 1 and 5 only
+    ],
+)
+def test_recomputes_are_skipped_only_when_the_statistics_did_not_change(monkeypatch, k, p, warmup, computed):
     calls = []
     real = Fn.kron_inverse_root_stack
     monkeypatch.setattr(
         Fn, "kron_inverse_root_stack", lambda X, *a, **kw: calls.append(1) or real(X, *a, **kw)
     )
     m = _twins()
-    opt = CovariantGD(m.parameters(), lr=0.05, structure="kron", statistics_every=4, precondition_every=2)
+    opt = CovariantGD(
+        m.parameters(),
+        lr=0.05,
+        structure="kron",
+        statistics_every=k,
+        precondition_every=p,
+        precondition_warmup=warmup,
+    )
     per_recompute = 2 * 2  # two buckets ((4,4) twins and (2,4)), two sides each
     _run(m, opt, _data(8))
-    assert len(calls) == 2 * per_recompute
+    assert len(calls) == computed * per_recompute
 
 
 # ------------------------------------------------------------------------------------ state and resume
@@ -268,8 +321,12 @@ def test_recomputes_are_skipped_only_when_the_statistics_did_not_change(monkeypa
 
 @pytest.mark.parametrize("structure", ["kron", "block", "full", "lowrank"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_state_dict_resume_mid_cycle_is_identical(structure, dtype):
+@pytest.mark.parametrize("warmup", [0, 6])
+def test_state_dict_resume_mid_cycle_is_identical(structure, dtype, warmup):
+    """Step 4 is off the root cycle (warm-up 0: a stale root, bounded for block/full, is live) or inside the
+    warm-up (6): either way the resumed run continues bit for bit."""
     kw = dict(lr=0.05, eps=1e-3, structure=structure, statistics_every=3, precondition_every=2, rank=4)
+    kw.update(precondition_warmup=warmup)
     batches = _data(12, dtype=dtype)
     m = _twins().to(dtype)
     opt = CovariantGD(m.parameters(), **kw)
@@ -286,6 +343,7 @@ def test_state_dict_resume_mid_cycle_is_identical(structure, dtype):
     resumed = _run(m2, opt2, batches[4:])
     assert torch.equal(straight, resumed)
     assert opt2.param_groups[0]["statistics_every"] == 3
+    assert opt2.param_groups[0]["precondition_warmup"] == warmup
 
 
 def test_load_state_dict_into_the_same_optimizer_rewinds_it():
@@ -314,9 +372,31 @@ def test_state_dict_from_before_statistics_every_loads_as_every_step():
     assert opt2.param_groups[0]["statistics_every"] == 1
 
 
+def test_state_dict_from_before_the_warm_up_and_stale_damping_resumes_as_it_ran():
+    """A state dict saved before precondition_warmup / stale_damping existed ran without them: it loads with
+    warm-up 0 and no stale damping, whatever the new optimizer was built with."""
+    m = _twins()
+    opt = CovariantGD(
+        m.parameters(),
+        lr=0.05,
+        structure="full",
+        precondition_every=3,
+        precondition_warmup=0,
+        stale_damping="none",
+    )
+    _run(m, opt, _data(2))
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        del g["precondition_warmup"], g["stale_damping"]
+    opt2 = CovariantGD(_twins().parameters(), lr=0.05, structure="full", precondition_every=3)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["precondition_warmup"] == 0
+    assert opt2.param_groups[0]["stale_damping"] == "none"
+
+
 def test_kron_state_entries_are_views_of_persistent_stacks():
     m = _twins()
-    opt = CovariantGD(m.parameters(), lr=0.05, structure="kron", precondition_every=4)
+    opt = CovariantGD(m.parameters(), lr=0.05, structure="kron", precondition_every=4, precondition_warmup=0)
     w1, w2 = m[0].weight, m[2].weight  # same shape: one bucket
     _run(m, opt, _data(2))
     L1, Linv1 = opt.state[w1]["kron_L"], opt.state[w1]["kron_Linv"]

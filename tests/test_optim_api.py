@@ -68,6 +68,20 @@ BAD = [
     (dict(rank=0), r"rank=0 is out of range; allowed: 1 <= rank"),
     (dict(rank=2.5), r"rank=2\.5 has type float; allowed: an integer"),
     (dict(precondition_every=0), r"precondition_every=0 is out of range; allowed: 1 <= precondition_every"),
+    (
+        dict(precondition_warmup=-1),
+        r"CovariantGD\.precondition_warmup=-1 is out of range; allowed: 0 <= precondition_warmup",
+    ),
+    (
+        dict(precondition_warmup=2.5),
+        r"CovariantGD\.precondition_warmup=2\.5 has type float; allowed: an integer",
+    ),
+    (dict(precondition_warmup=None), r"CovariantGD\.precondition_warmup=None has type NoneType"),
+    (
+        dict(stale_damping="relative"),
+        r"CovariantGD\.stale_damping='relative' is not allowed; allowed: 'trace', 'none'",
+    ),
+    (dict(stale_damping=True), r"CovariantGD\.stale_damping=True is not allowed; allowed: 'trace', 'none'"),
     (dict(max_factor_dim=0), r"max_factor_dim=0 is out of range; allowed: 1 <= max_factor_dim"),
     (dict(memory_budget=-1), r"memory_budget=-1\.0 is out of range; allowed: 0 <= memory_budget"),
     (dict(first_moment="yes"), r"first_moment='yes' is not allowed; allowed: True, False"),
@@ -257,6 +271,10 @@ RESUME = [
     dict(structure="full", precondition_every=3, moment="covariance"),
     dict(structure="lowrank", precondition_every=3, rank=3),
     dict(structure="lowrank", precondition_every=2, rank=50, eps_mode="outside"),
+    dict(structure="full", precondition_every=3, stale_damping="none"),
+    dict(structure="block", precondition_every=3, eps_mode="outside"),
+    dict(structure="kron", precondition_every=3, precondition_warmup=6),  # saved inside the warm-up
+    dict(structure="full", precondition_every=3, precondition_warmup=6),
 ]
 
 
@@ -266,6 +284,7 @@ def test_state_dict_resume_gives_the_identical_trajectory(kw, dtype):
     """Save mid-cycle (step 4 of precondition_every=3: a cached root is live), reload into a fresh optimizer
     through torch.save/torch.load, continue: bit-identical to never having stopped."""
     batches = [(x.to(dtype), y.to(dtype)) for x, y in _batches(10)]
+    kw = {"precondition_warmup": 0, **kw}  # no warm-up unless asked: step 4 then uses a cached root
     m = _model().to(dtype)
     opt = CovariantGD(m.parameters(), lr=0.05, eps=1e-3, **kw)
     _train(m, opt, batches[:4])
@@ -292,7 +311,22 @@ def test_state_dict_holds_step_counters_and_cached_roots():
     sd = copy.deepcopy(opt.state_dict())
     st0 = sd["state"][0]
     assert st0["step"] == 2 and {"kron_L", "kron_R", "kron_Linv", "kron_Rinv", "exp_avg"} <= set(st0)
+    assert st0["kron_root_count"] == 2 and st0["kron_root_trace"].shape == (2,)  # for stale_damping
     assert sd["param_groups"][0]["precondition_every"] == 5
+    assert sd["param_groups"][0]["precondition_warmup"] == 100
+    assert sd["param_groups"][0]["stale_damping"] == "trace"
+
+
+@pytest.mark.parametrize("structure", ["full", "block"])
+def test_state_dict_holds_the_bounded_roots(structure):
+    """stale_damping='trace' caches the eigenbasis, its spectrum and where it was taken (tr S₀, u₀)."""
+    m = _model()
+    opt = CovariantGD(m.parameters(), structure=structure, precondition_every=5, precondition_warmup=0)
+    _train(m, opt, _batches(3))
+    st0 = copy.deepcopy(opt.state_dict())["state"][0]
+    keys = {f"{structure}_{k}" for k in ("S", "U", "lam", "root_trace", "root_count")}
+    assert keys <= set(st0) and f"{structure}_Minv" not in st0
+    assert st0[f"{structure}_root_count"] == 1  # the root of step 1 is live on steps 2..5
 
 
 # --------------------------------------------------------------------------------- probes' interface

@@ -15,15 +15,24 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from learndyn.optim import functional as Fn
-from learndyn.optim.matfun import fractional_exponent, inverse_metric
+from learndyn.optim.matfun import (
+    COMPUTE_DTYPE,
+    eigh_psd,
+    fractional_exponent,
+    inverse_metric,
+    spectral_coefficients,
+)
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
 STRUCTURES = ("diag", "kron", "block", "full", "lowrank")
 MOMENTS = ("second", "covariance")
 EPS_MODES = ("inside", "outside")
 ROOT_METHODS = ("eigh", "newton")
+STALE_DAMPINGS = ("trace", "none")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """2 GiB: the most the metric state of one parameter group may take before construction refuses."""
+DEFAULT_PRECONDITION_WARMUP = 100
+"""Steps at the start of training on which matrix roots are recomputed every step (see ``CovariantGD``)."""
 
 _OWNER = "CovariantGD"
 
@@ -55,6 +64,7 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
     check_choice("moment", o["moment"], MOMENTS, owner=_OWNER)
     check_choice("eps_mode", o["eps_mode"], EPS_MODES, owner=_OWNER)
     check_choice("root_method", o["root_method"], ROOT_METHODS, owner=_OWNER)
+    check_choice("stale_damping", o["stale_damping"], STALE_DAMPINGS, owner=_OWNER)
     betas = o["betas"]
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise LearndynValueError(
@@ -71,6 +81,7 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
         _check_bool(name, o[name])
     check_int("precondition_every", o["precondition_every"], low=1, owner=_OWNER)
     check_int("statistics_every", o["statistics_every"], low=1, owner=_OWNER)
+    check_int("precondition_warmup", o["precondition_warmup"], low=0, owner=_OWNER)
     check_int("rank", o["rank"], low=1, owner=_OWNER)
     if o["max_factor_dim"] is not None:
         check_int("max_factor_dim", o["max_factor_dim"], low=1, owner=_OWNER)
@@ -124,6 +135,11 @@ def memory_requirement(structure: str, params: list[Tensor], opts: dict[str, Any
 
 _MAX_BUCKET_CACHE = 64
 """Distinct buckets whose stacked buffers are kept (more are only seen when gradients come and go)."""
+
+
+def _trace(X: Tensor) -> Tensor:
+    """Traces of a stack of matrices ``(B, k, k)`` or of diagonal factors ``(B, k)``."""
+    return X.diagonal(dim1=-2, dim2=-1).sum(-1) if X.ndim == 3 else X.sum(-1)
 
 
 class _Stacks:
@@ -194,9 +210,43 @@ class CovariantGD(Optimizer):
     Matrix roots (kron/block/full) are eigendecompositions (``root_method='eigh'``) or a matmul-only coupled
     Newton iteration (``'newton'``; needs ``eps_mode='inside'``, ``eps > 0`` and ``α`` (kron: ``α/2``) a
     fraction with denominator ≤ 64), in float64, batched over same-shaped matrices; they are recomputed on
-    steps ``1, k+1, 2k+1, …`` for ``precondition_every=k`` and the cached inverse roots (including their
-    bias correction) reused in between. Diagonal powers (``'diag'``, kron's vectors) are elementwise and
-    recomputed every step; lowrank's factored spectrum is updated every step and its coefficients cached.
+    every step ``t ≤ w`` (``precondition_warmup=w``) and on steps ``1, k+1, 2k+1, …`` for
+    ``precondition_every=k``, and the cached inverse roots (including their bias correction) reused in
+    between. Diagonal powers (``'diag'``, kron's vectors) are elementwise and recomputed every step;
+    lowrank's factored spectrum is updated every step and its coefficients cached.
+
+    Stale roots. A root reused on steps ``t₀+1 … t₀+k−1`` was computed from ``Ŝ₀ = Ŝ_{t₀}``; the gradients
+    since have parts outside the support of ``Ŝ₀``, where its spectrum is ``h(0) = ε^{−α}`` (1e6 at α = ¾,
+    ε = 1e-8) instead of about ``|∇|^{−2α}``. With ``Ŝ₀`` of the first steps (rank one at ``t = 1``) this
+    amplified the first stale updates by orders of magnitude and training diverged within a few steps
+    (kron α ≥ ¾, full α ≥ ½ on the benchmark tasks). Two guards, both on by default:
+
+    * the warm-up ``w = precondition_warmup`` (default 100): roots are never reused before step ``w``, so a
+      cached root is built from ≥ ``w`` samples and a stale period adds at most about ``k/(w+k)`` of the
+      statistics' weight (for ``t ≪ 1/(1−β₂)``). Enough for ``'kron'`` early on: its factors gain up to
+      ``min(m, n)`` rank per step. Otherwise the schedule is unchanged (a root due on a step whose
+      statistics did not change since the previous due step, ``t−1`` in the warm-up, is skipped).
+    * ``stale_damping='trace'``: a bound on how far the statistics can have moved. Writing ``u`` for the
+      number of statistics updates (``u₀`` at the root) and ``b(u) = 1 − β₂ᵘ`` (``β₂ᵏ`` and ``⌈t/k⌉``
+      updates when amortised), ``S = β₂^{u−u₀} S₀ + N`` with ``N ⪰ 0`` the outer products added since, and
+      ``N ⪯ tr(N) I``; so::
+
+          Ŝ_t ⪯ c Ŝ₀ + τ I,     c = β₂^{u−u₀} b(u₀)/b(u),     τ = (tr S − β₂^{u−u₀} tr S₀)/b(u)
+
+      ``'block'``/``'full'`` (``root_method='eigh'``; their ``S`` gains one rank per step, so stale roots
+      meet unseen directions for the first ``P`` steps whatever the warm-up) use on stale steps the metric
+      of the bound, ``g = (c Ŝ₀ + (τ+ε_r+ε) I)^α`` (outside ``(c Ŝ₀ + (τ+ε_r) I)^α + εI``): the cached
+      eigenbasis ``U₀`` with the spectrum ``h(c λ₀ + τ)``. As ``x ↦ x^α`` is operator monotone for
+      ``0 ≤ α ≤ 1`` this ``g`` dominates the fresh metric, so ``⟨F, g⁻¹F⟩`` never exceeds what a root
+      recomputed on that step would give. It costs one more ``P``-vector product per step
+      (``U₀ (h ⊙ U₀ᵀF)`` instead of ``M F``). The bound is isotropic, so it also shortens stale steps
+      along the small-eigenvalue directions of ``Ŝ₀`` (the price of the guarantee).
+      ``'kron'`` applies the bound to each factor but only through its largest gain, which would otherwise
+      need two more matrix products per step: a stale direction is scaled down to ``‖D‖ ≤ G ‖F‖``,
+      ``G = ((τ_L+ε_r+ε)(τ_R+ε_r+ε))^{−α/2}`` (outside ``1/(((τ_L+ε_r)(τ_R+ε_r))^{α/2} + ε)``) ≥ the
+      largest gain of the bounded metric. This cap rarely binds; it stops the blow-ups that the warm-up
+      alone leaves at large learning rates. ``'lowrank'`` is not affected (its remainder is elementwise).
+      On root steps (``u = u₀``) nothing changes; ``'none'`` reuses the plain cached root.
 
     Amortised statistics (``statistics_every=k``, Shampoo's ``statistics_compute_steps``): the matrix
     statistics -- kron's ``L``, ``R``, block's and full's ``S``, lowrank's factors and diagonal -- are
@@ -245,6 +295,10 @@ class CovariantGD(Optimizer):
             ``eps_root``; AdaBelief's accumulated ε is ``eps_root = eps/(1−β₂)``).
         max_factor_dim: ``'kron'`` sides longer than this keep a diagonal factor (``None``: never).
         statistics_every: update the matrix statistics every ``k ≥ 1`` steps (see above; 1: every step).
+        precondition_warmup: recompute matrix roots on every step ``t ≤ w`` (``w ≥ 0``, default 100; 0: only
+            on the ``precondition_every`` schedule). See "Stale roots" above.
+        stale_damping: ``'trace'`` (default) or ``'none'``: bound the reused roots of kron/block/full by the
+            statistics added since they were computed (see above).
 
     Example::
 
@@ -277,6 +331,8 @@ class CovariantGD(Optimizer):
         eps_root: float = 0.0,
         max_factor_dim: int | None = None,
         statistics_every: int = 1,
+        precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
+        stale_damping: str = "trace",
     ) -> None:
         defaults = validate_options(
             dict(
@@ -298,6 +354,8 @@ class CovariantGD(Optimizer):
                 eps_root=eps_root,
                 max_factor_dim=max_factor_dim,
                 statistics_every=statistics_every,
+                precondition_warmup=precondition_warmup,
+                stale_damping=stale_damping,
             )
         )
         super().__init__(params, defaults)
@@ -432,16 +490,20 @@ class CovariantGD(Optimizer):
 
     @staticmethod
     def _recompute(group: dict[str, Any], st: dict[str, Any], cache_key: str) -> bool:
-        """Whether a cached matrix root must be recomputed on this step: on steps ``1, p+1, 2p+1, …``, except
-        when the statistics it is computed from have not changed since the previous recompute (possible with
-        ``statistics_every > precondition_every``); then the cached root is exactly what would come out."""
+        """Whether a cached matrix root must be recomputed on this step.
+
+        Roots are due on every step ``t ≤ w`` (``w = precondition_warmup``) and on steps ``1, p+1, 2p+1, …``
+        (``p = precondition_every``). A due root is skipped when the statistics it is computed from have not
+        changed since the previous due step ``t' = max(t − p, min(w, t − 1))`` (``t − 1`` during the warm-up;
+        possible with ``statistics_every > 1``): the cached root is then exactly what would come out."""
         if cache_key not in st:
             return True
-        t, p = st["step"], group["precondition_every"]
-        if (t - 1) % p:
+        t, p, w = st["step"], group["precondition_every"], group["precondition_warmup"]
+        if t > w and (t - 1) % p:
             return False
         k = group["statistics_every"]
-        return k == 1 or Fn.statistics_count(t, k) != Fn.statistics_count(t - p, k)
+        previous = t - 1 if t <= w else max(t - p, min(w, t - 1))
+        return k == 1 or Fn.statistics_count(t, k) != Fn.statistics_count(previous, k)
 
     def _bc2(self, group: dict[str, Any], step: int) -> float:
         """Bias correction of the elementwise (every-step) second moment: ``1 − β₂ᵗ``."""
@@ -459,8 +521,10 @@ class CovariantGD(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # state dicts saved before statistics_every existed
+        for group in self.param_groups:  # state dicts saved before these options existed resume as run
             group.setdefault("statistics_every", 1)
+            group.setdefault("precondition_warmup", 0)
+            group.setdefault("stale_damping", "none")
 
     # ---------------------------------------------------------------------------------- structures
 
@@ -576,6 +640,8 @@ class CovariantGD(Optimizer):
                 D = Fn.kron_direction_outside(
                     stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts), stk.stacked("kron_C", sts), F
                 )
+            if group["stale_damping"] == "trace" and group["alpha"] > 0:
+                self._kron_cap_(group, sts, L, R, F, D)
             for i, d in zip(idx, D.unbind(0), strict=True):
                 dirs[i] = d.reshape(params[i].shape)
         return dirs  # type: ignore[return-value]
@@ -625,6 +691,63 @@ class CovariantGD(Optimizer):
             else:  # rare: written per parameter, restacked when the bucket next reads them
                 for j, x in zip(todo, buf.unbind(0), strict=True):
                     sts[j][name] = x.clone()
+        # where the root was taken, for stale_damping='trace': tr L, tr R (raw) and the statistics count
+        traces = torch.stack(
+            [
+                _trace(L if sel is None else L.index_select(0, sel)),
+                _trace(R if sel is None else R.index_select(0, sel)),
+            ],
+            dim=-1,
+        )
+        for j, tr in zip(todo, traces.unbind(0), strict=True):
+            sts[j]["kron_root_trace"] = tr.clone()
+            sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
+
+    def _kron_cap_(
+        self, group: dict[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor
+    ) -> None:
+        """``stale_damping='trace'`` for kron, in place on the stacked directions ``D``: on a stale step scale
+        ``D`` to at most ``G‖F‖``, ``G`` the gain bound of :func:`~learndyn.optim.functional.kron_stale_gain`
+        from the statistics added to each factor since its root (no extra matrix products)."""
+        k = group["statistics_every"]
+        counts = [Fn.statistics_count(s["step"], k) for s in sts]
+        stale = [  # roots cached before this option existed carry no count: left as they are
+            j for j, (s, u) in enumerate(zip(sts, counts, strict=True)) if u != s.get("kron_root_count", u)
+        ]
+        if not stale:
+            return
+        whole = len(stale) == len(sts)
+        sel = None if whole else torch.tensor(stale, device=D.device)
+
+        def pick(X: Tensor) -> Tensor:
+            return X if sel is None else X.index_select(0, sel)
+
+        now = torch.stack([_trace(pick(L)), _trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
+        root = torch.stack([sts[j]["kron_root_trace"] for j in stale]).to(COMPUTE_DTYPE)
+        beta, enabled = self._stat_beta(group), group["bias_correction"]
+        pairs = {(counts[j], sts[j]["kron_root_count"]) for j in stale}
+        if len(pairs) == 1:  # the usual case: the bucket's members are in step
+            ((u, u0),) = pairs
+            _, tau = Fn.stale_bound(now, root, u, u0, beta, enabled)
+        else:  # scalars per member (counts differ within the bucket)
+            tau = torch.stack(
+                [
+                    Fn.stale_bound(now[i], root[i], counts[j], sts[j]["kron_root_count"], beta, enabled)[1]
+                    for i, j in enumerate(stale)
+                ]
+            )
+        gain = Fn.kron_stale_gain(
+            tau[:, 0], tau[:, 1], group["alpha"], group["eps"], group["eps_mode"], group["eps_root"]
+        )
+        Ds = pick(D)
+        f_norm = torch.linalg.vector_norm(pick(F), dim=(-2, -1)).to(COMPUTE_DTYPE)
+        d_norm = torch.linalg.vector_norm(Ds, dim=(-2, -1)).to(COMPUTE_DTYPE)
+        scale = torch.where(d_norm > gain * f_norm, gain * f_norm / d_norm, torch.ones_like(d_norm))
+        scale = scale.to(D.dtype).view(-1, 1, 1)  # applied without a host sync to test for a binding cap
+        if sel is None:
+            D.mul_(scale)
+        else:
+            D.index_copy_(0, sel, Ds * scale)
 
     def _stacks(self, key: tuple, params: list[Tensor]) -> _Stacks:
         """The persistent stacked buffers of one bucket (same-shaped parameters, in this order)."""
@@ -667,19 +790,63 @@ class CovariantGD(Optimizer):
             Fn.foreach_ema_(
                 [states[i]["block_S"] for i in idx], list(V.unsqueeze(-1) * V.unsqueeze(-2)), beta_k
             )
+        dirs: list[Tensor | None] = [None] * len(params)
+        if self._bounded(group):
+            for idx in buckets.values():
+                todo = [i for i in idx if self._recompute(group, states[i], "block_U")]
+                if todo:
+                    self._cache_eigenbases(group, [states[i] for i in todo], "block")
+                U = torch.stack([states[i]["block_U"] for i in idx])
+                h = torch.stack([self._stale_coefficients(group, states[i], "block") for i in idx])
+                F = torch.stack([Fs[i].reshape(-1) for i in idx])
+                for i, d in zip(idx, Fn.eigen_direction(U, h.to(U.dtype), F).unbind(0), strict=True):
+                    dirs[i] = d.reshape(params[i].shape)
+            return dirs  # type: ignore[return-value]
         todo = [i for i, st in enumerate(states) if self._recompute(group, st, "block_Minv")]
         if todo:
             S_hats = [states[i]["block_S"] / self._stat_bc2(group, states[i]["step"]) for i in todo]
             roots = Fn.batched(S_hats, lambda S: self._inverse_metric(group, S))
             for i, r in zip(todo, roots, strict=True):
                 states[i]["block_Minv"] = r
-        dirs: list[Tensor | None] = [None] * len(params)
         for idx in buckets.values():
             M = torch.stack([states[i]["block_Minv"] for i in idx])
             F = torch.stack([Fs[i].reshape(-1) for i in idx])
             for i, d in zip(idx, Fn.matrix_direction(M, F).unbind(0), strict=True):
                 dirs[i] = d.reshape(params[i].shape)
         return dirs  # type: ignore[return-value]
+
+    @staticmethod
+    def _bounded(group: dict[str, Any]) -> bool:
+        """Whether block/full roots are cached as eigenbases, bounded on stale steps (``stale_damping``)."""
+        return group["stale_damping"] == "trace" and group["root_method"] == "eigh" and group["alpha"] > 0
+
+    def _cache_eigenbases(self, group: dict[str, Any], sts: list[dict], prefix: str) -> None:
+        """Cache ``Ŝ₀ = U diag(λ) Uᵀ`` of each state's ``{prefix}_S`` (same shapes), with ``tr S₀`` and the
+        statistics count ``u₀`` it was taken at, for :meth:`_stale_coefficients`."""
+        k = group["statistics_every"]
+        S = torch.stack([st[f"{prefix}_S"] for st in sts])
+        bc2 = torch.tensor([self._stat_bc2(group, st["step"]) for st in sts], dtype=S.dtype, device=S.device)
+        lam, U = eigh_psd(S / bc2.view(-1, 1, 1))
+        U, lam = U.to(S.dtype), lam.to(S.dtype)  # kept in the parameters' dtype, as load_state_dict casts
+        traces = S.diagonal(dim1=-2, dim2=-1).sum(-1)
+        for j, st in enumerate(sts):
+            st[f"{prefix}_U"], st[f"{prefix}_lam"] = U[j], lam[j]
+            st[f"{prefix}_root_trace"] = traces[j]
+            st[f"{prefix}_root_count"] = Fn.statistics_count(st["step"], k)
+
+    def _stale_coefficients(self, group: dict[str, Any], st: dict, prefix: str) -> Tensor:
+        """``h(c λ₀ + τ)`` (float64): the cached root's spectrum with the bound ``Ŝ_t ⪯ c Ŝ₀ + τ I`` of
+        :func:`~learndyn.optim.functional.stale_bound`; ``h(λ₀)`` while the statistics are unchanged."""
+        lam, root_count = st[f"{prefix}_lam"].to(COMPUTE_DTYPE), st[f"{prefix}_root_count"]
+        count = Fn.statistics_count(st["step"], group["statistics_every"])
+        if count != root_count:
+            trace = st[f"{prefix}_S"].diagonal().sum().to(COMPUTE_DTYPE)
+            root_trace = st[f"{prefix}_root_trace"].to(COMPUTE_DTYPE)
+            c, tau = Fn.stale_bound(
+                trace, root_trace, count, root_count, self._stat_beta(group), group["bias_correction"]
+            )
+            lam = c * lam + tau
+        return spectral_coefficients(lam, group["alpha"], group["eps"], group["eps_mode"], group["eps_root"])
 
     @staticmethod
     def _split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -702,11 +869,16 @@ class CovariantGD(Optimizer):
         if Fn.statistics_update(owner["step"], group["statistics_every"]):
             v = torch.cat([x.reshape(-1) for x in vs])
             Fn.ema_outer_(owner["full_S"], v, self._stat_beta(group))
+        F = torch.cat([x.reshape(-1) for x in Fs])
+        if self._bounded(group):
+            if self._recompute(group, owner, "full_U"):
+                self._cache_eigenbases(group, [owner], "full")
+            h = self._stale_coefficients(group, owner, "full").to(owner["full_U"].dtype)
+            return self._split(Fn.eigen_direction(owner["full_U"], h, F), params)
         if self._recompute(group, owner, "full_Minv"):
             owner["full_Minv"] = self._inverse_metric(
                 group, owner["full_S"] / self._stat_bc2(group, owner["step"])
             )
-        F = torch.cat([x.reshape(-1) for x in Fs])
         return self._split(Fn.matrix_direction(owner["full_Minv"], F), params)
 
     def _lowrank_directions(

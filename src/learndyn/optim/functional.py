@@ -369,6 +369,66 @@ def matrix_direction(Minv: Tensor, F: Tensor) -> Tensor:
     return (Minv @ F.unsqueeze(-1)).squeeze(-1)
 
 
+# ------------------------------------------------------------------------------ stale roots, bounded
+
+
+def stale_bound(
+    trace: Tensor,
+    root_trace: Tensor,
+    count: int,
+    root_count: int,
+    beta: float,
+    enabled: bool = True,
+) -> tuple[float, Tensor]:
+    """``(c, τ)`` with ``Ŝ_t ⪯ c Ŝ₀ + τ I``: how far statistics may have moved since a cached root.
+
+    The statistics ``S`` (raw, not bias-corrected) are an EMA with per-update decay ``β`` (``βᵏ`` when
+    amortised). A root was computed from ``S₀`` after ``u₀ = root_count`` updates; now, after ``u = count``,
+    ``S = β^{u−u₀} S₀ + N`` with ``N ⪰ 0`` the weighted outer products added since. Dividing by the bias
+    corrections ``b(u) = 1 − βᵘ``::
+
+        Ŝ_t = c Ŝ₀ + N/b(u),   c = β^{u−u₀} b(u₀)/b(u),   N ⪯ tr(N) I,   tr N = tr S − β^{u−u₀} tr S₀
+
+    so ``τ = tr(N)/b(u)`` (clamped at 0 against round-off) gives the bound. ``trace``/``root_trace`` are
+    ``tr S`` now and at the root (tensors, batched over leading dimensions); ``τ`` has their shape.
+    """
+    decay = beta ** (count - root_count)
+    c = decay * bias_correction(beta, root_count, enabled) / bias_correction(beta, count, enabled)
+    tau = (trace - decay * root_trace).clamp_min(0) / bias_correction(beta, count, enabled)
+    return c, tau
+
+
+def kron_stale_gain(
+    tau_left: Tensor,
+    tau_right: Tensor,
+    alpha: float,
+    eps: float,
+    eps_mode: EpsMode = "inside",
+    eps_root: float = 0.0,
+) -> Tensor:
+    """An upper bound ``G`` on ``‖g⁻¹‖`` for a kron metric bounded per factor as in :func:`stale_bound`.
+
+    With ``L̂_t ⪯ c_L L̂₀ + τ_L I`` (and ``R`` alike) the bounded inside metric
+    ``(c_L L̂₀ + (τ_L+ε_r+ε) I)^{α/2} ⊗ (c_R R̂₀ + (τ_R+ε_r+ε) I)^{α/2}`` has eigenvalues at least
+    ``((τ_L+ε_r+ε)(τ_R+ε_r+ε))^{α/2}``, so its inverse has norm at most
+    ``G = ((τ_L+ε_r+ε)(τ_R+ε_r+ε))^{−α/2}``; outside ``G = 1/(((τ_L+ε_r)(τ_R+ε_r))^{α/2} + ε)``.
+    ``inf`` where that is ``1/0`` (no bound). Batched over the shape of ``τ``; float64.
+    """
+    tl, tr = tau_left.to(COMPUTE_DTYPE) + eps_root, tau_right.to(COMPUTE_DTYPE) + eps_root
+    if eps_mode == "inside":
+        denom = ((tl + eps) * (tr + eps)).pow(alpha / 2)
+    else:
+        denom = (tl * tr).pow(alpha / 2) + eps
+    return torch.where(denom > 0, denom.reciprocal(), torch.full_like(denom, math.inf))
+
+
+def eigen_direction(U: Tensor, h: Tensor, F: Tensor) -> Tensor:
+    """``U diag(h) Uᵀ f`` for a basis ``U`` ``(..., n, n)``, coefficients ``h`` ``(..., n)`` and flat ``F``
+    ``(..., n)``, without assembling the matrix (two matrix-vector products)."""
+    a = (U.mT @ F.unsqueeze(-1)).squeeze(-1)
+    return (U @ (h * a).unsqueeze(-1)).squeeze(-1)
+
+
 # ------------------------------------------------------------------------------------------- lowrank
 
 
