@@ -70,6 +70,7 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.stages import StageDetector, StageProbe
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.deep_linear import (
     LinearTeacher,
@@ -475,10 +476,4 @@ EXPERIMENT = register(
 )
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, deep_linear_figures)
-
-
-_register_figures()
+register_figure(NAME, deep_linear_figures)

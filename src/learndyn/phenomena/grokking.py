@@ -111,6 +111,7 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import ParameterDistanceProbe
 from learndyn.probes.stages import StageDetector, StageEvent
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, check_int, check_real
@@ -680,10 +681,4 @@ EXPERIMENT = register(
 )
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, grokking_figures)
-
-
-_register_figures()
+register_figure(NAME, grokking_figures)

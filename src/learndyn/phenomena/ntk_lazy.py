@@ -68,6 +68,7 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes import KernelProbe, Monitor
 from learndyn.probes.base import ProbeContext
 from learndyn.probes.kernel import empirical_ntk
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import ntk_max_stable_lr, ntk_predictions_gd, ntk_train_loss
 from learndyn.training import train_loop
@@ -429,10 +430,4 @@ EXPERIMENT = register(
 )
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, ntk_lazy_figures)
-
-
-_register_figures()
+register_figure(NAME, ntk_lazy_figures)

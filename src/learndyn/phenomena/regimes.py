@@ -89,6 +89,7 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.sgd_stationary import (
     sgd_max_stable_lr,
@@ -824,13 +825,7 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, regimes_figures)
-
-
-_register_figures()
+register_figure(NAME, regimes_figures)
 
 EXPERIMENT = register(
     Experiment(

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import (
     sgd_max_stable_lr,
@@ -431,10 +432,4 @@ EXPERIMENT = register(
 )
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, sgd_stationary_figures)
-
-
-_register_figures()
+register_figure(NAME, sgd_stationary_figures)

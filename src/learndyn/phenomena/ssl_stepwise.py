@@ -68,6 +68,7 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.ssl import (
     aligned_init,
@@ -446,10 +447,4 @@ EXPERIMENT = register(
 )
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, ssl_figures)
-
-
-_register_figures()
+register_figure(NAME, ssl_figures)

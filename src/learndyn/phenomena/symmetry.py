@@ -93,6 +93,7 @@ from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank
 from learndyn.probes.symmetry import Symmetry, SymmetryProbe
+from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.sgd_stationary import sgd_stationary_covariance
 from learndyn.theory.symmetry import balance_flow, scalar_balance_sgd
@@ -671,13 +672,7 @@ def symmetry_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-def _register_figures() -> None:
-    from learndyn.report.hooks import register_figure
-
-    register_figure(NAME, symmetry_figures)
-
-
-_register_figures()
+register_figure(NAME, symmetry_figures)
 
 EXPERIMENT = register(
     Experiment(
