@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from learndyn.checkpoint import MemoryCheckpointer
+from _crashing import Crash, CrashingCheckpointer
 from learndyn.config import apply_overrides
 from learndyn.phenomena import ntk_lazy, registry
 from learndyn.phenomena.ntk_lazy import NTKLazyConfig, fit_exponent
@@ -96,28 +96,13 @@ def test_a_wrong_theory_input_fails_by_far(monkeypatch):
     assert result.agreement > 5 * result.tolerance, result.agreement
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingCheckpointer(MemoryCheckpointer):
-    def __init__(self, crash_at_save: int) -> None:
-        super().__init__(every=40)
-        self.saves, self.crash_at_save = 0, crash_at_save
-
-    def save(self, key, state):
-        super().save(key, state)
-        self.saves += 1
-        if self.saves == self.crash_at_save:
-            raise _Crash
-
-
 def test_resumed_run_reproduces_the_uninterrupted_one():
     config = _quick(widths=(32, 64), output_scales=(1.0,), seeds=1, steps=100, kernel_every=30)
     reference = ntk_lazy.run(config, MemoryRecorder())
     recorder = MemoryRecorder()
-    recorder.checkpointer = _CrashingCheckpointer(crash_at_save=3)  # mid-way through the second network
-    with pytest.raises(_Crash):
+    # crash mid-way through the second network
+    recorder.checkpointer = CrashingCheckpointer(crash_at_save=3, every=40)
+    with pytest.raises(Crash):
         ntk_lazy.run(config, recorder)
     recorder.checkpointer.crash_at_save = 0
     resumed = ntk_lazy.run(config, recorder)

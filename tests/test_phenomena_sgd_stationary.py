@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from learndyn.checkpoint import MemoryCheckpointer
+from _crashing import Crash, CrashingCheckpointer
 from learndyn.config import apply_overrides
 from learndyn.phenomena import registry, sgd_stationary
 from learndyn.phenomena.sgd_stationary import (
@@ -97,28 +97,12 @@ def test_a_wrong_theory_input_fails_by_far(monkeypatch):
     assert result.agreement > 10 * result.tolerance, result.agreement
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingCheckpointer(MemoryCheckpointer):
-    def __init__(self, crash_at_save: int) -> None:
-        super().__init__(every=50)
-        self.saves, self.crash_at_save = 0, crash_at_save
-
-    def save(self, key, state):
-        super().save(key, state)
-        self.saves += 1
-        if self.saves == self.crash_at_save:
-            raise _Crash
-
-
 def test_resumed_run_reproduces_the_uninterrupted_one():
     config = _quick(lrs=(0.2, 0.3), chains=200, samples=10)
     reference = sgd_stationary.run(config, MemoryRecorder())
     recorder = MemoryRecorder()
-    recorder.checkpointer = _CrashingCheckpointer(crash_at_save=4)  # during the second learning rate
-    with pytest.raises(_Crash):
+    recorder.checkpointer = CrashingCheckpointer(crash_at_save=4, every=50)  # during the second learning rate
+    with pytest.raises(Crash):
         sgd_stationary.run(config, recorder)
     recorder.checkpointer.crash_at_save = 0
     resumed = sgd_stationary.run(config, recorder)
