@@ -68,30 +68,67 @@ def test_kron_either_guard_alone_prevents_it(alpha, warmup, damping):
     assert max(norms) < 10 * norms[0]
 
 
-def test_kron_step_cap_stops_a_late_blow_up_at_a_large_learning_rate():
-    """After the warm-up (width 24, α = ½, lr 0.316: the learning rate the quality benchmark picks) a plain
-    stale root blows up on step 340; the trace cap keeps the run finite (as recomputing every step does)."""
+def _stale_kron_step(damping: str, alpha: float) -> tuple[float, float, float]:
+    """One 6×5 float64 weight, ``precondition_every=10`` and a warm-up of 20 steps, gradients confined to a
+    2-dimensional row and column subspace until step 22; on step 22 (the root of step 21 reused) a gradient
+    with a part outside that support. Returns ``(‖D‖/‖F‖ on step 22, the cap G of that step, ‖D‖/‖F‖ on
+    step 21)``, with ``D`` the applied direction and ``F`` the bias-corrected first moment."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
+    cols = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0]
+    w = torch.nn.Parameter(torch.zeros(6, 5, dtype=torch.float64))
+    opt = CovariantGD([w], lr=1.0, alpha=alpha, structure="kron", precondition_every=10,
+                      precondition_warmup=20, stale_damping=damping, first_moment=False)
+    ratios = []
+    for t in range(1, 23):
+        inner = torch.randn(2, 2, generator=g, dtype=torch.float64)
+        grad = rows[:, :2] @ inner @ cols[:, :2].T
+        if t == 22:  # a new direction: outside the support of the cached factors
+            grad = grad + rows[:, 4:5] @ cols[:, 3:4].T
+        w.grad = grad.clone()
+        before = w.detach().clone()
+        opt.step()
+        ratios.append(float((before - w.detach()).norm() / grad.norm()))
+    st = opt.state[w]
+    beta = opt.param_groups[0]["betas"][1]
+    now = torch.stack([st["kron_L"].trace(), st["kron_R"].trace()])
+    _, tau = Fn.stale_bound(now, st["kron_root_trace"], 22, st["kron_root_count"], beta)
+    cap = float(Fn.kron_stale_gain(tau[0], tau[1], alpha, 1e-8))
+    return ratios[-1], cap, ratios[-2]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_kron_step_cap_bounds_a_stale_step_after_the_warm_up(alpha):
+    """After the warm-up a reused root meets a direction its factors have not seen; its gain there is
+    ``ε^{-α}``-sized, so the plain stale step is orders of magnitude longer than the step of the root step
+    before it. The trace cap bounds it by ``G‖F‖`` (deterministic: float64, exact subspaces; the margins are
+    orders of magnitude, so no CPU or thread count changes the outcome)."""
+    plain, cap, fresh = _stale_kron_step("none", alpha)
+    capped, cap_again, fresh_again = _stale_kron_step("trace", alpha)
+    assert fresh == pytest.approx(fresh_again, rel=1e-12)  # identical until the stale step
+    assert cap == pytest.approx(cap_again, rel=1e-12)
+    assert plain > 1e3 * fresh  # the stale blow-up
+    assert capped <= cap * (1 + 1e-9)  # the cap holds
+    assert capped < 1e-2 * plain
+
+
+def test_kron_trace_cap_keeps_a_large_learning_rate_run_finite():
+    """After the warm-up (width 24, α = ½, lr 0.316: the learning rate the quality benchmark picks), the
+    trace-capped run stays finite and ends far below the initial loss. (Without the cap this run blew up
+    late on some CPUs and not on others: whether a chaotic trajectory meets a stale direction is not a
+    property to test; :func:`test_kron_step_cap_bounds_a_stale_step_after_the_warm_up` tests the mechanism.)
+    """
     task = get_task("multiplication")
-    for damping, diverges in (("none", True), ("trace", False)):
-        model = task.make_model(0)
-        opt = CovariantGD(
-            model.parameters(),
-            lr=0.316,
-            alpha=0.5,
-            structure="kron",
-            precondition_every=10,
-            stale_damping=damping,
-        )
-        gen = make_generator(0)
-        for _ in range(360):
-            opt.zero_grad()
-            loss = task.loss(model, task.sample(gen))
-            if not loss.item() < 1.0:  # blown up (or NaN): stop before stepping on it
-                break
-            loss.backward()
-            opt.step()
-        loss = task.evaluate(model)
-        assert (not loss < 1.0) == diverges
+    model = task.make_model(0)
+    L0 = task.evaluate(model)
+    opt = CovariantGD(model.parameters(), lr=0.316, alpha=0.5, structure="kron", precondition_every=10)
+    gen = make_generator(0)
+    for _ in range(360):
+        opt.zero_grad()
+        task.loss(model, task.sample(gen)).backward()
+        opt.step()
+    loss = task.evaluate(model)
+    assert math.isfinite(loss) and loss < 0.5 * L0
 
 
 def test_kron_stale_gain_bounds_the_bounded_metric():
