@@ -271,16 +271,29 @@ class CovariantGD(Optimizer):
 
     # -------------------------------------------------------------------------------------- step
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter with a gradient; returns ``closure()`` if given."""
+        """One update of every parameter with a gradient; returns ``closure()`` if given.
+
+        Under :func:`torch.compile` the closure is traced but the update runs eagerly (see :meth:`_update`).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update()
+        return loss
+
+    @torch.compiler.disable(reason="CovariantGD's update is host-scheduled; it runs eagerly")
+    @torch.no_grad()
+    def _update(self) -> None:
+        """The update of every group, never traced by :func:`torch.compile` (a graph break; it runs eagerly,
+        so a compiled step equals the eager one bit for bit). Its schedule (root refreshes, bias
+        corrections, buckets) is host logic on the Python step counters: traced, every step would be a new
+        graph until dynamo's recompile limit (8), costing 20-100 s of compilation for a 20-step run on a CPU
+        and then falling back to eager anyway; the heavy parts (``eigh``, ``svd``) are LAPACK calls that
+        compilation does not speed up."""
         for group in self.param_groups:
             self._group_step(group)
-        return loss
 
     def _group_step(self, group: dict[str, Any]) -> None:
         """Moments for the parameters with a gradient, then the structure's step (``'diag'`` for the
