@@ -8,6 +8,15 @@ the names from here. Adding a structure is one module plus one line below.
 - ``kron`` (:mod:`.kron`): Kronecker factors per matrix-shaped parameter (Shampoo).
 - ``block``, ``full`` (:mod:`.dense`): a dense matrix per parameter tensor / per parameter group.
 - ``lowrank`` (:mod:`.lowrank`): top eigenpairs plus a diagonal remainder per parameter group.
+
+Writing a structure (:class:`~learndyn.optim.structures.base.Structure`): set ``name`` (and ``scope``,
+``exact``, ``root_power``); implement ``elements`` (the memory guard), ``directions(ctx)`` (update the
+statistics kept under your own keys in ``ctx.states``, refresh cached roots when
+:func:`~learndyn.optim.structures.base.root_due`, return ``g⁻¹F`` per parameter) and ``diagonal`` (for the
+probes); optionally ``covers`` (what to leave to ``diag``), ``validate`` (extra option checks), ``step``
+(a fused update) and ``upgrade_state`` (old state dicts). A combination such as grafting can call two
+structures' ``directions`` on the same :class:`GroupStep`; a structure with several blocks per parameter
+or an eigenbasis refreshed on the root schedule keeps them as more per-parameter keys.
 """
 
 from learndyn.optim.structures.base import GroupStep, Structure
