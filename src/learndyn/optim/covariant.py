@@ -10,6 +10,7 @@ vectors, dispatch to the structure, state-dict compatibility and the probes' int
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,23 @@ from learndyn.optim.structures import STRUCTURES
 from learndyn.optim.structures.base import GroupStep, group_dtype, real
 from learndyn.optim.structures.diag import DIAG
 from learndyn.validation import LearndynValueError
+
+
+def _eager_under_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, made on the first call: decorating at import time would import
+    ``torch._dynamo`` with ``learndyn.optim`` (about 3 s; torch's optimizers import it on construction)."""
+    disabled: Callable[..., Any] | None = None
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(
+                fn, reason="CovariantGD's update is host-scheduled; it runs eagerly"
+            )
+        return disabled(*args, **kwargs)
+
+    return wrapper
 
 
 class CovariantGD(Optimizer):
@@ -283,7 +301,7 @@ class CovariantGD(Optimizer):
         self._update()
         return loss
 
-    @torch.compiler.disable(reason="CovariantGD's update is host-scheduled; it runs eagerly")
+    @_eager_under_compile
     @torch.no_grad()
     def _update(self) -> None:
         """The update of every group, never traced by :func:`torch.compile` (a graph break; it runs eagerly,
