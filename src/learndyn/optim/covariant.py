@@ -1,12 +1,16 @@
 """``CovariantGD``: the geometric optimizer family as a :class:`torch.optim.Optimizer`.
 
 The math lives in :mod:`learndyn.optim.functional` (moments → metric → power → precondition) and
-:mod:`learndyn.optim.matfun` (matrix powers); this module owns the state, the parameter groups, the
-amortisation of matrix roots and the argument checks.
+:mod:`learndyn.optim.matfun` (matrix powers); each metric structure (its state, memory need and
+preconditioned direction) is a :class:`~learndyn.optim.structures.base.Structure` in the table
+:data:`~learndyn.optim.structures.STRUCTURES`; the options and their checks are :mod:`learndyn.optim.options`.
+This module is the thin :class:`torch.optim.Optimizer`: parameter groups, the first moment and the moment
+vectors, dispatch to the structure, state-dict compatibility and the probes' interface.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,161 +19,35 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from learndyn.optim import functional as Fn
-from learndyn.optim.matfun import (
-    COMPUTE_DTYPE,
-    eigh_psd,
-    fractional_exponent,
-    inverse_metric,
-    spectral_coefficients,
+from learndyn.optim.options import (
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_PRECONDITION_WARMUP,
+    LEGACY_DEFAULTS,
+    OWNER,
+    check_memory,
+    validate_options,
 )
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
-
-STRUCTURES = ("diag", "kron", "block", "full", "lowrank")
-MOMENTS = ("second", "covariance")
-EPS_MODES = ("inside", "outside")
-ROOT_METHODS = ("eigh", "newton")
-STALE_DAMPINGS = ("trace", "none")
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-"""2 GiB: the most the metric state of one parameter group may take before construction refuses."""
-DEFAULT_PRECONDITION_WARMUP = 100
-"""Steps at the start of training on which matrix roots are recomputed every step (see ``CovariantGD``)."""
-
-_OWNER = "CovariantGD"
+from learndyn.optim.structures import STRUCTURES
+from learndyn.optim.structures.base import GroupStep, group_dtype, real
+from learndyn.optim.structures.diag import DIAG
+from learndyn.validation import LearndynValueError
 
 
-def _human(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(nbytes) < 1024 or unit == "PiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    raise AssertionError  # pragma: no cover
+def _eager_under_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, made on the first call: decorating at import time would import
+    ``torch._dynamo`` with ``learndyn.optim`` (about 3 s; torch's optimizers import it on construction)."""
+    disabled: Callable[..., Any] | None = None
 
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise LearndynValueError(f"{_OWNER}.{name}={value!r} is not allowed; allowed: True, False")
-    return value
-
-
-def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Check every ``CovariantGD`` option of one parameter group and return them normalised.
-
-    Raises:
-        LearndynValueError: one line naming the option, the bad value and what is allowed.
-    """
-    o = dict(opts)
-    o["lr"] = check_real("lr", o["lr"], low=0.0, owner=_OWNER)
-    o["alpha"] = check_real("alpha", o["alpha"], low=0.0, high=1.0, owner=_OWNER)
-    check_choice("structure", o["structure"], STRUCTURES, owner=_OWNER)
-    check_choice("moment", o["moment"], MOMENTS, owner=_OWNER)
-    check_choice("eps_mode", o["eps_mode"], EPS_MODES, owner=_OWNER)
-    check_choice("root_method", o["root_method"], ROOT_METHODS, owner=_OWNER)
-    check_choice("stale_damping", o["stale_damping"], STALE_DAMPINGS, owner=_OWNER)
-    betas = o["betas"]
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise LearndynValueError(
-            f"{_OWNER}.betas={betas!r} is not allowed; allowed: a pair (beta1, beta2) with 0 <= beta < 1"
-        )
-    o["betas"] = tuple(
-        check_real(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True, owner=_OWNER)
-        for i, b in enumerate(betas)
-    )
-    o["eps"] = check_real("eps", o["eps"], low=0.0, owner=_OWNER)
-    o["eps_root"] = check_real("eps_root", o["eps_root"], low=0.0, owner=_OWNER)
-    o["weight_decay"] = check_real("weight_decay", o["weight_decay"], low=0.0, owner=_OWNER)
-    for name in ("first_moment", "bias_correction", "decoupled_weight_decay"):
-        _check_bool(name, o[name])
-    check_int("precondition_every", o["precondition_every"], low=1, owner=_OWNER)
-    check_int("statistics_every", o["statistics_every"], low=1, owner=_OWNER)
-    check_int("precondition_warmup", o["precondition_warmup"], low=0, owner=_OWNER)
-    check_int("rank", o["rank"], low=1, owner=_OWNER)
-    if o["max_factor_dim"] is not None:
-        check_int("max_factor_dim", o["max_factor_dim"], low=1, owner=_OWNER)
-    if o["memory_budget"] is not None:
-        o["memory_budget"] = check_real("memory_budget", o["memory_budget"], low=0.0, owner=_OWNER)
-    if o["root_method"] == "newton" and o["structure"] != "diag" and o["alpha"] > 0:
-        if o["structure"] == "lowrank":
-            pass  # lowrank's powers are elementwise on its factored spectrum; no matrix root is taken
-        elif o["eps_mode"] != "inside":
-            raise LearndynValueError(
-                f"{_OWNER}.eps_mode={o['eps_mode']!r} is not allowed with root_method='newton'; "
-                "allowed: 'inside' (or root_method='eigh')"
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(
+                fn, reason="CovariantGD's update is host-scheduled; it runs eagerly"
             )
-        elif o["eps"] + o["eps_root"] == 0.0:
-            raise LearndynValueError(
-                f"{_OWNER}.eps=0.0 is not allowed with root_method='newton'; allowed: eps > 0 "
-                "(the iteration needs S + eps*I positive definite), or root_method='eigh'"
-            )
-        else:
-            exponent = o["alpha"] / 2 if o["structure"] == "kron" else o["alpha"]
-            fractional_exponent(exponent, name=f"{_OWNER}.alpha" + ("/2" if o["structure"] == "kron" else ""))
-    return o
+        return disabled(*args, **kwargs)
 
-
-def memory_requirement(structure: str, params: list[Tensor], opts: dict[str, Any]) -> int:
-    """Bytes of metric state (statistic + cached inverse root) a group of ``params`` needs."""
-    if not params:
-        return 0
-    item = params[0].element_size()
-    P = sum(p.numel() for p in params)
-    if structure == "full":
-        elems = 2 * P * P
-    elif structure == "block":
-        elems = 2 * sum(p.numel() ** 2 for p in params)
-    elif structure == "kron":
-        elems, mfd = 0, opts.get("max_factor_dim")
-        for p in params:
-            if p.ndim >= 2:
-                m, n = p.shape[0], p.numel() // p.shape[0]
-                side = sum(k if (mfd is not None and k > mfd) else k * k for k in (m, n))
-                elems += 2 * side + (m * n if opts.get("eps_mode") == "outside" else 0)
-            else:
-                elems += p.numel()
-    elif structure == "lowrank":
-        r = min(opts.get("rank", 1), P)
-        elems = 2 * P * r + 2 * P + 3 * r
-    else:
-        elems = P
-    return elems * item
-
-
-_MAX_BUCKET_CACHE = 64
-"""Distinct buckets whose stacked buffers are kept (more are only seen when gradients come and go)."""
-
-
-def _trace(X: Tensor) -> Tensor:
-    """Traces of a stack of matrices ``(B, k, k)`` or of diagonal factors ``(B, k)``."""
-    return X.diagonal(dim1=-2, dim2=-1).sum(-1) if X.ndim == 3 else X.sum(-1)
-
-
-class _Stacks:
-    """Persistent stacked ``(B, ...)`` buffers of one bucket of same-shaped ``'kron'`` parameters.
-
-    The per-parameter state entries (``state[p]['kron_L']`` …) are *views* ``buf[j]`` into these, so the
-    state dict, probes and resumes see ordinary per-parameter tensors while a step works on the stack
-    without copying it. If a state entry is not the view handed out (a fresh ``load_state_dict``, a user's
-    assignment), :meth:`stacked` stacks the entries again once and hands out new views. Not saved: an
-    optimizer rebuilt from its state dict restacks on its first step.
-    """
-
-    __slots__ = ("bufs", "params", "views")
-
-    def __init__(self, params: list[Tensor]) -> None:
-        self.params = params  # keeps the ids in the cache key alive
-        self.bufs: dict[str, Tensor] = {}
-        self.views: dict[str, list[Tensor]] = {}
-
-    def install(self, name: str, buf: Tensor, sts: list[dict]) -> None:
-        views = list(buf.unbind(0))
-        for s, v in zip(sts, views, strict=True):
-            s[name] = v
-        self.bufs[name], self.views[name] = buf, views
-
-    def stacked(self, name: str, sts: list[dict]) -> Tensor:
-        views = self.views.get(name)
-        if views is None or any(s.get(name) is not v for s, v in zip(sts, views, strict=True)):
-            self.install(name, torch.stack([s[name] for s in sts]), sts)
-        return self.bufs[name]
+    return wrapper
 
 
 class CovariantGD(Optimizer):
@@ -299,6 +177,15 @@ class CovariantGD(Optimizer):
             on the ``precondition_every`` schedule). See "Stale roots" above.
         stale_damping: ``'trace'`` (default) or ``'none'``: bound the reused roots of kron/block/full by the
             statistics added since they were computed (see above).
+        maximize: ascend instead of descend (the gradient is negated), as in torch.optim.
+        foreach, fused: accepted for torch.optim compatibility; the step always runs its multi-tensor
+            kernels (``foreach=False``/``fused=True`` warn once and change nothing).
+        differentiable, capturable: only ``False`` (the step is neither differentiable nor graph-capturable).
+
+    Parameters may be complex (optimised as their real views ``torch.view_as_real(p)``, as torch's
+    optimizers do), of any floating dtype (``'full'``/``'lowrank'`` keep a group's metric in the promoted
+    dtype, ``'lowrank'`` at least float32) and empty. Parameters without a gradient are skipped and get no
+    state. How this class follows torch.optim's conventions and where it differs: ``docs/optimizers.md``.
 
     Example::
 
@@ -333,6 +220,11 @@ class CovariantGD(Optimizer):
         statistics_every: int = 1,
         precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
         stale_damping: str = "trace",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = validate_options(
             dict(
@@ -356,6 +248,11 @@ class CovariantGD(Optimizer):
                 statistics_every=statistics_every,
                 precondition_warmup=precondition_warmup,
                 stale_damping=stale_damping,
+                maximize=maximize,
+                foreach=foreach,
+                fused=fused,
+                differentiable=differentiable,
+                capturable=capturable,
             )
         )
         super().__init__(params, defaults)
@@ -375,57 +272,60 @@ class CovariantGD(Optimizer):
         group.update({k: opts[k] for k in group if k != "params"})
         if not isinstance(ps, set):
             for p in ps:
-                if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
+                if isinstance(p, Tensor) and not (p.is_floating_point() or p.is_complex()):
                     raise LearndynValueError(
-                        f"{_OWNER}: a parameter has dtype {p.dtype}; allowed: real floating-point parameters"
+                        f"{OWNER}: a parameter has dtype {p.dtype}; allowed: real floating-point parameters "
+                        "or complex ones (optimised as their real views)"
                     )
             structure = opts["structure"]
-            tensors = [p for p in ps if isinstance(p, Tensor)]
-            if structure in ("full", "lowrank") and len({(p.dtype, p.device) for p in tensors}) > 1:
+            tensors = [real(p) for p in ps if isinstance(p, Tensor)]
+            if STRUCTURES[structure].scope == "group" and len({p.device for p in tensors}) > 1:
                 raise LearndynValueError(
-                    f"{_OWNER}.structure={structure!r} needs one dtype and device per parameter group; "
-                    "allowed: put parameters of different dtype/device in separate groups"
+                    f"{OWNER}.structure={structure!r} needs one device per parameter group; "
+                    "allowed: put parameters on different devices in separate groups"
                 )
-            budget = opts["memory_budget"]
-            need = memory_requirement(structure, tensors, opts)
-            if budget is not None and need > budget:
-                P = sum(p.numel() for p in tensors)
-                raise LearndynValueError(
-                    f"{_OWNER}.structure={structure!r} for {P:,} parameters needs {need:,} bytes "
-                    f"({_human(need)}) of metric state, more than memory_budget={int(budget):,} bytes "
-                    f"({_human(budget)}); allowed: a cheaper structure ('diag', 'kron', 'lowrank'), "
-                    "max_factor_dim for 'kron', or a larger memory_budget"
-                )
+            check_memory(structure, tensors, opts)
         super().add_param_group(group)
 
     # -------------------------------------------------------------------------------------- step
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter with a gradient; returns ``closure()`` if given."""
+        """One update of every parameter with a gradient; returns ``closure()`` if given.
+
+        Under :func:`torch.compile` the closure is traced but the update runs eagerly (see :meth:`_update`).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._group_step(group)
+        self._update()
         return loss
 
+    @_eager_under_compile
+    @torch.no_grad()
+    def _update(self) -> None:
+        """The update of every group, never traced by :func:`torch.compile` (a graph break; it runs eagerly,
+        so a compiled step equals the eager one bit for bit). Its schedule (root refreshes, bias
+        corrections, buckets) is host logic on the Python step counters: traced, every step would be a new
+        graph until dynamo's recompile limit (8), costing 20-100 s of compilation for a 20-step run on a CPU
+        and then falling back to eager anyway; the heavy parts (``eigh``, ``svd``) are LAPACK calls that
+        compilation does not speed up."""
+        for group in self.param_groups:
+            self._group_step(group)
+
     def _group_step(self, group: dict[str, Any]) -> None:
-        structure = group["structure"]
-        if structure in ("full", "lowrank"):
-            params = list(group["params"])
-            if all(p.grad is None for p in params):
-                return
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        else:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                return
-            grads = [p.grad for p in params]
-        if any(g.is_sparse for g in grads):
-            raise RuntimeError(f"{_OWNER} does not support sparse gradients")
-        states = [self.state[p] for p in params]
+        """Moments for the parameters with a gradient, then the structure's step (``'diag'`` for the
+        parameters the structure does not cover)."""
+        keys = [p for p in group["params"] if p.grad is not None]
+        if not keys:
+            return
+        if any(p.grad.is_sparse for p in keys):
+            raise RuntimeError(f"{OWNER} does not support sparse gradients")
+        params = [real(p) for p in keys]
+        grads = [real(p.grad) for p in keys]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        states = [self.state[p] for p in keys]
         need_m = group["first_moment"] or group["moment"] == "covariance"
         for p, st in zip(params, states, strict=True):
             if "step" not in st:
@@ -434,490 +334,65 @@ class CovariantGD(Optimizer):
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["step"] += 1
 
-        lr, wd = group["lr"], group["weight_decay"]
-        beta1 = group["betas"][0]
+        wd = group["weight_decay"]
         if wd and not group["decoupled_weight_decay"]:
             grads = torch._foreach_add(grads, params, alpha=wd)
         exp_avgs = [st["exp_avg"] for st in states] if need_m else None
         if exp_avgs is not None:
-            Fn.foreach_ema_(exp_avgs, grads, beta1)
-        vs = Fn.moment_vectors(grads, exp_avgs, group["moment"])
-
-        if structure == "diag":
-            self._diag_update(group, params, grads, exp_avgs, vs, states)
-            return
-        if structure == "kron":
-            mat = [i for i, p in enumerate(params) if p.ndim >= 2]
-            vec = [i for i, p in enumerate(params) if p.ndim < 2]
-            if vec:
-                sub = lambda xs: [xs[i] for i in vec] if xs is not None else None  # noqa: E731
-                self._diag_update(group, sub(params), sub(grads), sub(exp_avgs), sub(vs), sub(states))
-            if not mat:
-                return
-            params, grads, vs, states = ([xs[i] for i in mat] for xs in (params, grads, vs, states))
-            exp_avgs = [exp_avgs[i] for i in mat] if exp_avgs is not None else None
-            dirs = self._kron_directions(group, params, grads, exp_avgs, vs, states)
-            if wd and group["decoupled_weight_decay"]:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
-            torch._foreach_add_(params, dirs, alpha=-lr)
-            return
-        Fs = self._direction_inputs(group, grads, exp_avgs, states)
-        if structure == "block":
-            dirs = self._block_directions(group, params, vs, Fs, states)
-        elif structure == "full":
-            dirs = self._full_directions(group, params, vs, Fs, states)
-        else:
-            dirs = self._lowrank_directions(group, params, vs, Fs, states)
-        if structure in ("full", "lowrank"):  # parameters without gradient are not moved
-            keep = [i for i, p in enumerate(params) if p.grad is not None]
-            params, dirs = [params[i] for i in keep], [dirs[i] for i in keep]
-        if wd and group["decoupled_weight_decay"]:
-            torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_add_(params, dirs, alpha=-lr)
-
-    def _direction_inputs(
-        self, group: dict[str, Any], grads: list[Tensor], exp_avgs: list[Tensor] | None, states: list[dict]
-    ) -> list[Tensor]:
-        """``F`` per parameter: ``m/(1−β₁ᵗ)`` or the gradient."""
-        if not group["first_moment"]:
-            return grads
-        assert exp_avgs is not None
-        beta1 = group["betas"][0]
-        return [
-            m / Fn.bias_correction(beta1, st["step"], group["bias_correction"])
-            for m, st in zip(exp_avgs, states, strict=True)
-        ]
-
-    @staticmethod
-    def _recompute(group: dict[str, Any], st: dict[str, Any], cache_key: str) -> bool:
-        """Whether a cached matrix root must be recomputed on this step.
-
-        Roots are due on every step ``t ≤ w`` (``w = precondition_warmup``) and on steps ``1, p+1, 2p+1, …``
-        (``p = precondition_every``). A due root is skipped when the statistics it is computed from have not
-        changed since the previous due step ``t' = max(t − p, min(w, t − 1))`` (``t − 1`` during the warm-up;
-        possible with ``statistics_every > 1``): the cached root is then exactly what would come out."""
-        if cache_key not in st:
-            return True
-        t, p, w = st["step"], group["precondition_every"], group["precondition_warmup"]
-        if t > w and (t - 1) % p:
-            return False
-        k = group["statistics_every"]
-        previous = t - 1 if t <= w else max(t - p, min(w, t - 1))
-        return k == 1 or Fn.statistics_count(t, k) != Fn.statistics_count(previous, k)
-
-    def _bc2(self, group: dict[str, Any], step: int) -> float:
-        """Bias correction of the elementwise (every-step) second moment: ``1 − β₂ᵗ``."""
-        return Fn.bias_correction(group["betas"][1], step, group["bias_correction"])
-
-    def _stat_bc2(self, group: dict[str, Any], step: int) -> float:
-        """Bias correction of the matrix statistics kept every ``k`` steps: ``1 − β₂^{k⌈t/k⌉}``."""
-        return Fn.amortised_bias_correction(
-            group["betas"][1], step, group["statistics_every"], group["bias_correction"]
+            Fn.foreach_ema_(exp_avgs, grads, group["betas"][0])
+        structure = STRUCTURES[group["structure"]]
+        ctx = GroupStep(
+            group=group,
+            params=params,
+            grads=grads,
+            exp_avgs=exp_avgs,
+            vs=Fn.moment_vectors(grads, exp_avgs, group["moment"]),
+            states=states,
+            keys=keys,
+            group_keys=list(group["params"]),
+            group_params=[real(p) for p in group["params"]],
+            state=self.state,
+            cache=self.__dict__.setdefault("_structure_cache", {}).setdefault(structure.name, {}),
         )
+        own = [i for i, p in enumerate(params) if structure.covers(p)]
+        if len(own) < len(params):
+            DIAG.step(ctx.subset([i for i, p in enumerate(params) if not structure.covers(p)]))
+            ctx = ctx.subset(own)
+        if own:
+            structure.step(ctx)
 
-    @staticmethod
-    def _stat_beta(group: dict[str, Any]) -> float:
-        return Fn.amortised_ema_beta(group["betas"][1], group["statistics_every"])
+    # ------------------------------------------------------------------------------ state dicts
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:  # state dicts saved before these options existed resume as run
-            group.setdefault("statistics_every", 1)
-            group.setdefault("precondition_warmup", 0)
-            group.setdefault("stale_damping", "none")
+            for name, value in LEGACY_DEFAULTS.items():
+                group.setdefault(name, value)
+            structure = STRUCTURES.get(group.get("structure"))
+            if structure is not None:
+                for p in group["params"]:
+                    if p in self.state:
+                        structure.upgrade_state(self.state[p])
 
-    # ---------------------------------------------------------------------------------- structures
-
-    def _diag_update(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor] | None,
-        vs: list[Tensor],
-        states: list[dict],
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
-        for st, p in zip(states, params, strict=True):
-            if "exp_avg_sq" not in st:
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        buckets: dict[int, list[int]] = {}
-        for i, st in enumerate(states):
-            buckets.setdefault(st["step"], []).append(i)
-        for step, idx in buckets.items():
-            ps = [params[i] for i in idx]
-            sq = [states[i]["exp_avg_sq"] for i in idx]
-            Fn.foreach_ema_square_(sq, [vs[i] for i in idx], beta2)
-            metric = Fn.foreach_diag_metric(
-                sq,
-                bc2=self._bc2(group, step),
-                alpha=group["alpha"],
-                eps=group["eps"],
-                eps_mode=group["eps_mode"],
-                eps_root=group["eps_root"],
-            )
-            if group["first_moment"]:
-                assert exp_avgs is not None
-                F = [exp_avgs[i] for i in idx]
-                step_size = lr / Fn.bias_correction(beta1, step, group["bias_correction"])
-            else:
-                F, step_size = [grads[i] for i in idx], lr
-            if wd and group["decoupled_weight_decay"]:
-                torch._foreach_mul_(ps, 1.0 - lr * wd)
-            Fn.foreach_diag_precondition_(ps, F, metric, step_size)
-
-    def _kron_sides(self, group: dict[str, Any], p: Tensor) -> tuple[int, int, bool, bool]:
-        m = p.shape[0]
-        n = p.numel() // m
-        mfd = group["max_factor_dim"]
-        return m, n, mfd is not None and m > mfd, mfd is not None and n > mfd
-
-    def _kron_directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor] | None,
-        vs: list[Tensor],
-        states: list[dict],
-    ) -> list[Tensor]:
-        """``g⁻¹F`` for the matrix-shaped parameters, batched per bucket of same-shaped parameters.
-
-        Each bucket's factors, cached roots and eigenbases live in persistent stacked buffers
-        (:class:`_Stacks`); the per-parameter state entries are views into them, so a step stacks only
-        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors.
-        """
-        keys = [self._kron_sides(group, p) for p in params]
-        for p, st, (m, n, ld, rd) in zip(params, states, keys, strict=True):
-            if "kron_L" not in st:
-                st["kron_L"] = p.new_zeros((m,) if ld else (m, m))
-                st["kron_R"] = p.new_zeros((n,) if rd else (n, n))
-        buckets: dict[tuple, list[int]] = {}
-        for i, k in enumerate(keys):
-            buckets.setdefault((*k, params[i].dtype, params[i].device), []).append(i)
-        inside = group["eps_mode"] == "inside"
-        cache_key = "kron_Linv" if inside else "kron_C"
-        every, beta_k = group["statistics_every"], self._stat_beta(group)
-        dirs: list[Tensor | None] = [None] * len(params)
-        for key, idx in buckets.items():
-            m, n, ld, rd = key[:4]
-            sts = [states[i] for i in idx]
-            stk = self._stacks(key, [params[i] for i in idx])
-            L, R = stk.stacked("kron_L", sts), stk.stacked("kron_R", sts)
-            # statistics (every k steps): L ← βᵏ L + (1−βᵏ) V Vᵀ, fused into one baddbmm per side
-            upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
-            if upd:
-                V = torch.stack([vs[idx[j]].reshape(m, n) for j in upd])
-                if len(upd) == len(idx):
-                    Fn.kron_statistics_ema_(L, R, V, beta_k)
-                else:  # parameters out of step with each other (some had no gradient on some steps)
-                    sel = torch.tensor(upd, device=L.device)
-                    Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
-                    Fn.kron_statistics_ema_(Ls, Rs, V, beta_k)
-                    L.index_copy_(0, sel, Ls)
-                    R.index_copy_(0, sel, Rs)
-            # roots (amortised)
-            todo = [j for j, s in enumerate(sts) if self._recompute(group, s, cache_key)]
-            if todo:
-                self._kron_roots(group, stk, sts, todo, L, R, ld, rd, inside, params[idx[0]].dtype)
-            # directions
-            if group["first_moment"]:
-                assert exp_avgs is not None
-                F = torch.stack([exp_avgs[i].reshape(m, n) for i in idx])
-                beta1, enabled = group["betas"][0], group["bias_correction"]
-                bc1 = [Fn.bias_correction(beta1, s["step"], enabled) for s in sts]
-                if all(b == bc1[0] for b in bc1):
-                    if bc1[0] != 1.0:
-                        F.div_(bc1[0])
-                else:
-                    F.div_(torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1))
-            else:
-                F = torch.stack([grads[i].reshape(m, n) for i in idx])
-            if inside:
-                D = Fn.kron_direction_inside(stk.stacked("kron_Linv", sts), F, stk.stacked("kron_Rinv", sts))
-            else:
-                D = Fn.kron_direction_outside(
-                    stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts), stk.stacked("kron_C", sts), F
-                )
-            if group["stale_damping"] == "trace" and group["alpha"] > 0:
-                self._kron_cap_(group, sts, L, R, F, D)
-            for i, d in zip(idx, D.unbind(0), strict=True):
-                dirs[i] = d.reshape(params[i].shape)
-        return dirs  # type: ignore[return-value]
-
-    def _kron_roots(
-        self,
-        group: dict[str, Any],
-        stk: _Stacks,
-        sts: list[dict],
-        todo: list[int],
-        L: Tensor,
-        R: Tensor,
-        ld: bool,
-        rd: bool,
-        inside: bool,
-        dtype: torch.dtype,
-    ) -> None:
-        """Recompute the cached roots (inside) or eigenbases (outside) of bucket members ``todo``."""
-        alpha, eps, eps_root = group["alpha"], group["eps"], group["eps_root"]
-        whole = len(todo) == len(sts)
-        sel = None if whole else torch.tensor(todo, device=L.device)
-        bc2 = [self._stat_bc2(group, sts[j]["step"]) for j in todo]
-
-        def hat(X: Tensor) -> Tensor:
-            Xs = X if sel is None else X.index_select(0, sel)
-            if all(b == bc2[0] for b in bc2):
-                return Xs / bc2[0]
-            return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
-
-        if inside:
-            method = group["root_method"]
-            out = {
-                "kron_Linv": Fn.kron_inverse_root_stack(hat(L), alpha, eps, eps_root, method, diagonal=ld),
-                "kron_Rinv": Fn.kron_inverse_root_stack(hat(R), alpha, eps, eps_root, method, diagonal=rd),
-            }
-        else:
-            UL, lp = Fn.kron_eigenbasis_stack(hat(L), alpha, eps_root, diagonal=ld)
-            UR, rp = Fn.kron_eigenbasis_stack(hat(R), alpha, eps_root, diagonal=rd)
-            out = {
-                "kron_UL": UL.to(dtype),
-                "kron_UR": UR.to(dtype),
-                "kron_C": Fn.kron_outside_coefficients(lp, rp, eps).to(dtype),
-            }
-        for name, buf in out.items():
-            if whole:
-                stk.install(name, buf, sts)
-            else:  # rare: written per parameter, restacked when the bucket next reads them
-                for j, x in zip(todo, buf.unbind(0), strict=True):
-                    sts[j][name] = x.clone()
-        # where the root was taken, for stale_damping='trace': tr L, tr R (raw) and the statistics count
-        traces = torch.stack(
-            [
-                _trace(L if sel is None else L.index_select(0, sel)),
-                _trace(R if sel is None else R.index_select(0, sel)),
-            ],
-            dim=-1,
-        )
-        for j, tr in zip(todo, traces.unbind(0), strict=True):
-            sts[j]["kron_root_trace"] = tr.clone()
-            sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
-
-    def _kron_cap_(
-        self, group: dict[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor
-    ) -> None:
-        """``stale_damping='trace'`` for kron, in place on the stacked directions ``D``: on a stale step scale
-        ``D`` to at most ``G‖F‖``, ``G`` the gain bound of :func:`~learndyn.optim.functional.kron_stale_gain`
-        from the statistics added to each factor since its root (no extra matrix products)."""
-        k = group["statistics_every"]
-        counts = [Fn.statistics_count(s["step"], k) for s in sts]
-        stale = [  # roots cached before this option existed carry no count: left as they are
-            j for j, (s, u) in enumerate(zip(sts, counts, strict=True)) if u != s.get("kron_root_count", u)
-        ]
-        if not stale:
-            return
-        whole = len(stale) == len(sts)
-        sel = None if whole else torch.tensor(stale, device=D.device)
-
-        def pick(X: Tensor) -> Tensor:
-            return X if sel is None else X.index_select(0, sel)
-
-        now = torch.stack([_trace(pick(L)), _trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
-        root = torch.stack([sts[j]["kron_root_trace"] for j in stale]).to(COMPUTE_DTYPE)
-        beta, enabled = self._stat_beta(group), group["bias_correction"]
-        pairs = {(counts[j], sts[j]["kron_root_count"]) for j in stale}
-        if len(pairs) == 1:  # the usual case: the bucket's members are in step
-            ((u, u0),) = pairs
-            _, tau = Fn.stale_bound(now, root, u, u0, beta, enabled)
-        else:  # scalars per member (counts differ within the bucket)
-            tau = torch.stack(
-                [
-                    Fn.stale_bound(now[i], root[i], counts[j], sts[j]["kron_root_count"], beta, enabled)[1]
-                    for i, j in enumerate(stale)
-                ]
-            )
-        gain = Fn.kron_stale_gain(
-            tau[:, 0], tau[:, 1], group["alpha"], group["eps"], group["eps_mode"], group["eps_root"]
-        )
-        Ds = pick(D)
-        f_norm = torch.linalg.vector_norm(pick(F), dim=(-2, -1)).to(COMPUTE_DTYPE)
-        d_norm = torch.linalg.vector_norm(Ds, dim=(-2, -1)).to(COMPUTE_DTYPE)
-        scale = torch.where(d_norm > gain * f_norm, gain * f_norm / d_norm, torch.ones_like(d_norm))
-        scale = scale.to(D.dtype).view(-1, 1, 1)  # applied without a host sync to test for a binding cap
-        if sel is None:
-            D.mul_(scale)
-        else:
-            D.index_copy_(0, sel, Ds * scale)
-
-    def _stacks(self, key: tuple, params: list[Tensor]) -> _Stacks:
-        """The persistent stacked buffers of one bucket (same-shaped parameters, in this order)."""
-        cache: dict[tuple, _Stacks] | None = self.__dict__.get("_kron_stacks")
-        if cache is None:
-            cache = self.__dict__["_kron_stacks"] = {}
-        ck = (key, tuple(id(p) for p in params))
-        stk = cache.get(ck)
-        if stk is None:
-            if len(cache) >= _MAX_BUCKET_CACHE:
-                cache.clear()
-            stk = cache[ck] = _Stacks(params)
-        return stk
-
-    def _inverse_metric(self, group: dict[str, Any], S_hat: Tensor) -> Tensor:
-        return inverse_metric(
-            S_hat, group["alpha"], group["eps"], group["eps_mode"], group["eps_root"], group["root_method"]
-        )
-
-    def _block_directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        vs: list[Tensor],
-        Fs: list[Tensor],
-        states: list[dict],
-    ) -> list[Tensor]:
-        beta_k, every = self._stat_beta(group), group["statistics_every"]
-        for p, st in zip(params, states, strict=True):
-            if "block_S" not in st:
-                st["block_S"] = p.new_zeros((p.numel(), p.numel()))
-        buckets: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):
-            buckets.setdefault((p.numel(), p.dtype, p.device), []).append(i)
-        for idx in buckets.values():
-            idx = [i for i in idx if Fn.statistics_update(states[i]["step"], every)]
-            if not idx:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """:meth:`torch.optim.Optimizer.load_state_dict`, except that a group-wide metric (``'full'``,
+        ``'lowrank'``) is cast to the dtype the group's metric is kept in rather than to its owner
+        parameter's (torch casts every floating state tensor to its parameter's dtype)."""
+        kept = []
+        saved_state = state_dict.get("state", {})
+        for saved, group in zip(state_dict.get("param_groups", []), self.param_groups, strict=False):
+            structure = STRUCTURES.get(saved.get("structure"))
+            if structure is None or not structure.group_state_keys:
                 continue
-            V = torch.stack([vs[i].reshape(-1) for i in idx])
-            Fn.foreach_ema_(
-                [states[i]["block_S"] for i in idx], list(V.unsqueeze(-1) * V.unsqueeze(-2)), beta_k
-            )
-        dirs: list[Tensor | None] = [None] * len(params)
-        if self._bounded(group):
-            for idx in buckets.values():
-                todo = [i for i in idx if self._recompute(group, states[i], "block_U")]
-                if todo:
-                    self._cache_eigenbases(group, [states[i] for i in todo], "block")
-                U = torch.stack([states[i]["block_U"] for i in idx])
-                h = torch.stack([self._stale_coefficients(group, states[i], "block") for i in idx])
-                F = torch.stack([Fs[i].reshape(-1) for i in idx])
-                for i, d in zip(idx, Fn.eigen_direction(U, h.to(U.dtype), F).unbind(0), strict=True):
-                    dirs[i] = d.reshape(params[i].shape)
-            return dirs  # type: ignore[return-value]
-        todo = [i for i, st in enumerate(states) if self._recompute(group, st, "block_Minv")]
-        if todo:
-            S_hats = [states[i]["block_S"] / self._stat_bc2(group, states[i]["step"]) for i in todo]
-            roots = Fn.batched(S_hats, lambda S: self._inverse_metric(group, S))
-            for i, r in zip(todo, roots, strict=True):
-                states[i]["block_Minv"] = r
-        for idx in buckets.values():
-            M = torch.stack([states[i]["block_Minv"] for i in idx])
-            F = torch.stack([Fs[i].reshape(-1) for i in idx])
-            for i, d in zip(idx, Fn.matrix_direction(M, F).unbind(0), strict=True):
-                dirs[i] = d.reshape(params[i].shape)
-        return dirs  # type: ignore[return-value]
-
-    @staticmethod
-    def _bounded(group: dict[str, Any]) -> bool:
-        """Whether block/full roots are cached as eigenbases, bounded on stale steps (``stale_damping``)."""
-        return group["stale_damping"] == "trace" and group["root_method"] == "eigh" and group["alpha"] > 0
-
-    def _cache_eigenbases(self, group: dict[str, Any], sts: list[dict], prefix: str) -> None:
-        """Cache ``Ŝ₀ = U diag(λ) Uᵀ`` of each state's ``{prefix}_S`` (same shapes), with ``tr S₀`` and the
-        statistics count ``u₀`` it was taken at, for :meth:`_stale_coefficients`."""
-        k = group["statistics_every"]
-        S = torch.stack([st[f"{prefix}_S"] for st in sts])
-        bc2 = torch.tensor([self._stat_bc2(group, st["step"]) for st in sts], dtype=S.dtype, device=S.device)
-        lam, U = eigh_psd(S / bc2.view(-1, 1, 1))
-        U, lam = U.to(S.dtype), lam.to(S.dtype)  # kept in the parameters' dtype, as load_state_dict casts
-        traces = S.diagonal(dim1=-2, dim2=-1).sum(-1)
-        for j, st in enumerate(sts):
-            st[f"{prefix}_U"], st[f"{prefix}_lam"] = U[j], lam[j]
-            st[f"{prefix}_root_trace"] = traces[j]
-            st[f"{prefix}_root_count"] = Fn.statistics_count(st["step"], k)
-
-    def _stale_coefficients(self, group: dict[str, Any], st: dict, prefix: str) -> Tensor:
-        """``h(c λ₀ + τ)`` (float64): the cached root's spectrum with the bound ``Ŝ_t ⪯ c Ŝ₀ + τ I`` of
-        :func:`~learndyn.optim.functional.stale_bound`; ``h(λ₀)`` while the statistics are unchanged."""
-        lam, root_count = st[f"{prefix}_lam"].to(COMPUTE_DTYPE), st[f"{prefix}_root_count"]
-        count = Fn.statistics_count(st["step"], group["statistics_every"])
-        if count != root_count:
-            trace = st[f"{prefix}_S"].diagonal().sum().to(COMPUTE_DTYPE)
-            root_trace = st[f"{prefix}_root_trace"].to(COMPUTE_DTYPE)
-            c, tau = Fn.stale_bound(
-                trace, root_trace, count, root_count, self._stat_beta(group), group["bias_correction"]
-            )
-            lam = c * lam + tau
-        return spectral_coefficients(lam, group["alpha"], group["eps"], group["eps_mode"], group["eps_root"])
-
-    @staticmethod
-    def _split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
-        return [
-            c.reshape(p.shape) for c, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
-        ]
-
-    def _full_directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        vs: list[Tensor],
-        Fs: list[Tensor],
-        states: list[dict],
-    ) -> list[Tensor]:
-        owner = states[0]
-        if "full_S" not in owner:
-            P = sum(x.numel() for x in vs)
-            owner["full_S"] = vs[0].new_zeros((P, P))
-        if Fn.statistics_update(owner["step"], group["statistics_every"]):
-            v = torch.cat([x.reshape(-1) for x in vs])
-            Fn.ema_outer_(owner["full_S"], v, self._stat_beta(group))
-        F = torch.cat([x.reshape(-1) for x in Fs])
-        if self._bounded(group):
-            if self._recompute(group, owner, "full_U"):
-                self._cache_eigenbases(group, [owner], "full")
-            h = self._stale_coefficients(group, owner, "full").to(owner["full_U"].dtype)
-            return self._split(Fn.eigen_direction(owner["full_U"], h, F), params)
-        if self._recompute(group, owner, "full_Minv"):
-            owner["full_Minv"] = self._inverse_metric(
-                group, owner["full_S"] / self._stat_bc2(group, owner["step"])
-            )
-        return self._split(Fn.matrix_direction(owner["full_Minv"], F), params)
-
-    def _lowrank_directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        vs: list[Tensor],
-        Fs: list[Tensor],
-        states: list[dict],
-    ) -> list[Tensor]:
-        owner = states[0]
-        P = sum(x.numel() for x in vs)
-        dtype = vs[0].dtype
-        if "lowrank_U" not in owner:
-            r = min(group["rank"], P)
-            owner["lowrank_U"] = vs[0].new_zeros((P, r))
-            owner["lowrank_lam"] = vs[0].new_zeros((r,))
-            owner["lowrank_diag"] = vs[0].new_zeros((P,))
-        if Fn.statistics_update(owner["step"], group["statistics_every"]):
-            v = torch.cat([x.reshape(-1) for x in vs])
-            Fn.lowrank_ema_(
-                owner["lowrank_U"], owner["lowrank_lam"], owner["lowrank_diag"], v, self._stat_beta(group)
-            )
-        if self._recompute(group, owner, "lowrank_clam"):
-            bc2 = self._stat_bc2(group, owner["step"])
-            c_lam, c_rem = Fn.lowrank_coefficients(
-                owner["lowrank_U"],
-                owner["lowrank_lam"] / bc2,
-                owner["lowrank_diag"] / bc2,
-                group["alpha"],
-                group["eps"],
-                group["eps_mode"],
-                group["eps_root"],
-            )
-            owner["lowrank_Uc"] = owner["lowrank_U"].clone()
-            owner["lowrank_clam"], owner["lowrank_crem"] = c_lam.to(dtype), c_rem.to(dtype)
-        F = torch.cat([x.reshape(-1) for x in Fs])
-        d = Fn.lowrank_direction(owner["lowrank_Uc"], owner["lowrank_clam"], owner["lowrank_crem"], F)
-        return self._split(d, params)
+            for pid, p in zip(saved["params"], group["params"], strict=False):
+                st = saved_state.get(pid, {})
+                kept += [(p, k, st[k]) for k in structure.group_state_keys if isinstance(st.get(k), Tensor)]
+        super().load_state_dict(state_dict)
+        for p, key, value in kept:
+            group = self._group_of(p)
+            structure = STRUCTURES[group["structure"]]
+            dtype = group_dtype([real(q) for q in group["params"]], structure.state_floor)
+            self.state[p][key] = value.to(device=p.device, dtype=dtype)
 
     # ------------------------------------------------------------------------------------ probes
 
@@ -926,41 +401,28 @@ class CovariantGD(Optimizer):
             if any(q is p for q in group["params"]):
                 return group
         raise LearndynValueError(
-            f"{_OWNER}.second_moment_diagonal: the parameter is not managed by this optimizer"
+            f"{OWNER}.second_moment_diagonal: the parameter is not managed by this optimizer"
         )
 
     @torch.no_grad()
     def second_moment_diagonal(self, p: Tensor) -> Tensor:
-        """The diagonal of the tracked, bias-corrected ``Ŝ`` for parameter ``p``, shaped like ``p``.
+        """The diagonal of the tracked, bias-corrected ``Ŝ`` for parameter ``p``, shaped like ``p`` (like its
+        real view for a complex ``p``).
 
         ``'diag'``: ``Ŝ`` itself; ``'block'``/``'full'``: the diagonal of the matrix; ``'kron'``: the diagonal
         of ``L̂^{½} ⊗ R̂^{½}``; ``'lowrank'``: ``max(d̂, diag(U Λ̂ Uᵀ))``. Zeros before the first step.
         """
         group = self._group_of(p)
-        structure = group["structure"]
-        if structure in ("full", "lowrank"):
-            owner = self.state.get(group["params"][0], {})
-            key = "full_S" if structure == "full" else "lowrank_U"
-            if key not in owner:
-                return torch.zeros_like(p)
-            if structure == "full":
-                diag = owner["full_S"].diagonal()
+        structure = STRUCTURES[group["structure"]]
+        rp = real(p)
+        if structure.scope == "group" and structure.covers(rp):
+            d = structure.diagonal(group, p, self.state)
+        else:
+            st = self.state.get(p, {})
+            if not st.get("step"):
+                d = None
+            elif "exp_avg_sq" in st:
+                d = DIAG.diagonal(group, p, self.state)
             else:
-                diag = Fn.lowrank_diagonal(owner["lowrank_U"], owner["lowrank_lam"], owner["lowrank_diag"])
-            start = 0
-            for q in group["params"]:
-                if q is p:
-                    break
-                start += q.numel()
-            return diag[start : start + p.numel()].reshape(p.shape) / self._stat_bc2(group, owner["step"])
-        st = self.state.get(p, {})
-        if "step" not in st or st["step"] == 0:
-            return torch.zeros_like(p)
-        if "exp_avg_sq" in st and (structure == "diag" or p.ndim < 2):
-            return st["exp_avg_sq"] / self._bc2(group, st["step"])
-        bc2 = self._stat_bc2(group, st["step"])
-        if structure == "kron" and "kron_L" in st:
-            return Fn.kron_sqrt_diagonal(st["kron_L"] / bc2, st["kron_R"] / bc2).reshape(p.shape)
-        if structure == "block" and "block_S" in st:
-            return (st["block_S"].diagonal() / bc2).reshape(p.shape)
-        return torch.zeros_like(p)
+                d = structure.diagonal(group, p, self.state)
+        return torch.zeros_like(rp) if d is None else d.reshape(rp.shape)

@@ -44,7 +44,6 @@ Structures and their metric (``P`` the parameter count of what the structure cov
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -53,7 +52,6 @@ from learndyn.optim.matfun import (
     COMPUTE_DTYPE,
     EpsMode,
     RootMethod,
-    batched,
     eigh_psd,
     inverse_metric,
     spectral_coefficients,
@@ -143,14 +141,6 @@ def kron_statistics_ema_(L: Tensor, R: Tensor, V: Tensor, beta: float) -> None:
         R.lerp_(V.square().sum(-2), 1.0 - beta)
 
 
-def kron_statistics(V: Tensor, left_diag: bool, right_diag: bool) -> tuple[Tensor, Tensor]:
-    """This step's Kronecker statistics of a stack ``V`` ``(B, m, n)``: ``(V Vᵀ, Vᵀ V)``, shapes
-    ``(B, m, m)`` and ``(B, n, n)``, or their diagonals ``(B, m)``/``(B, n)`` for a diagonal side."""
-    left = V.square().sum(-1) if left_diag else V @ V.mT
-    right = V.square().sum(-2) if right_diag else V.mT @ V
-    return left, right
-
-
 # ---------------------------------------------------------------------------------------------- diag
 
 
@@ -209,34 +199,6 @@ def foreach_diag_precondition_(
 # ---------------------------------------------------------------------------------------------- kron
 
 
-def kron_inverse_roots(
-    factors: Sequence[Tensor],
-    alpha: float,
-    eps: float,
-    eps_root: float = 0.0,
-    method: RootMethod = "eigh",
-) -> list[Tensor]:
-    """``(F̂ + (ε+ε_r) I)^{−α/2}`` for each bias-corrected factor (inside placement).
-
-    A 2-D factor ``(k, k)`` gives a ``(k, k)`` matrix; same-shaped factors share one batched call. A 1-D
-    factor (a diagonal side) gives the elementwise power ``(k,)``. Results have the factors' dtypes.
-    """
-    out: list[Tensor | None] = [None] * len(factors)
-    mats = [i for i, f in enumerate(factors) if f.ndim == 2]
-    roots = batched(
-        [factors[i] for i in mats],
-        lambda X: inverse_metric(X, alpha / 2, eps, "inside", eps_root, method),
-    )
-    for i, r in zip(mats, roots, strict=True):
-        out[i] = r
-    for i, f in enumerate(factors):
-        if f.ndim == 1:
-            out[i] = spectral_coefficients(
-                f.to(COMPUTE_DTYPE), alpha / 2, eps, "inside", eps_root, cutoff="zero"
-            ).to(f.dtype)
-    return out  # type: ignore[return-value]
-
-
 def kron_inverse_root_stack(
     X: Tensor,
     alpha: float,
@@ -278,33 +240,6 @@ def kron_eigenbasis_stack(
         return X64.new_empty((X.shape[0], 0)), (X64 + eps_root).pow(alpha / 2)
     evals, evecs = eigh_psd(X)
     return evecs, (evals + eps_root).pow(alpha / 2)
-
-
-def kron_eigenbasis(
-    factors: Sequence[Tensor], alpha: float, eps_root: float = 0.0
-) -> list[tuple[Tensor, Tensor]]:
-    """For the outside placement: ``(U, λ^{α/2})`` per bias-corrected factor (float64).
-
-    A 2-D factor gives its eigenvectors ``U`` ``(k, k)`` and ``(λ + ε_r)^{α/2}``; a 1-D (diagonal) factor an
-    empty ``U`` (shape ``(0,)``, meaning the identity basis) and ``(f + ε_r)^{α/2}``.
-    """
-    out: list[tuple[Tensor, Tensor] | None] = [None] * len(factors)
-    mats = [i for i, f in enumerate(factors) if f.ndim == 2]
-    decomposed = batched([factors[i] for i in mats], _stack_eigh)
-    for i, d in zip(mats, decomposed, strict=True):
-        k = d.shape[-1]
-        evecs, evals = d[:k], d[k]
-        out[i] = (evecs, (evals + eps_root).pow(alpha / 2))
-    for i, f in enumerate(factors):
-        if f.ndim == 1:
-            out[i] = (f.new_empty(0, dtype=COMPUTE_DTYPE), (f.to(COMPUTE_DTYPE) + eps_root).pow(alpha / 2))
-    return out  # type: ignore[return-value]
-
-
-def _stack_eigh(X: Tensor) -> Tensor:
-    """Eigenvectors ``(B, k, k)`` and eigenvalues ``(B, k)`` packed as ``(B, k+1, k)`` for :func:`batched`."""
-    evals, evecs = eigh_psd(X)
-    return torch.cat([evecs, evals.unsqueeze(-2)], dim=-2)
 
 
 def kron_outside_coefficients(left_pow: Tensor, right_pow: Tensor, eps: float) -> Tensor:

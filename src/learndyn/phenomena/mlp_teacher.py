@@ -29,10 +29,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from learndyn.optim.spec import build_optimizer
+from learndyn.optim.stacked import StackedAdam, StackedCovariantDiag, StackedSGD
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.store.recorder import Recorder
 from learndyn.sweep.ensemble import MemberOutcome, register_ensemble, train_ensemble
-from learndyn.sweep.stacked_optim import StackedAdam, StackedCovariantDiag, StackedSGD
 from learndyn.training import train_loop
 from learndyn.validation import check_int, check_real
 
@@ -162,18 +163,14 @@ def build_student(config: MLPTeacherConfig) -> nn.Sequential:
 
 
 def make_optimizer(config: MLPTeacherConfig, params) -> torch.optim.Optimizer:
-    """The single-run optimizer: ``torch.optim.SGD``/``Adam`` or ``CovariantGD(structure='diag')``."""
+    """The single-run optimizer of the label ``config.optimizer`` (:func:`learndyn.optim.build_optimizer`):
+    ``torch.optim.SGD`` (with ``momentum``), ``Adam`` or ``CovariantGD(structure='diag', alpha=alpha)``."""
+    options: dict[str, float] = {"weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    from learndyn.optim import CovariantGD
-
-    return CovariantGD(
-        params, lr=config.lr, alpha=config.alpha, structure="diag", weight_decay=config.weight_decay
-    )
+        options["momentum"] = config.momentum
+    elif config.optimizer == "cgd-diag":
+        options["alpha"] = config.alpha
+    return build_optimizer(params, config.optimizer, config.lr, **options)
 
 
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:

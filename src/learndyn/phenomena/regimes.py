@@ -83,7 +83,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.optim import CovariantGD
+from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
+from learndyn.optim import CovariantGD, OptimizerSpec
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
@@ -102,7 +103,8 @@ from learndyn.validation import LearndynValueError, check_choice, check_int, che
 
 NAME = "regimes"
 F64 = torch.float64
-STRUCTURES = ("diag", "block", "full")
+STRUCTURES = tuple(name for name, s in OPTIM_STRUCTURES.items() if s.exact)
+"""The structures whose metric is the exact statistic (``diag``, ``block``, ``full``): closed forms here."""
 
 
 def _tuple(name: str, value: object, owner: str) -> tuple:
@@ -307,16 +309,8 @@ def make_optimizer(
     params: Any, alpha: float, structure: str, lr: float, beta2: float, eps: float
 ) -> CovariantGD:
     """CovariantGD with the covariance moment and no first moment: ``θ ← θ − lr (Ŝ + εI)^{−α} ∇̂``."""
-    return CovariantGD(
-        params,
-        lr=lr,
-        alpha=alpha,
-        structure=structure,
-        moment="covariance",
-        first_moment=False,
-        betas=(0.9, beta2),
-        eps=eps,
-    )
+    spec = OptimizerSpec.covariant(structure, alpha, moment="covariance", first_moment=False)
+    return spec.build(params, lr, betas=(0.9, beta2), eps=eps)  # type: ignore[return-value]
 
 
 def participation_ratio_of(eigs: np.ndarray) -> float:

@@ -5,7 +5,7 @@
 - :func:`run_sweep` -- run what the store does not hold yet (resume = run again), with an executor:
   :class:`LocalExecutor` (process pool, default), :class:`RayExecutor`, :class:`SerialExecutor`;
 - :func:`train_ensemble` and :func:`register_ensemble` -- many small models in one vectorised pass
-  (``torch.func``), with the stacked optimizers of :mod:`learndyn.sweep.stacked_optim`.
+  (``torch.func``), with the stacked optimizers of :mod:`learndyn.optim.stacked`.
 
 Phase diagrams of a sweep: :func:`learndyn.report.phase.phase_diagram_figure`.
 
@@ -42,9 +42,6 @@ _WHERE = {
     "canonical_config": "spec",
     "config_hash": "spec",
     "parse_axis": "spec",
-    "StackedAdam": "stacked_optim",
-    "StackedCovariantDiag": "stacked_optim",
-    "StackedSGD": "stacked_optim",
 }
 
 __all__ = sorted(_WHERE)

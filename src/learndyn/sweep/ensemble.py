@@ -3,7 +3,7 @@
 :func:`train_ensemble` stacks ``B`` models of one architecture (``torch.func.stack_module_state``), evaluates
 all members' losses on their own minibatches with one ``vmap`` of ``functional_call``, backpropagates once
 (members are independent, so the gradient of the summed loss is every member's own gradient) and steps a
-stacked optimizer (:mod:`learndyn.sweep.stacked_optim`) with per-member hyperparameters. It follows the step
+stacked optimizer (:mod:`learndyn.optim.stacked`) with per-member hyperparameters. It follows the step
 semantics of :func:`learndyn.training.train_loop` member by member -- the loss of step ``s`` is that of the
 parameters after ``s`` updates, evaluations run at ``s % eval_every == 0`` and after the last update, and a
 member whose loss or parameters turn non-finite stops at that step (it is *diverged*; the others go on) --
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from learndyn.config import config_to_dict
-from learndyn.sweep.stacked_optim import StackedOptimizer
+from learndyn.optim.stacked import StackedOptimizer
 from learndyn.validation import check_int
 
 __all__ = [

@@ -19,37 +19,35 @@ Protocol (:func:`compare`):
    median final loss. The margin is reported as the ratio ``steps(other) / steps(winner)`` when both reach
    the target, else ``final_loss(other) / final_loss(winner)`` -- both ``> 1`` means the winner is better.
 
-Optimizers are named by a short label (:meth:`OptimizerSpec.parse`): ``sgd``, ``momentum`` (heavy ball,
-0.9), ``adam`` (``torch.optim.Adam``) and ``cgd-<structure>[-a<alpha>][-k<every>]`` for
-:class:`learndyn.optim.CovariantGD` -- e.g. ``cgd-kron-a0.75`` is the Kronecker-factored metric with
-``g = (eps I + S)^0.75``, preconditioner refreshed every 10 steps (the default for every structure but
-``diag``).
+Optimizers are named by a short label (:meth:`learndyn.optim.spec.OptimizerSpec.parse`, the one optimizer
+factory): ``sgd``, ``momentum`` (heavy ball, 0.9), ``adam`` (``torch.optim.Adam``), ``adamw`` and
+``cgd-<structure>[-a<alpha>][-k<every>]`` for :class:`learndyn.optim.CovariantGD` -- e.g. ``cgd-kron-a0.75``
+is the Kronecker-factored metric with ``g = (eps I + S)^0.75``, preconditioner refreshed every 10 steps (the
+default for every structure but ``diag``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from learndyn.optim.spec import OptimizerSpec, as_spec
 from learndyn.progress import progress_bar
 from learndyn.store.recorder import Recorder
 from learndyn.tasks.base import Task, make_generator
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, check_int, check_real
 
-FAMILIES = ("sgd", "momentum", "adam", "cgd")
-STRUCTURES = ("diag", "kron", "block", "full", "lowrank")
 TUNE_SEED = 1_000_003
 """Seed of the learning-rate search; distinct from the evaluation seeds ``0, 1, 2, ...``."""
 DIVERGENCE_FACTOR = 1e4
 """A run stops as diverged once its full-data loss exceeds this multiple of its initial loss."""
-FAMILY_LR = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "cgd": 1e-3}
+FAMILY_LR = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "adamw": 1e-3, "cgd": 1e-3}
 """Fallback learning rates when neither a fixed lr nor a :data:`DEFAULT_LRS` entry applies."""
 
 DEFAULT_LRS: dict[tuple[str, str], float] = {
@@ -144,80 +142,6 @@ DEFAULT_LRS: dict[tuple[str, str], float] = {
 (adaptive search on the held-out seed, default task budgets). Labels are canonical (``cgd-diag-a0.5``);
 :func:`default_lr` maps ``cgd-diag`` etc. onto them. Chosen for fewest steps to target, so some are
 aggressive (e.g. Adam at 1.0 on Rosenbrock reaches the target fast, then oscillates)."""
-
-_LABEL = re.compile(r"^cgd-(?P<structure>[a-z]+)(?:-a(?P<alpha>[0-9.]+))?(?:-k(?P<every>[0-9]+))?$")
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """One optimizer configuration, without its learning rate.
-
-    ``family``: ``sgd`` (plain), ``momentum`` (SGD, heavy-ball momentum 0.9), ``adam`` or ``cgd``
-    (:class:`~learndyn.optim.CovariantGD`, ``q <- q - lr (eps I + S)^{-alpha} F``); ``structure``, ``alpha``
-    and ``precondition_every`` apply to ``cgd`` only; ``options`` are further keyword arguments to it.
-    """
-
-    label: str
-    family: str
-    structure: str | None = None
-    alpha: float | None = None
-    precondition_every: int = 1
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, label: str) -> OptimizerSpec:
-        """Build a spec from a label: ``sgd``, ``momentum``, ``adam``, ``cgd-<structure>[-a<alpha>][-k<k>]``.
-
-        Defaults for ``cgd``: ``alpha = 0.5``; ``k = 1`` for ``diag``, else ``10``.
-        """
-        if not isinstance(label, str):
-            raise LearndynValueError(f"optimizer={label!r} has type {type(label).__name__}; allowed: a label")
-        if label in ("sgd", "momentum", "adam"):
-            return cls(label=label, family=label)
-        match = _LABEL.match(label)
-        if match is None:
-            raise LearndynValueError(
-                f"optimizer={label!r} is not a known label; allowed: 'sgd', 'momentum', 'adam', "
-                "'cgd-<structure>[-a<alpha>][-k<every>]' (e.g. 'cgd-kron-a0.75')"
-            )
-        structure = check_choice("structure", match["structure"], STRUCTURES, owner=f"optimizer {label!r}")
-        try:
-            alpha = 0.5 if match["alpha"] is None else float(match["alpha"])
-        except ValueError:
-            raise LearndynValueError(
-                f"optimizer={label!r} has a bad alpha; allowed: -a<number> with 0 <= alpha <= 1"
-            ) from None
-        alpha = check_real("alpha", alpha, low=0, high=1, owner=f"optimizer {label!r}")
-        every = int(match["every"]) if match["every"] else (1 if structure == "diag" else 10)
-        every = check_int("precondition_every", every, low=1, owner=f"optimizer {label!r}")
-        return cls(label=label, family="cgd", structure=structure, alpha=alpha, precondition_every=every)
-
-    def build(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        """The ``torch.optim.Optimizer`` for ``params`` at learning rate ``lr``.
-
-        Raises ``ValueError`` (from :class:`CovariantGD`) when a structure does not fit the model.
-        """
-        if self.family == "sgd":
-            return torch.optim.SGD(params, lr=lr, **self.options)
-        if self.family == "momentum":
-            return torch.optim.SGD(params, lr=lr, momentum=0.9, **self.options)
-        if self.family == "adam":
-            return torch.optim.Adam(params, lr=lr, **self.options)
-        from learndyn.optim import CovariantGD
-
-        return CovariantGD(
-            params,
-            lr=lr,
-            alpha=self.alpha,
-            structure=self.structure,
-            precondition_every=self.precondition_every,
-            **self.options,
-        )
-
-
-def as_spec(optimizer: str | OptimizerSpec) -> OptimizerSpec:
-    """``optimizer`` if it is already a spec, else :meth:`OptimizerSpec.parse` of the label."""
-    return optimizer if isinstance(optimizer, OptimizerSpec) else OptimizerSpec.parse(optimizer)
 
 
 @dataclass
@@ -372,8 +296,9 @@ def tune_lr(
     def attempt(lr: float) -> RunResult:
         lr = float(f"{lr:.3g}")
         if lr not in runs:
-            runs[lr] = train(task, spec, lr, seed=seed, steps=steps, eval_every=eval_every,
-                             max_full_params=max_full_params)
+            runs[lr] = train(
+                task, spec, lr, seed=seed, steps=steps, eval_every=eval_every, max_full_params=max_full_params
+            )
             if on_run is not None:
                 on_run()
         return runs[lr]
@@ -473,15 +398,25 @@ class Comparison:
             ran = [r for r in runs if r.ran]
             row: dict[str, Any] = {"task": task, "optimizer": name, "lr": self.lrs.get((task, name))}
             if not ran:
-                row.update(status=runs[0].status, note=runs[0].message, final_loss=None, steps_to_target=None,
-                           time_to_target=None, reached=f"0/{len(runs)}", wall_time=None, step_ms=None)
+                row.update(
+                    status=runs[0].status,
+                    note=runs[0].message,
+                    final_loss=None,
+                    steps_to_target=None,
+                    time_to_target=None,
+                    reached=f"0/{len(runs)}",
+                    wall_time=None,
+                    step_ms=None,
+                )
                 out.append(row)
                 continue
             reach = [r.steps_to_target if r.steps_to_target is not None else math.inf for r in runs]
             ttt = [r.time_to_target if r.time_to_target is not None else math.inf for r in runs]
             bad = [r for r in runs if r.status != "ok"]
-            status = ", ".join(f"{s} {sum(r.status == s for r in bad)}/{len(runs)}"
-                               for s in dict.fromkeys(r.status for r in bad))
+            status = ", ".join(
+                f"{s} {sum(r.status == s for r in bad)}/{len(runs)}"
+                for s in dict.fromkeys(r.status for r in bad)
+            )
             row.update(
                 status=status or "ok",
                 note=next((r.message for r in bad if r.status == "error"), ""),
@@ -513,15 +448,17 @@ class Comparison:
             win = ranked[0]
             runner = ranked[1] if len(ranked) > 1 else None
             adam = next((r for r in rows if r["task"] == task and r["optimizer"] == "adam"), None)
-            out.append({
-                "task": task,
-                "winner": win["optimizer"],
-                "steps_to_target": win["steps_to_target"],
-                "final_loss": win["final_loss"],
-                "runner_up": runner["optimizer"] if runner else None,
-                "vs_runner_up": margin(win, runner),
-                "vs_adam": margin(win, adam),
-            })
+            out.append(
+                {
+                    "task": task,
+                    "winner": win["optimizer"],
+                    "steps_to_target": win["steps_to_target"],
+                    "final_loss": win["final_loss"],
+                    "runner_up": runner["optimizer"] if runner else None,
+                    "vs_runner_up": margin(win, runner),
+                    "vs_adam": margin(win, adam),
+                }
+            )
         return out
 
     def summary(self) -> dict[str, float]:
@@ -597,8 +534,15 @@ def compare(
             for spec in specs:
                 key = (task.name, spec.label)
                 if tune:
-                    chosen, tried = tune_lr(task, spec, grid=lr_grid, steps=n_steps, eval_every=eval_every,
-                                            max_full_params=max_full_params, on_run=advance)
+                    chosen, tried = tune_lr(
+                        task,
+                        spec,
+                        grid=lr_grid,
+                        steps=n_steps,
+                        eval_every=eval_every,
+                        max_full_params=max_full_params,
+                        on_run=advance,
+                    )
                     tuning.extend(tried)
                 elif isinstance(lr, Mapping):
                     chosen = lr.get(key, default_lr(task, spec))
@@ -611,11 +555,24 @@ def compare(
                 for seed in seeds:
                     if math.isnan(chosen):
                         failed = tuning[-1]
-                        run = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=math.nan,
-                                        status=failed.status, message=failed.message)
+                        run = RunResult(
+                            task=task.name,
+                            optimizer=spec.label,
+                            seed=seed,
+                            lr=math.nan,
+                            status=failed.status,
+                            message=failed.message,
+                        )
                     else:
-                        run = train(task, spec, chosen, seed=seed, steps=n_steps, eval_every=eval_every,
-                                    max_full_params=max_full_params)
+                        run = train(
+                            task,
+                            spec,
+                            chosen,
+                            seed=seed,
+                            steps=n_steps,
+                            eval_every=eval_every,
+                            max_full_params=max_full_params,
+                        )
                     pair_runs.append(run)
                     advance(1)
                 runs.extend(pair_runs)
