@@ -35,6 +35,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "parse_value",
+    "seed_of",
 ]
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -407,3 +408,9 @@ def config_from_dict(config_cls: type, data: Mapping[str, Any], *, experiment: s
         raise ConfigError(f"unknown config key {unknown[0]!r} for {owner}; allowed: {allowed}")
     kwargs = {key: _given(key, value, field_types[key], owner) for key, value in data.items()}
     return config_cls(**kwargs)
+
+
+def seed_of(config: Any) -> int | None:
+    """The config's ``seed`` field when it is an int (what a stored run records as its seed), else None."""
+    seed = getattr(config, "seed", None)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None

@@ -70,7 +70,6 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.stages import StageDetector, StageProbe
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.deep_linear import (
     LinearTeacher,
@@ -471,9 +470,7 @@ EXPERIMENT = register(
         description="Saxe et al. deep linear network: sigmoidal mode learning and loss stages vs closed form",
         config_cls=DeepLinearConfig,
         run=run,
+        figures=(deep_linear_figures,),
         quick_overrides={"singular_values": (3.0, 1.5), "init_scale": 1e-5, "lr": 7e-4},
     )
 )
-
-
-register_figure(NAME, deep_linear_figures)

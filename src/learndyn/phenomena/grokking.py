@@ -111,7 +111,6 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import ParameterDistanceProbe
 from learndyn.probes.stages import StageDetector, StageEvent
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, check_int, check_real
@@ -676,9 +675,7 @@ EXPERIMENT = register(
         description="Grokking on modular addition: memorise first, generalise much later (Fourier features)",
         config_cls=GrokkingConfig,
         run=run,
+        figures=(grokking_figures,),
         quick_overrides={"p": 53, "train_fraction": 0.4, "steps": 2200},
     )
 )
-
-
-register_figure(NAME, grokking_figures)

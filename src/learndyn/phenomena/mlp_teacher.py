@@ -29,11 +29,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.phenomena.registry import EnsembleSupport, Experiment, ExperimentResult, MemberOutcome, register
 from learndyn.store.recorder import Recorder
-from learndyn.sweep.ensemble import MemberOutcome, register_ensemble, train_ensemble
 from learndyn.sweep.stacked_optim import StackedAdam, StackedCovariantDiag, StackedSGD
-from learndyn.training import train_loop
+from learndyn.training import train_ensemble, train_loop
 from learndyn.validation import check_int, check_real
 
 NAME = "mlp-teacher"
@@ -335,6 +334,6 @@ EXPERIMENT = register(
         config_cls=MLPTeacherConfig,
         run=run,
         quick_overrides={"steps": 40, "eval_every": 10},
+        ensemble=EnsembleSupport(ENSEMBLE_AXES, run_ensemble),
     )
 )
-ENSEMBLE = register_ensemble(NAME, run_ensemble, ENSEMBLE_AXES)

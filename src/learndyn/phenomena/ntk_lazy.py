@@ -68,7 +68,6 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes import KernelProbe, Monitor
 from learndyn.probes.base import ProbeContext
 from learndyn.probes.kernel import empirical_ntk
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import ntk_max_stable_lr, ntk_predictions_gd, ntk_train_loss
 from learndyn.training import train_loop
@@ -417,6 +416,7 @@ EXPERIMENT = register(
         description="Wide nets follow their NTK linearisation; a small output scale makes them rich",
         config_cls=NTKLazyConfig,
         run=run,
+        figures=(ntk_lazy_figures,),
         quick_overrides={
             "widths": (64, 256, 1024, 4096),
             "output_scales": (1.0, 0.125),
@@ -428,6 +428,3 @@ EXPERIMENT = register(
         },
     )
 )
-
-
-register_figure(NAME, ntk_lazy_figures)

@@ -89,7 +89,6 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.sgd_stationary import (
     sgd_max_stable_lr,
@@ -825,14 +824,13 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-register_figure(NAME, regimes_figures)
-
 EXPERIMENT = register(
     Experiment(
         name=NAME,
         description="CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates",
         config_cls=RegimesConfig,
         run=run,
+        figures=(regimes_figures,),
         quick_overrides={
             "structures": ("full",),
             "conditions": (1.0, 100.0),

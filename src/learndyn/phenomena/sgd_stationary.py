@@ -61,7 +61,6 @@ from torch import Tensor, nn
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import (
     sgd_max_stable_lr,
@@ -427,9 +426,7 @@ EXPERIMENT = register(
         description="Minibatch SGD on linear regression: stationary covariance (exact Lyapunov vs Langevin)",
         config_cls=SGDStationaryConfig,
         run=run,
+        figures=(sgd_stationary_figures,),
         quick_overrides={"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40},
     )
 )
-
-
-register_figure(NAME, sgd_stationary_figures)

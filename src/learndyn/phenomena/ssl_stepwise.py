@@ -68,7 +68,6 @@ from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.ssl import (
     aligned_init,
@@ -442,9 +441,7 @@ EXPERIMENT = register(
         description="Linear Barlow Twins: eigenvalues learned one at a time, effective-rank staircase",
         config_cls=SSLStepwiseConfig,
         run=run,
+        figures=(ssl_figures,),
         quick_overrides={"embed_dim": 2},
     )
 )
-
-
-register_figure(NAME, ssl_figures)

@@ -93,7 +93,6 @@ from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank
 from learndyn.probes.symmetry import Symmetry, SymmetryProbe
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.sgd_stationary import sgd_stationary_covariance
 from learndyn.theory.symmetry import balance_flow, scalar_balance_sgd
@@ -672,14 +671,13 @@ def symmetry_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-register_figure(NAME, symmetry_figures)
-
 EXPERIMENT = register(
     Experiment(
         name=NAME,
         description="Rescaling symmetry: conservation, e^{-2λt} decay, SGD law of balance, low-rank collapse",
         config_cls=SymmetryConfig,
         run=run,
+        figures=(symmetry_figures,),
         quick_overrides={
             "steps": 400,
             "lr": 0.02,

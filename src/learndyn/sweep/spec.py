@@ -77,6 +77,7 @@ __all__ = [
     "SweepSpecError",
     "canonical_config",
     "config_hash",
+    "ensemble_key",
     "parse_axis",
 ]
 
@@ -107,6 +108,12 @@ def canonical_config(config: Any) -> str:
 def config_hash(config: Any) -> str:
     """A 16-hex-digit hash of :func:`canonical_config`: how a sweep recognises a config it already ran."""
     return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:16]
+
+
+def ensemble_key(config: Any, axes: Sequence[str]) -> str:
+    """Configs with the same key agree on every field outside ``axes`` and may share an ensemble."""
+    data = {k: v for k, v in config_to_dict(config).items() if k not in set(axes)}
+    return canonical_config(data)
 
 
 # ------------------------------------------------------------------------------------------ field types

@@ -1,4 +1,4 @@
-"""The training loop every experiment uses.
+"""The training loop every experiment uses: one model, one optimizer, seeded minibatches.
 
 ``train_loop`` runs ``steps`` optimizer updates of ``model`` on minibatches drawn by ``sample(generator)``
 (a seeded ``torch.Generator`` is the loop's only source of randomness, so a run is a pure function of its
