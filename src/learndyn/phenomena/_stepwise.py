@@ -6,29 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from learndyn.validation import LearndynValueError
-
 MAX_CHECKPOINTS = 20
 """A loop checkpoints at most about this many times: each checkpoint also flushes the run store."""
-
-
-def float_tuple(owner: str, name: str, value: object) -> tuple[float, ...]:
-    """``value`` as a tuple: accepts ``"3,1.5,0.75"`` (from ``--set``), one number, or a sequence."""
-    if isinstance(value, str):
-        try:
-            return tuple(float(p) for p in value.split(",") if p.strip())
-        except ValueError:
-            raise LearndynValueError(
-                f"{owner}.{name}={value!r} is not a list of numbers; allowed: e.g. 3,1.5,0.75"
-            ) from None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (float(value),)
-    try:
-        return tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise LearndynValueError(
-            f"{owner}.{name}={value!r} is not allowed; allowed: a list of numbers"
-        ) from None
 
 
 def crossing_step(steps: np.ndarray, values: np.ndarray, level: float) -> float:

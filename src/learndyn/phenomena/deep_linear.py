@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.phenomena._stepwise import crossing_step, float_tuple, loop_checkpoint_every
+from learndyn.phenomena._stepwise import crossing_step, loop_checkpoint_every
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
@@ -80,7 +80,7 @@ from learndyn.theory.deep_linear import (
     mode_strength,
 )
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "deep-linear"
 
@@ -121,9 +121,8 @@ class DeepLinearConfig:
 
     def __post_init__(self) -> None:
         owner = "DeepLinearConfig"
-        self.singular_values = tuple(
-            check_real("singular_values", v, low=0.0, low_open=True, owner=owner)
-            for v in float_tuple(owner, "singular_values", self.singular_values)
+        self.singular_values = as_tuple(
+            "singular_values", self.singular_values, owner=owner, item=float, low=0.0, low_open=True
         )
         r = len(self.singular_values)
         if r == 0:

@@ -71,18 +71,10 @@ from learndyn.probes.kernel import empirical_ntk
 from learndyn.store.recorder import Recorder
 from learndyn.theory import ntk_max_stable_lr, ntk_predictions_gd, ntk_train_loss
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "ntk-lazy"
 ACTIVATIONS = ("tanh", "relu", "erf")
-
-
-def _as_tuple(value: object) -> tuple:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int | float):
-        return (value,)
-    return tuple(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -120,14 +112,13 @@ class NTKLazyConfig:
 
     def __post_init__(self) -> None:
         owner = "NTKLazyConfig"
-        self.widths = tuple(check_int("widths", w, low=1, owner=owner) for w in _as_tuple(self.widths))
+        self.widths = as_tuple("widths", self.widths, owner=owner, item=int, low=1)
         if len(set(self.widths)) < 2:
             raise LearndynValueError(
                 f"{owner}.widths={self.widths!r} is not allowed; allowed: at least two distinct widths"
             )
-        self.output_scales = tuple(
-            check_real("output_scales", s, low=0.0, low_open=True, owner=owner)
-            for s in _as_tuple(self.output_scales)
+        self.output_scales = as_tuple(
+            "output_scales", self.output_scales, owner=owner, item=float, low=0.0, low_open=True
         )
         if not self.output_scales:
             raise LearndynValueError(f"{owner}.output_scales=() is empty; allowed: one or more scales > 0")

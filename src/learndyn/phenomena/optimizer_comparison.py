@@ -28,16 +28,9 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.store.recorder import Recorder
 from learndyn.tasks import get_task, task_names
 from learndyn.tasks.compare import OptimizerSpec, compare
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "optimizer-comparison"
-
-
-def _as_tuple(value: object) -> tuple:
-    """Accept a comma-separated string as well as a sequence (``--set tasks=digits,deep-linear``)."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -67,9 +60,9 @@ class OptimizerComparisonConfig:
 
     def __post_init__(self) -> None:
         owner = "OptimizerComparisonConfig"
-        self.tasks = _as_tuple(self.tasks)
-        self.optimizers = _as_tuple(self.optimizers)
-        self.lr_grid = tuple(_as_tuple(self.lr_grid))
+        self.tasks = as_tuple("tasks", self.tasks, owner=owner)
+        self.optimizers = as_tuple("optimizers", self.optimizers, owner=owner)
+        self.lr_grid = as_tuple("lr_grid", self.lr_grid, owner=owner, item=float, low=0, low_open=True)
         if not self.tasks:
             raise LearndynValueError(f"{owner}.tasks=() is empty; allowed: one or more of {task_names()}")
         if not self.optimizers:
@@ -87,9 +80,6 @@ class OptimizerComparisonConfig:
             self.lr = check_real("lr", self.lr, low=0, low_open=True, owner=owner)
         if not isinstance(self.tune, bool):
             raise LearndynValueError(f"{owner}.tune={self.tune!r} is not allowed; allowed: True, False")
-        self.lr_grid = tuple(
-            check_real("lr_grid", v, low=0, low_open=True, owner=owner) for v in self.lr_grid
-        )
         if self.eval_every is not None:
             check_int("eval_every", self.eval_every, low=1, owner=owner)
         check_int("max_full_params", self.max_full_params, low=1, owner=owner)

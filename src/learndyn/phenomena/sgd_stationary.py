@@ -70,17 +70,9 @@ from learndyn.theory import (
     sgd_temperature,
 )
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "sgd-stationary"
-
-
-def _as_tuple(value: object) -> tuple:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int | float):
-        return (value,)
-    return tuple(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -114,17 +106,14 @@ class SGDStationaryConfig:
 
     def __post_init__(self) -> None:
         owner = "SGDStationaryConfig"
-        self.eigenvalues = tuple(
-            check_real("eigenvalues", v, low=0.0, low_open=True, owner=owner)
-            for v in _as_tuple(self.eigenvalues)
+        self.eigenvalues = as_tuple(
+            "eigenvalues", self.eigenvalues, owner=owner, item=float, low=0.0, low_open=True
         )
         if not self.eigenvalues:
             raise LearndynValueError(f"{owner}.eigenvalues=() is empty; allowed: one or more values > 0")
         check_int("batch", self.batch, low=1, owner=owner)
         self.noise_var = check_real("noise_var", self.noise_var, low=0.0, low_open=True, owner=owner)
-        self.lrs = tuple(
-            check_real("lrs", v, low=0.0, low_open=True, owner=owner) for v in _as_tuple(self.lrs)
-        )
+        self.lrs = as_tuple("lrs", self.lrs, owner=owner, item=float, low=0.0, low_open=True)
         if not self.lrs:
             raise LearndynValueError(f"{owner}.lrs=() is empty; allowed: one or more learning rates > 0")
         if len(set(self.lrs)) != len(self.lrs):

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.phenomena._stepwise import crossing_step, float_tuple, loop_checkpoint_every
+from learndyn.phenomena._stepwise import crossing_step, loop_checkpoint_every
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
@@ -78,7 +78,7 @@ from learndyn.theory.ssl import (
     ssl_step_times,
 )
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "ssl-stepwise"
 INITS = ("aligned", "random")
@@ -113,9 +113,8 @@ class SSLStepwiseConfig:
 
     def __post_init__(self) -> None:
         owner = "SSLStepwiseConfig"
-        self.eigenvalues = tuple(
-            check_real("eigenvalues", v, low=0.0, low_open=True, owner=owner)
-            for v in float_tuple(owner, "eigenvalues", self.eigenvalues)
+        self.eigenvalues = as_tuple(
+            "eigenvalues", self.eigenvalues, owner=owner, item=float, low=0.0, low_open=True
         )
         m = len(self.eigenvalues)
         if m == 0:
