@@ -5,7 +5,9 @@
 (``|w_z| = 1``, ``ε ~ N(0, 1)``); a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``, loss
 ``½(f − y)²``, fresh minibatches of ``B`` samples each step. The excess loss is exact:
 ``L(p) − σ²/2 = ½|Mᵀp − w_z|²`` (:meth:`LinearTask.excess_loss`), and :class:`ExcessTracker` records it
-every step of a :func:`~learndyn.training.train_loop`.
+every step of a :func:`~learndyn.training.train_loop`. The closed forms of :mod:`learndyn.theory` for
+this task: :func:`alpha0_expected_excess` (SGD's expected learning curve) and :func:`stationary_theory`
+(SGD's stationary weight covariance, three ways).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from learndyn.phenomena._loop_log import LoopLog
+from learndyn.theory.sgd_stationary import sgd_excess_loss_trajectory, sgd_stationary_forms
 
 F64 = torch.float64
 
@@ -125,3 +128,17 @@ class ExcessTracker:
         fn = getattr(self.monitor, "load_state_dict", None)
         if callable(fn):
             fn(state)
+
+
+# ------------------------------------------------------------------------------- closed forms of the task
+def alpha0_expected_excess(task: LinearTask, lr: float, steps: np.ndarray) -> np.ndarray:
+    """Exact ``E[L_k] − σ²/2`` of SGD from ``p = 0`` on ``task``
+    (:func:`~learndyn.theory.sgd_stationary.sgd_excess_loss_trajectory` on the support of ``H``)."""
+    e0 = -(task.V.T @ task.p_star).numpy()
+    return sgd_excess_loss_trajectory(task.h.numpy(), e0, lr, task.batch, task.noise_std**2, steps)
+
+
+def stationary_theory(task: LinearTask, lr: float) -> dict[str, np.ndarray]:
+    """Exact, Langevin (``T·I`` on the support) and Gibbs (``T·H⁺``) stationary covariances (``d × d``) of
+    SGD on ``task`` (:func:`~learndyn.theory.sgd_stationary.sgd_stationary_forms`)."""
+    return sgd_stationary_forms(task.V.numpy(), task.h.numpy(), lr, task.batch, task.noise_std**2)

@@ -1,13 +1,21 @@
-"""Helpers shared by the stepwise-learning phenomena (:mod:`.deep_linear`, :mod:`.ssl_stepwise`)."""
+"""Helpers shared by phenomena that time stages of learning: crossings of a level, checkpoint spacing."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 MAX_CHECKPOINTS = 20
 """A loop checkpoints at most about this many times: each checkpoint also flushes the run store."""
+
+
+def first_step(steps: np.ndarray, values: np.ndarray, level: float, *, below: bool = False) -> float:
+    """First entry of ``steps`` with ``values ≥ level`` (``below=True``: ``≤ level``); ``nan`` if none."""
+    values = np.asarray(values)
+    hit = np.nonzero(values <= level if below else values >= level)[0]
+    return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan  # one nan object: tables compare equal
 
 
 def crossing_step(steps: np.ndarray, values: np.ndarray, level: float) -> float:

@@ -80,6 +80,7 @@ from learndyn.theory.deep_linear import (
     mode_strength,
 )
 from learndyn.training import train_loop
+from learndyn.training.losses import half_squared_error
 from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "deep-linear"
@@ -194,11 +195,6 @@ class DeepLinearNet(nn.Sequential):
     def weights(self) -> list[np.ndarray]:
         """The weight matrices, input to output, as numpy arrays."""
         return [m.weight.detach().cpu().numpy() for m in self]
-
-
-def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``L = 1/(2n) Σ_μ ‖f(x_μ) − y_μ‖²`` (the convention of :mod:`learndyn.theory`)."""
-    return 0.5 * (outputs - targets).square().sum(dim=1).mean()
 
 
 def mode_strengths(model: DeepLinearNet, teacher: LinearTeacher) -> np.ndarray:

@@ -8,12 +8,10 @@ All tasks are linear regression on Gaussian inputs, where everything is known in
 
 The task
 --------
-``x = M z`` with ``z ~ N(0, I_r)`` and ``M = V diag(√h)`` (``V``: ``d × r`` orthonormal columns, random if
-``rotate`` else the first ``r`` axes; ``h`` geometric from 1 down to ``1/condition``), ``y = zᵀw_z + σε``
-(``|w_z| = 1``, ``ε ~ N(0, 1)``); a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``, loss
-``½(f − y)²``, fresh minibatches of ``B`` samples each step (online SGD). The input covariance
-``H = MMᵀ`` has condition number ``condition`` on its support. The excess loss is exact:
-``L(p) − σ²/2 = ½|Mᵀp − w_z|²``.
+Online linear regression ``y = zᵀw_z + σε`` seen through ``x = Mz``, ``M = V diag(√h)``
+(:mod:`~learndyn.phenomena._linear_regression`): a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``,
+loss ``½(f − y)²``, fresh minibatches of ``B`` samples each step. The input covariance ``H = MMᵀ`` has
+condition number ``condition`` on its support; the excess loss ``½|Mᵀp − w_z|²`` is exact.
 
 The key fact: with ``q = Mᵀp`` this is the *isotropic* problem in ``q``, seen through the linear
 reparametrisation ``p = M^{−T}q`` (for ``r = d``). Gradient statistics transform as ``S_p = M S_q Mᵀ``, and
@@ -85,13 +83,15 @@ from learndyn.optim import CovariantGD
 from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
 from learndyn.phenomena._linear_regression import (
     ExcessTracker,
-    LinearTask,
+    alpha0_expected_excess,
     half_mse,
     linear_model,
     make_task,
     spectrum,
+    stationary_theory,
 )
 from learndyn.phenomena._loop_log import LoopLog
+from learndyn.phenomena._stepwise import first_step
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
@@ -99,11 +99,9 @@ from learndyn.probes.updates import UpdateCovarianceProbe
 from learndyn.store.recorder import Recorder
 from learndyn.theory.covariant import participation_ratio, update_covariance
 from learndyn.theory.sgd_stationary import (
-    sgd_excess_loss_trajectory,
     sgd_gradient_covariance,
     sgd_max_stable_lr,
     sgd_second_moment_trajectory,
-    sgd_stationary_forms,
 )
 from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
@@ -254,19 +252,6 @@ def _runs(config: RegimesConfig) -> list[tuple[float, str, int]]:
     return out
 
 
-def steps_to_target(steps: np.ndarray, excess: np.ndarray, level: float) -> float:
-    """First step with ``excess <= level`` (``nan`` if never)."""
-    hit = np.nonzero(excess <= level)[0]
-    return float(steps[hit[0]]) if hit.size else float("nan")
-
-
-def alpha0_expected_excess(task: LinearTask, lr: float, steps: np.ndarray) -> np.ndarray:
-    """Exact ``E[L_k] − σ²/2`` of SGD from ``p = 0`` on ``task``
-    (:func:`~learndyn.theory.sgd_stationary.sgd_excess_loss_trajectory` on the support of ``H``)."""
-    e0 = -(task.V.T @ task.p_star).numpy()
-    return sgd_excess_loss_trajectory(task.h.numpy(), e0, lr, task.batch, task.noise_std**2, steps)
-
-
 def _speed_run(
     config: RegimesConfig,
     index: int,
@@ -316,7 +301,7 @@ def _speed_run(
         "condition": condition,
         "lr": lr,
         "status": loop.status,
-        "steps_to_target": steps_to_target(steps, excess, level),
+        "steps_to_target": first_step(steps, excess, level, below=True),
         "final_excess": float(excess[-1]),
     }
     _, pr = log.series("updates/pr")
@@ -327,18 +312,12 @@ def _speed_run(
         for s, v in zip(logged, theory, strict=True):
             log.log(int(s), {"theory/excess_loss": float(v)})
         full = alpha0_expected_excess(task, lr, np.arange(config.steps + 1))
-        out["steps_to_target_theory"] = steps_to_target(np.arange(config.steps + 1), full, level)
+        out["steps_to_target_theory"] = first_step(np.arange(config.steps + 1), full, level, below=True)
     log.flush()
     return out
 
 
 # ------------------------------------------------------------------------- 2. stationary covariance (α = 0)
-
-
-def stationary_theory(task: LinearTask, lr: float) -> dict[str, np.ndarray]:
-    """Exact, Langevin (``T·I`` on the support) and Gibbs (``T·H⁺``) stationary covariances (``d × d``) of
-    SGD on ``task`` (:func:`~learndyn.theory.sgd_stationary.sgd_stationary_forms`)."""
-    return sgd_stationary_forms(task.V.numpy(), task.h.numpy(), lr, task.batch, task.noise_std**2)
 
 
 def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:

@@ -91,7 +91,7 @@ from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
-from learndyn.probes.representation import RepresentationProbe, effective_rank
+from learndyn.probes.representation import RepresentationProbe, effective_rank, numerical_rank
 from learndyn.probes.symmetry import Symmetry, SymmetryProbe
 from learndyn.store.recorder import Recorder
 from learndyn.theory.symmetry import (
@@ -102,6 +102,7 @@ from learndyn.theory.symmetry import (
     soft_threshold_spectrum,
 )
 from learndyn.training import train_loop
+from learndyn.training.losses import half_squared_error
 from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "symmetry"
@@ -225,11 +226,6 @@ class SymmetryConfig:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def half_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
-    """``1/(2n) Σ_μ ‖f(x_μ) − y_μ‖²`` (the :mod:`learndyn.theory` convention)."""
-    return 0.5 * (outputs - targets).square().sum(dim=-1).mean()
-
-
 def _randn(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=gen, dtype=F64)
 
@@ -237,11 +233,6 @@ def _randn(gen: torch.Generator, *shape: int) -> Tensor:
 def _orthogonal(gen: torch.Generator, d: int) -> Tensor:
     q, r = torch.linalg.qr(_randn(gen, d, d))
     return q * torch.sign(torch.diagonal(r))
-
-
-def _numerical_rank(sv: np.ndarray, rtol: float) -> int:
-    sv = np.asarray(sv, dtype=float)
-    return int(np.sum(sv > rtol * sv.max())) if sv.size and sv.max() > 0 else 0
 
 
 # ------------------------------------------------------------------------------------ parts 1-2: decay
@@ -450,7 +441,7 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
     rank_th = int(np.sum(s_th > 0))
     erank_th = effective_rank(np.sqrt(s_th))
     steps, svs = log.array_series("repr/0/sv")
-    ranks = [_numerical_rank(sv, config.rank_rtol) for sv in svs]
+    ranks = [numerical_rank(sv, config.rank_rtol) for sv in svs]
     _, erank = log.series("repr/0/erank")
     for k, s in enumerate(steps):
         log.log(

@@ -4,7 +4,8 @@
   minibatches, with logging, evaluations, a :class:`~learndyn.probes.Monitor`, divergence detection and
   exact resume from checkpoints;
 - :func:`train_ensemble` (:mod:`.ensemble`) -- ``B`` models of one architecture in one vectorised pass
-  (``torch.func``) with a stacked optimizer, member by member the semantics of ``train_loop``.
+  (``torch.func``) with a stacked optimizer, member by member the semantics of ``train_loop``;
+- :mod:`.losses` -- losses in the convention of :mod:`learndyn.theory`.
 """
 
 from learndyn.training.ensemble import EnsembleTrace, StackedStep, train_ensemble
