@@ -79,6 +79,11 @@ def check_int(
     return value
 
 
+
+def check_ints(owner: str | None = None, *, low: int | None = None, **values: Any) -> tuple[int, ...]:
+    """:func:`check_int` of each ``name=value`` with the same lower bound, in order; the values as a tuple."""
+    return tuple(check_int(name, value, low=low, owner=owner) for name, value in values.items())
+
 def one_line(text: Any) -> str:
     """``text`` (anything ``str`` accepts) on one line: runs of white space, newlines included, become one
     space."""

@@ -1,11 +1,16 @@
-"""Helpers shared by phenomena that time stages of learning: crossings of a level, checkpoint spacing."""
+"""Helpers shared by phenomena that time stages of learning: crossings of a level, full-batch descent."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
+
+from learndyn.training import LoopResult, train_loop
 
 MAX_CHECKPOINTS = 20
 """A loop checkpoints at most about this many times: each checkpoint also flushes the run store."""
@@ -41,3 +46,38 @@ def loop_checkpoint_every(checkpointer: Any, steps: int) -> int:
     if every == 0:
         return 0
     return max(int(every or 0), -(-steps // MAX_CHECKPOINTS), 1)
+
+
+def full_batch_descent(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: tuple[Tensor, Tensor],
+    steps: int,
+    *,
+    seed: int,
+    recorder: Any,
+    tracker: Any,
+    every: int,
+    key: str,
+    progress: str,
+) -> LoopResult:
+    """Full-batch descent on ``batch`` with :func:`~learndyn.training.train_loop`: the loss every ``every``
+    steps, ``tracker`` (the loop's monitor) after each step, checkpoints under ``key`` at most
+    ``MAX_CHECKPOINTS`` times when the recorder has a checkpointer. The caller measures the final state."""
+    checkpointer = getattr(recorder, "checkpointer", None)
+    return train_loop(
+        model,
+        optimizer,
+        lambda _generator: batch,
+        loss_fn,
+        steps,
+        generator=torch.Generator().manual_seed(seed),
+        recorder=recorder,
+        monitor=tracker,
+        log_every=every,
+        checkpointer=checkpointer,
+        checkpoint_every=loop_checkpoint_every(checkpointer, steps),
+        key=key,
+        progress=progress,
+    )

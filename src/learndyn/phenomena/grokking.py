@@ -103,9 +103,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
+from learndyn.phenomena._figures import run_series
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import first_step, loop_checkpoint_every
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.fourier import fourier_spectrum, gini, topk_fraction
 from learndyn.probes.monitor import Monitor
@@ -116,6 +118,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 NAME = "grokking"
+DESCRIPTION = "Grokking on modular addition: memorise first, generalise much later (Fourier features)"
 SPECTRUM_EVERY = 10
 """The embedding spectrum array is logged every this many evaluations (and at the first and last)."""
 
@@ -188,9 +191,7 @@ class GrokkingConfig:
         self.generalisation_acc = check_real(
             "generalisation_acc", self.generalisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
         )
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
+        check_run_fields(self, owner, tolerance=False)  # tolerance: a fraction, below
         self.min_delay_ratio = check_real(
             "min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner
         )
@@ -199,6 +200,10 @@ class GrokkingConfig:
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""
         return int(round(self.train_fraction * self.p**2))
+
+
+QUICK = {"p": 53, "train_fraction": 0.4, "steps": 2200}
+"""The test-size configuration (``--quick``)."""
 
 
 # ------------------------------------------------------------------------------------------ data and model
@@ -300,13 +305,9 @@ class _Probes:
             self.measure(step, batch, spectrum=step % (SPECTRUM_EVERY * self.every) == 0)
 
 
+@threaded
 def run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
     """Train the MLP on modular addition; log accuracies, losses, Fourier concentration; find the phases."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
     x_train, y_train, x_test, y_test = modular_addition_split(config)
     model = make_model(config)
     optimizer = torch.optim.AdamW(
@@ -500,11 +501,8 @@ def grokking_figures(store: Any, run_id: str) -> list[Any]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    df = store.metrics(run_id, ["train/*", "test/*", "fourier/*", "params/norm"])
+    series = run_series(store, run_id, ["train/*", "test/*", "fourier/*", "params/norm"])
     summary = store.run_info(run_id)["summary"] or {}
-    series = {
-        str(name): (g["step"].to_numpy(), g["value"].to_numpy(dtype=float)) for name, g in df.groupby("name")
-    }
 
     def positive(name: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = series.get(name, (np.array([]), np.array([])))
@@ -588,13 +586,4 @@ def grokking_figures(store: Any, run_id: str) -> list[Any]:
     return figures
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Grokking on modular addition: memorise first, generalise much later (Fourier features)",
-        config_cls=GrokkingConfig,
-        run=run,
-        figures=(grokking_figures,),
-        quick_overrides={"p": 53, "train_fraction": 0.4, "steps": 2200},
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, GrokkingConfig, run, QUICK, figures=(grokking_figures,)))

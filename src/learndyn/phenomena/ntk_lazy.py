@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
@@ -74,6 +75,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "ntk-lazy"
+DESCRIPTION = "Wide nets follow their NTK linearisation; a small output scale makes them rich"
 ACTIVATIONS = ("tanh", "relu", "erf")
 
 
@@ -134,12 +136,19 @@ class NTKLazyConfig:
         check_int("eval_every", self.eval_every, low=1, owner=owner)
         check_int("kernel_every", self.kernel_every, low=1, owner=owner)
         check_int("seeds", self.seeds, low=1, high=100, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
+
+
+QUICK = {
+    "widths": (64, 256, 1024, 4096),
+    "output_scales": (1.0, 0.125),
+    "scale_width": 64,
+    "steps": 300,
+    "eval_every": 20,
+    "kernel_every": 100,
+    "seeds": 2,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 # --- the network --------------------------------------------------------------------------------------
@@ -401,21 +410,4 @@ def ntk_lazy_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Wide nets follow their NTK linearisation; a small output scale makes them rich",
-        config_cls=NTKLazyConfig,
-        run=run,
-        figures=(ntk_lazy_figures,),
-        quick_overrides={
-            "widths": (64, 256, 1024, 4096),
-            "output_scales": (1.0, 0.125),
-            "scale_width": 64,
-            "steps": 300,
-            "eval_every": 20,
-            "kernel_every": 100,
-            "seeds": 2,
-        },
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, NTKLazyConfig, run, QUICK, figures=(ntk_lazy_figures,)))

@@ -31,6 +31,7 @@ from learndyn.tasks.compare import OptimizerSpec, compare
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "optimizer-comparison"
+DESCRIPTION = "SGD vs Adam vs CovariantGD on Rosenbrock, x*y, digits and deep linear regression"
 
 
 @dataclass
@@ -85,6 +86,15 @@ class OptimizerComparisonConfig:
         check_int("max_full_params", self.max_full_params, low=1, owner=owner)
         if self.num_threads is not None:
             check_int("num_threads", self.num_threads, low=1, owner=owner)
+
+
+QUICK = {
+    "tasks": ("rosenbrock-2d", "deep-linear"),
+    "optimizers": ("sgd", "adam", "cgd-diag"),
+    "steps": 60,
+    "seeds": 1,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 def run(config: OptimizerComparisonConfig, recorder: Recorder) -> ExperimentResult:
@@ -233,17 +243,5 @@ def comparison_report_figures(store: Any, run_id: str) -> list[Any]:
 
 
 EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="SGD vs Adam vs CovariantGD on Rosenbrock, x*y, digits and deep linear regression",
-        config_cls=OptimizerComparisonConfig,
-        run=run,
-        figures=(comparison_report_figures,),
-        quick_overrides={
-            "tasks": ("rosenbrock-2d", "deep-linear"),
-            "optimizers": ("sgd", "adam", "cgd-diag"),
-            "steps": 60,
-            "seeds": 1,
-        },
-    )
+    Experiment(NAME, DESCRIPTION, OptimizerComparisonConfig, run, QUICK, figures=(comparison_report_figures,))
 )

@@ -79,10 +79,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from learndyn.config import check_run_fields
 from learndyn.optim import CovariantGD
 from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
 from learndyn.phenomena._linear_regression import (
     ExcessTracker,
+    LinearTask,
     alpha0_expected_excess,
     half_mse,
     linear_model,
@@ -92,7 +94,7 @@ from learndyn.phenomena._linear_regression import (
 )
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import first_step
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.updates import UpdateCovarianceProbe
@@ -107,6 +109,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "regimes"
+DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates"
 F64 = torch.float64
 STRUCTURES = ("diag", "block", "full")
 
@@ -195,10 +198,8 @@ class RegimesConfig:
         check_int("stat_window", self.stat_window, low=2, high=self.stat_steps, owner=owner)
         check_int("stat_rank", self.stat_rank, low=1, high=self.dim, owner=owner)
         check_int("burn_in", self.burn_in, low=0, high=self.chain_steps - self.chain_every, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        for name in ("noise_std", "stat_noise_std", "tolerance"):
+        check_run_fields(self, owner)
+        for name in ("noise_std", "stat_noise_std"):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.stat_condition = check_real("stat_condition", self.stat_condition, low=1.0, owner=owner)
         self.target = check_real(
@@ -217,6 +218,18 @@ class RegimesConfig:
                 f"{owner}.stat_lrs[alpha=0]={lr0!r} is out of range; "
                 f"allowed: < {sgd_max_stable_lr(np.diag(h), self.stat_batch):.4g} (SGD variance diverges)"
             )
+
+
+QUICK = {
+    "structures": ("full",),
+    "conditions": (1.0, 100.0),
+    "steps": 600,
+    "stat_steps": 1200,
+    "stat_window": 1000,
+    "chains": 500,
+    "chain_steps": 800,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 def make_optimizer(
@@ -274,19 +287,11 @@ def _speed_run(
     monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
     name = "sim/excess_loss" if alpha == 0.0 else "speed/excess_loss"
     tracker = ExcessTracker(task, model, monitor, log, every, name)
+    # the same batches for every run
     loop = train_loop(
-        model,
-        opt,
-        task.sample,
-        half_mse,
-        config.steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 12),  # the same batches for every run
-        recorder=log,
-        monitor=tracker,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"regimes-speed-{index}",
-        prefix="speed/",
+        model, opt, task.sample, half_mse, config.steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 12), recorder=log, monitor=tracker,
+        log_every=every, checkpointer=log.checkpointer, key=f"regimes-speed-{index}", prefix="speed/",
         progress=f"{NAME}: speed {tag}",
     )
     if loop.status == "completed":
@@ -320,18 +325,16 @@ def _speed_run(
 # ------------------------------------------------------------------------- 2. stationary covariance (α = 0)
 
 
+def _stationary_task(config: RegimesConfig) -> LinearTask:
+    """The task near the minimum (parts 2 and 3): ``stat_condition`` on a rank-``stat_rank`` support."""
+    args = (config.stat_condition, config.stat_rank, config.stat_noise_std, config.stat_batch)
+    return make_task(config.dim, *args, config.seed, config.rotate)
+
+
 def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:
     log = LoopLog(recorder)
     lr = config.stat_lrs[config.alphas.index(0.0)]
-    task = make_task(
-        config.dim,
-        config.stat_condition,
-        config.stat_rank,
-        config.stat_noise_std,
-        config.stat_batch,
-        config.seed,
-        config.rotate,
-    )
+    task = _stationary_task(config)
     model = ChainLinear(config.chains, task.p_star)
     opt = make_optimizer(model.parameters(), 0.0, "diag", lr, config.stat_beta2, config.eps)
     probe = ChainSecondMomentProbe(config.chain_every, task.p_star)
@@ -341,18 +344,9 @@ def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:
         return task.sample(gen, (config.chains,))
 
     loop = train_loop(
-        model,
-        opt,
-        sample,
-        chains_loss,
-        config.chain_steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 13),
-        recorder=log,
-        monitor=monitor,
-        log_every=config.chain_every,
-        checkpointer=log.checkpointer,
-        key="regimes-chains",
-        prefix="chains/",
+        model, opt, sample, chains_loss, config.chain_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 13), recorder=log, monitor=monitor,
+        log_every=config.chain_every, checkpointer=log.checkpointer, key="regimes-chains", prefix="chains/",
         progress=f"{NAME}: stationary covariance",
     )
     if loop.status == "completed":
@@ -404,34 +398,17 @@ def _stationary_run(
 ) -> dict[str, Any]:
     label = run_label(alpha, structure)
     log = LoopLog(recorder, f"{label},stationary")
-    task = make_task(
-        config.dim,
-        config.stat_condition,
-        config.stat_rank,
-        config.stat_noise_std,
-        config.stat_batch,
-        config.seed,
-        config.rotate,
-    )
+    task = _stationary_task(config)
     model = linear_model(config.dim, task.p_star)
     opt = make_optimizer(model.parameters(), alpha, structure, lr, config.stat_beta2, config.eps)
     every = max(1, config.stat_steps // 50)
     probe = UpdateCovarianceProbe(config.stat_window, every)
     monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        model,
-        opt,
-        task.sample,
-        half_mse,
-        config.stat_steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 14 + index),
-        recorder=log,
-        monitor=monitor,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"regimes-stationary-{index}",
-        prefix="stationary/",
-        progress=f"{NAME}: updates {label}",
+        model, opt, task.sample, half_mse, config.stat_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 14 + index), recorder=log,
+        monitor=monitor, log_every=every, checkpointer=log.checkpointer, key=f"regimes-stationary-{index}",
+        prefix="stationary/", progress=f"{NAME}: updates {label}",
     )
     if loop.status == "completed":
         monitor.after_step(config.stat_steps, task.sample(torch.Generator().manual_seed(0)))
@@ -460,13 +437,9 @@ def _stationary_run(
 # ------------------------------------------------------------------------------------------------------ run
 
 
+@threaded
 def run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
     """Learning speed, stationary covariance and update covariance (module docstring); agreement = part 2."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
     summary: dict[str, float] = {}
     table: list[dict[str, Any]] = []
     runs = _runs(config)
@@ -575,21 +548,4 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates",
-        config_cls=RegimesConfig,
-        run=run,
-        figures=(regimes_figures,),
-        quick_overrides={
-            "structures": ("full",),
-            "conditions": (1.0, 100.0),
-            "steps": 600,
-            "stat_steps": 1200,
-            "stat_window": 1000,
-            "chains": 500,
-            "chain_steps": 800,
-        },
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures,)))

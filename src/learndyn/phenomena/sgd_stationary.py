@@ -58,6 +58,7 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
@@ -73,6 +74,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "sgd-stationary"
+DESCRIPTION = "Minibatch SGD on linear regression: stationary covariance (exact Lyapunov vs Langevin)"
 
 
 @dataclass
@@ -129,12 +131,11 @@ class SGDStationaryConfig:
         self.burn_in = check_real("burn_in", self.burn_in, low=0.0, owner=owner)
         self.window = check_real("window", self.window, low=0.0, low_open=True, owner=owner)
         check_int("samples", self.samples, low=1, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
+
+
+QUICK = {"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40}
+"""The test-size configuration (``--quick``)."""
 
 
 @dataclass(frozen=True)
@@ -410,12 +411,5 @@ def sgd_stationary_figures(store: Any, run_id: str) -> list[Any]:
 
 
 EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Minibatch SGD on linear regression: stationary covariance (exact Lyapunov vs Langevin)",
-        config_cls=SGDStationaryConfig,
-        run=run,
-        figures=(sgd_stationary_figures,),
-        quick_overrides={"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40},
-    )
+    Experiment(NAME, DESCRIPTION, SGDStationaryConfig, run, QUICK, figures=(sgd_stationary_figures,))
 )

@@ -86,9 +86,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.phenomena._chains import ChainBalanceProbe, ScalarNetEnsemble, chains_loss
 from learndyn.phenomena._loop_log import LoopLog
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank, numerical_rank
@@ -106,6 +107,7 @@ from learndyn.training.losses import half_squared_error
 from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "symmetry"
+DESCRIPTION = "Rescaling symmetry: conservation, e^{-2λt} decay, SGD law of balance, low-rank collapse"
 F64 = torch.float64
 RESCALE = Symmetry("rescale", "0", "2")  # first layer -> output layer of the ReLU network
 
@@ -165,9 +167,7 @@ class SymmetryConfig:
             check_int(name, getattr(self, name), low=1, owner=owner)
         check_int("balance_batch", self.balance_batch, low=1, owner=owner)
         check_int("balance_chains", self.balance_chains, low=2, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
+        check_run_fields(self, owner)
         for name in (
             "lr",
             "balance_lr",
@@ -175,7 +175,6 @@ class SymmetryConfig:
             "noise_std",
             "input_var",
             "collapse_init",
-            "tolerance",
         ):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.rank_rtol = check_real(
@@ -221,6 +220,22 @@ class SymmetryConfig:
             self.noise_std**2,
             self.balance_init[0] * self.balance_init[1],
         )
+
+
+QUICK = {
+    "steps": 400,
+    "lr": 0.02,
+    "weight_decays": (0.0, 0.2),
+    "measure_every": 20,
+    "balance_lr": 0.04,
+    "balance_steps": 1500,
+    "balance_chains": 1000,
+    "balance_every": 100,
+    "collapse_decays": (0.0, 0.75),
+    "collapse_lr": 0.2,
+    "collapse_steps": 250,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -273,19 +288,10 @@ def _decay_run(config: SymmetryConfig, index: int, lam: float, recorder: Recorde
     probe = SymmetryProbe(every=config.measure_every, symmetries=[RESCALE], detect=False)
     monitor = Monitor(net, half_squared_error, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        net,
-        opt,
-        lambda _g: (x, y),
-        half_squared_error,
-        config.steps,
-        generator=torch.Generator().manual_seed(config.seed),
-        recorder=log,
-        monitor=monitor,
-        log_every=config.measure_every,
-        checkpointer=log.checkpointer,
-        key=f"symmetry-decay-{index}",
-        prefix="decay/",
-        progress=f"{NAME}: decay wd={lam:g}",
+        net, opt, lambda _g: (x, y), half_squared_error, config.steps,
+        generator=torch.Generator().manual_seed(config.seed), recorder=log, monitor=monitor,
+        log_every=config.measure_every, checkpointer=log.checkpointer, key=f"symmetry-decay-{index}",
+        prefix="decay/", progress=f"{NAME}: decay wd={lam:g}",
     )
     if loop.status == "completed":
         monitor.after_step(config.steps, (x, y))  # the state after the last update (if on the schedule)
@@ -334,19 +340,9 @@ def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(config.seed * 7919 + 2)
     loop = train_loop(
-        model,
-        opt,
-        sample,
-        chains_loss,
-        config.balance_steps,
-        generator=gen,
-        recorder=log,
-        monitor=monitor,
-        log_every=config.balance_every,
-        checkpointer=log.checkpointer,
-        key="symmetry-balance",
-        prefix="balance/",
-        progress=f"{NAME}: law of balance",
+        model, opt, sample, chains_loss, config.balance_steps, generator=gen, recorder=log, monitor=monitor,
+        log_every=config.balance_every, checkpointer=log.checkpointer, key="symmetry-balance",
+        prefix="balance/", progress=f"{NAME}: law of balance",
     )
     if loop.status == "completed":
         monitor.after_step(config.balance_steps, sample(torch.Generator().manual_seed(0)))
@@ -420,18 +416,9 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
     probe = RepresentationProbe(every=every, modules=["0"], spectrum=True)
     monitor = Monitor(net, half_squared_error, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        net,
-        opt,
-        lambda _g: (x, y),
-        half_squared_error,
-        config.collapse_steps,
-        generator=torch.Generator().manual_seed(config.seed),
-        recorder=log,
-        monitor=monitor,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"symmetry-collapse-{index}",
-        prefix="collapse/",
+        net, opt, lambda _g: (x, y), half_squared_error, config.collapse_steps,
+        generator=torch.Generator().manual_seed(config.seed), recorder=log, monitor=monitor, log_every=every,
+        checkpointer=log.checkpointer, key=f"symmetry-collapse-{index}", prefix="collapse/",
         progress=f"{NAME}: collapse wd={lam:g}",
     )
     if loop.status == "completed":
@@ -475,13 +462,21 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
 # -------------------------------------------------------------------------------------------------- run
 
 
+def _row(part: str, weight_decay: float, measured: float, theory: float, error: float, note: str) -> dict:
+    """One row of the result table."""
+    return {
+        "part": part,
+        "weight_decay": weight_decay,
+        "measured": measured,
+        "theory": theory,
+        "max_rel_error": error,
+        "note": note,
+    }
+
+
+@threaded
 def run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
     """Train the four parts, log ``sim/*`` and ``theory/*`` curves, return the agreement (see module doc)."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
     summary: dict[str, float] = {}
     table: list[dict[str, Any]] = []
     decay_err = 0.0
@@ -493,29 +488,13 @@ def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
         summary[f"{tag}/max_rel_drift"] = r["max_rel_drift"]
         summary[f"{tag}/final_ratio"] = r["final_ratio"]
         summary[f"{tag}/final_ratio_theory"] = r["final_ratio_theory"]
-        table.append(
-            {
-                "part": "decay",
-                "weight_decay": lam,
-                "measured": r["final_ratio"],
-                "theory": r["final_ratio_theory"],
-                "max_rel_error": r["error"],
-                "note": "‖q(t_end)‖/‖q₀‖ vs e^{-2λt}",
-            }
-        )
+        note = "‖q(t_end)‖/‖q₀‖ vs e^{-2λt}"
+        table.append(_row("decay", lam, r["final_ratio"], r["final_ratio_theory"], r["error"], note))
 
     b = _balance_run(config, recorder)
     summary.update({f"balance/{k}": float(v) for k, v in b.items() if k != "status"})
-    table.append(
-        {
-            "part": "law of balance",
-            "weight_decay": 0.0,
-            "measured": b["final_mean"],
-            "theory": b["final_theory"],
-            "max_rel_error": b["error"],
-            "note": f"E[u²−w²] from {b['q0']:g}; leading order off by {b['leading_order_error']:.3f}",
-        }
-    )
+    note = f"E[u²−w²] from {b['q0']:g}; leading order off by {b['leading_order_error']:.3f}"
+    table.append(_row("law of balance", 0.0, b["final_mean"], b["final_theory"], b["error"], note))
 
     collapse_err, rank_match = 0.0, True
     for i, lam in enumerate(config.collapse_decays):
@@ -528,17 +507,9 @@ def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
         summary[f"{tag}/erank"] = c["erank"]
         summary[f"{tag}/erank_theory"] = c["erank_theory"]
         summary[f"{tag}/sv_error"] = c["error"]
-        table.append(
-            {
-                "part": "collapse",
-                "weight_decay": lam,
-                "measured": float(c["rank"]),
-                "theory": float(c["rank_theory"]),
-                "max_rel_error": c["error"],
-                "note": f"rank of W₁ (width {config.collapse_width}); erank {c['erank']:.3f} "
-                f"vs {c['erank_theory']:.3f}",
-            }
-        )
+        note = f"rank of W₁ (width {config.collapse_width}); erank {c['erank']:.3f} vs "
+        note += f"{c['erank_theory']:.3f}"
+        table.append(_row("collapse", lam, float(c["rank"]), float(c["rank_theory"]), c["error"], note))
     summary["collapse/max_sv_error"] = collapse_err
     summary["collapse/rank_match"] = float(rank_match)
     summary["decay/max_rel_error"] = decay_err
@@ -575,25 +546,4 @@ def symmetry_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Rescaling symmetry: conservation, e^{-2λt} decay, SGD law of balance, low-rank collapse",
-        config_cls=SymmetryConfig,
-        run=run,
-        figures=(symmetry_figures,),
-        quick_overrides={
-            "steps": 400,
-            "lr": 0.02,
-            "weight_decays": (0.0, 0.2),
-            "measure_every": 20,
-            "balance_lr": 0.04,
-            "balance_steps": 1500,
-            "balance_chains": 1000,
-            "balance_every": 100,
-            "collapse_decays": (0.0, 0.75),
-            "collapse_lr": 0.2,
-            "collapse_steps": 250,
-        },
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, SymmetryConfig, run, QUICK, figures=(symmetry_figures,)))

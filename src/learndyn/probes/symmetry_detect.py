@@ -86,6 +86,15 @@ _AVGPOOL_FUNCTIONS: set[Any] = {
     F.adaptive_avg_pool3d,
 }
 _SOFTMAX_FUNCTIONS: set[Any] = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_MODULE_CATS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    (_LAYERS, "layer"),
+    (_NORMS, "norm"),
+    (_ACT_MODULES, "act"),
+    ((nn.Identity,), "id"),
+    (_MAXPOOL_MODULES, "maxpool"),
+    (_AVGPOOL_MODULES, "avgpool"),
+)
+"""Module types by op category, tried in order."""
 _ACT_METHODS = {"relu", "relu_"}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
@@ -154,18 +163,9 @@ class _Node:
 
 
 def _module_cat(module: nn.Module) -> str:
-    if isinstance(module, _LAYERS):
-        return "layer"
-    if isinstance(module, _NORMS):
-        return "norm"
-    if isinstance(module, _ACT_MODULES):
-        return "act"
-    if isinstance(module, nn.Identity):
-        return "id"
-    if isinstance(module, _MAXPOOL_MODULES):
-        return "maxpool"
-    if isinstance(module, _AVGPOOL_MODULES):
-        return "avgpool"
+    for types, cat in _MODULE_CATS:
+        if isinstance(module, types):
+            return cat
     if isinstance(module, nn.Flatten):
         return "flatten" if module.start_dim == 1 and module.end_dim == -1 else "other"
     if isinstance(module, nn.Softmax | nn.LogSoftmax):

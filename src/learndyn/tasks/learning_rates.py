@@ -1,105 +1,27 @@
 """The learning rates the optimizer comparison uses when it neither gets one nor tunes one.
 
-:data:`DEFAULT_LRS` are per task and canonical optimizer label (see :func:`learndyn.tasks.compare.default_lr`
-for how ``cgd-diag`` finds ``cgd-diag-a0.5``); :data:`FAMILY_LR` are the fallbacks per optimizer family.
+They are data -- what ``benchmarks/bench_optim_quality.py`` chose -- kept in ``learning_rates.toml`` beside
+this module: :data:`DEFAULT_LRS` per task and canonical optimizer label (see
+:func:`learndyn.tasks.compare.default_lr` for how ``cgd-diag`` finds ``cgd-diag-a0.5``) and :data:`FAMILY_LR`,
+the fallbacks per optimizer family.
 """
 
 from __future__ import annotations
 
+import tomllib
+from importlib import resources
+
 __all__ = ["DEFAULT_LRS", "FAMILY_LR"]
 
-FAMILY_LR = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "cgd": 1e-3}
+_TABLE = tomllib.loads(resources.files(__package__).joinpath("learning_rates.toml").read_text("utf-8"))
+
+FAMILY_LR: dict[str, float] = dict(_TABLE["family"])
 """Fallback learning rates when neither a fixed lr nor a :data:`DEFAULT_LRS` entry applies."""
 
 DEFAULT_LRS: dict[tuple[str, str], float] = {
-    ("rosenbrock-2d", "sgd"): 0.001,
-    ("rosenbrock-2d", "momentum"): 0.001,
-    ("rosenbrock-2d", "adam"): 1.0,
-    ("rosenbrock-2d", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-2d", "cgd-diag-a0.5"): 1.0,
-    ("rosenbrock-2d", "cgd-diag-a0.75"): 10.0,
-    ("rosenbrock-2d", "cgd-diag-a1"): 31.6,
-    ("rosenbrock-2d", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-2d", "cgd-kron-a0.5"): 1.0,
-    ("rosenbrock-2d", "cgd-kron-a0.75"): 10.0,
-    ("rosenbrock-2d", "cgd-kron-a1"): 31.6,
-    ("rosenbrock-2d", "cgd-full-a0.25"): 0.01,
-    ("rosenbrock-2d", "cgd-full-a0.5"): 0.01,
-    ("rosenbrock-2d", "cgd-full-a0.75"): 3.16e-07,
-    ("rosenbrock-2d", "cgd-full-a1"): 3.16e-07,
-    ("rosenbrock-100d", "sgd"): 0.001,
-    ("rosenbrock-100d", "momentum"): 0.001,
-    ("rosenbrock-100d", "adam"): 0.1,
-    ("rosenbrock-100d", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-100d", "cgd-diag-a0.5"): 0.1,
-    ("rosenbrock-100d", "cgd-diag-a0.75"): 0.316,
-    ("rosenbrock-100d", "cgd-diag-a1"): 10.0,
-    ("rosenbrock-100d", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-100d", "cgd-kron-a0.5"): 0.1,
-    ("rosenbrock-100d", "cgd-kron-a0.75"): 0.316,
-    ("rosenbrock-100d", "cgd-kron-a1"): 10.0,
-    ("rosenbrock-100d", "cgd-full-a0.25"): 3.16e-05,
-    ("rosenbrock-100d", "cgd-full-a0.5"): 1e-06,
-    ("rosenbrock-100d", "cgd-full-a0.75"): 3.16e-07,
-    ("rosenbrock-100d", "cgd-full-a1"): 3.16e-07,
-    ("rosenbrock-2d-noisy", "sgd"): 0.001,
-    ("rosenbrock-2d-noisy", "momentum"): 0.001,
-    ("rosenbrock-2d-noisy", "adam"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.5"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.75"): 10.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a1"): 31.6,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.5"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.75"): 10.0,
-    ("rosenbrock-2d-noisy", "cgd-kron-a1"): 31.6,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.25"): 0.01,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.5"): 0.00316,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.75"): 0.001,
-    ("rosenbrock-2d-noisy", "cgd-full-a1"): 0.0001,
-    ("multiplication", "sgd"): 0.1,
-    ("multiplication", "momentum"): 0.316,
-    ("multiplication", "adam"): 0.0316,
-    ("multiplication", "cgd-diag-a0.25"): 0.316,
-    ("multiplication", "cgd-diag-a0.5"): 0.0316,
-    ("multiplication", "cgd-diag-a0.75"): 0.001,
-    ("multiplication", "cgd-diag-a1"): 3.16e-05,
-    ("multiplication", "cgd-kron-a0.25"): 0.1,
-    ("multiplication", "cgd-kron-a0.5"): 0.01,
-    ("multiplication", "cgd-kron-a0.75"): 0.000316,
-    ("multiplication", "cgd-kron-a1"): 1e-05,
-    ("multiplication", "cgd-full-a0.25"): 0.0316,
-    ("multiplication", "cgd-full-a0.5"): 0.000316,
-    ("multiplication", "cgd-full-a0.75"): 3.16e-06,
-    ("multiplication", "cgd-full-a1"): 3.16e-07,
-    ("digits", "sgd"): 1.0,
-    ("digits", "momentum"): 0.316,
-    ("digits", "adam"): 0.0316,
-    ("digits", "cgd-diag-a0.25"): 0.316,
-    ("digits", "cgd-diag-a0.5"): 0.0316,
-    ("digits", "cgd-diag-a0.75"): 0.00316,
-    ("digits", "cgd-diag-a1"): 0.0001,
-    ("digits", "cgd-kron-a0.25"): 0.316,
-    ("digits", "cgd-kron-a0.5"): 0.0316,
-    ("digits", "cgd-kron-a0.75"): 0.001,
-    ("digits", "cgd-kron-a1"): 3.16e-05,
-    ("deep-linear", "sgd"): 3.16,
-    ("deep-linear", "momentum"): 1.0,
-    ("deep-linear", "adam"): 0.0316,
-    ("deep-linear", "cgd-diag-a0.25"): 1.0,
-    ("deep-linear", "cgd-diag-a0.5"): 0.0316,
-    ("deep-linear", "cgd-diag-a0.75"): 0.001,
-    ("deep-linear", "cgd-diag-a1"): 3.16e-05,
-    ("deep-linear", "cgd-kron-a0.25"): 0.316,
-    ("deep-linear", "cgd-kron-a0.5"): 0.01,
-    ("deep-linear", "cgd-kron-a0.75"): 0.0001,
-    ("deep-linear", "cgd-kron-a1"): 1e-06,
-    ("deep-linear", "cgd-full-a0.25"): 0.316,
-    ("deep-linear", "cgd-full-a0.5"): 0.00316,
-    ("deep-linear", "cgd-full-a0.75"): 3.16e-05,
-    ("deep-linear", "cgd-full-a1"): 3.16e-07,
+    (task, label): lr for task, row in _TABLE["task"].items() for label, lr in row.items()
 }
 """Learning rates per ``(task, optimizer label)``: the values ``benchmarks/bench_optim_quality.py`` chose
-(adaptive search on the held-out seed, default task budgets). Labels are canonical (``cgd-diag-a0.5``);
-:func:`default_lr` maps ``cgd-diag`` etc. onto them. Chosen for fewest steps to target, so some are
-aggressive (e.g. Adam at 1.0 on Rosenbrock reaches the target fast, then oscillates)."""
+(adaptive search on the held-out seed, default task budgets). Labels are canonical (``cgd-diag-a0.5``).
+Chosen for fewest steps to target, so some are aggressive (e.g. Adam at 1.0 on Rosenbrock reaches the target
+fast, then oscillates)."""

@@ -157,30 +157,31 @@ def sgd_max_stable_lr(H: Any, batch: int) -> float:
     )
 
 
-def sgd_stationary_covariance(H: Any, lr: float, batch: int, noise_var: float) -> np.ndarray:
-    """Exact stationary covariance ``Σ = E[(w − w*)(w − w*)ᵀ]`` of online minibatch SGD (closed form)."""
+def _stationary(H: Any, lr: float, batch: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(eigenvectors of H, κ, margins 2 − η(1 + 1/B)λ_i)`` where SGD has a stationary second moment;
+    raise naming the threshold where it has none (``lr`` and ``batch`` already checked)."""
     evals, evecs = _pd_eigh(H)
-    lr, batch, noise_var = _check_common(lr, batch, noise_var)
     kappa, margin = _kappa(evals, lr, batch)
     if not kappa < 1.0:
         raise LearndynValueError(
             f"lr={lr!r} is out of range (SGD variance diverges); "
             f"allowed: lr < {sgd_max_stable_lr(H, batch):.6g}"
         )
+    return evecs, kappa, margin
+
+
+def sgd_stationary_covariance(H: Any, lr: float, batch: int, noise_var: float) -> np.ndarray:
+    """Exact stationary covariance ``Σ = E[(w − w*)(w − w*)ᵀ]`` of online minibatch SGD (closed form)."""
+    lr, batch, noise_var = _check_common(lr, batch, noise_var)
+    evecs, kappa, margin = _stationary(H, lr, batch)
     diag = (lr * noise_var / batch) / ((1.0 - kappa) * margin)
     return (evecs * diag) @ evecs.T
 
 
 def sgd_stationary_excess_loss(H: Any, lr: float, batch: int, noise_var: float) -> float:
     """``E[L(w)] − L(w*) = ½ tr(HΣ) = ½ σ² κ/(1 − κ)`` at stationarity."""
-    evals, _ = _pd_eigh(H)
     lr, batch, noise_var = _check_common(lr, batch, noise_var)
-    kappa, _ = _kappa(evals, lr, batch)
-    if not kappa < 1.0:
-        raise LearndynValueError(
-            f"lr={lr!r} is out of range (SGD variance diverges); "
-            f"allowed: lr < {sgd_max_stable_lr(H, batch):.6g}"
-        )
+    _, kappa, _ = _stationary(H, lr, batch)
     return 0.5 * noise_var * kappa / (1.0 - kappa)
 
 
