@@ -90,6 +90,11 @@ def one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
 
+def error_text(exc: BaseException) -> str:
+    """The exception's message on one line, or its type's name when it has none."""
+    return one_line(exc) or type(exc).__name__
+
+
 def exception_line(exc: BaseException) -> str:
     """``"<ExceptionType>: <message on one line>"``, or just the type when the message is empty."""
     text = one_line(exc)

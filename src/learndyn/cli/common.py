@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from learndyn.validation import one_line
+from learndyn.validation import error_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,11 +67,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` as one error line and exit with ``code``."""
     print_error(message)
     raise typer.Exit(code)
-
-
-def error_text(exc: BaseException) -> str:
-    """The exception's message on one line (its type's name when it has none)."""
-    return one_line(exc) or type(exc).__name__
 
 
 def friendly(fn: F) -> F:

@@ -30,7 +30,6 @@ from learndyn.cli.common import (
     StoreOption,
     check_output_path,
     console,
-    error_text,
     fail,
     fmt,
     friendly,
@@ -43,7 +42,7 @@ from learndyn.cli.common import (
 )
 from learndyn.cli.sweep import sweep as _sweep_command
 from learndyn.config import seed_of
-from learndyn.validation import one_line
+from learndyn.validation import error_text, one_line
 
 # typer vendors click: its exception classes, found from the public ones
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

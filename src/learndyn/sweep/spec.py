@@ -67,7 +67,7 @@ from learndyn.config import (
     split_assignment,
     type_name,
 )
-from learndyn.validation import LearndynValueError
+from learndyn.validation import LearndynValueError, error_text
 
 __all__ = [
     "Axis",
@@ -545,7 +545,7 @@ class SweepSpec:
             raise SweepSpecError(str(exc)) from None
         except (ValueError, TypeError) as exc:
             raise SweepSpecError(
-                f"invalid config for experiment {experiment.name!r}: {_one_line(exc)}"
+                f"invalid config for experiment {experiment.name!r}: {error_text(exc)}"
             ) from None
 
     @staticmethod
@@ -555,7 +555,7 @@ class SweepSpec:
         except (ValueError, TypeError) as exc:
             shown = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
             raise SweepSpecError(
-                f"invalid config at {shown} for experiment {experiment.name!r}: {_one_line(exc)}"
+                f"invalid config at {shown} for experiment {experiment.name!r}: {error_text(exc)}"
             ) from None
 
 
@@ -563,10 +563,6 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return _to_text(value)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _derived_id(experiment: str, points: Sequence[SweepPoint]) -> str:
@@ -589,7 +585,7 @@ def _load_text(text: str, path: Path) -> Any:
 
             return yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - any parser error becomes one line
-        raise SweepSpecError(f"cannot parse sweep spec {path}: {_one_line(exc)}") from None
+        raise SweepSpecError(f"cannot parse sweep spec {path}: {error_text(exc)}") from None
     raise SweepSpecError(
         f"sweep spec {path}: unknown file type {suffix!r}; allowed: .yaml, .yml, .toml, .json"
     )
