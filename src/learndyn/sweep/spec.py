@@ -67,6 +67,7 @@ from learndyn.config import (
     split_assignment,
     type_name,
 )
+from learndyn.phenomena import registry
 from learndyn.validation import LearndynValueError, error_text
 
 __all__ = [
@@ -468,8 +469,6 @@ class SweepSpec:
     # --------------------------------------------------------------------------------------- expansion
     def expand(self) -> SweepPlan:
         """Validate and expand into a :class:`SweepPlan` (raises :class:`SweepSpecError`, one line)."""
-        from learndyn.phenomena import registry
-
         try:
             experiment = registry.get(self.experiment)
         except ValueError as exc:
