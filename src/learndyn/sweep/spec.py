@@ -395,7 +395,7 @@ class SweepSpec:
         for item in grid:
             key, value = split_assignment(item, "--grid", SweepSpecError)
             if key in axes:
-                raise SweepSpecError(f"--grid {key}=... is given twice; allowed: one --grid per field")
+                raise SweepSpecError(f"--grid {key!r} is given twice; allowed: one --grid per field")
             axes[key] = value
         sets: dict[str, Any] = {}
         for item in overrides:
