@@ -112,10 +112,11 @@ def _big_matmul_rate() -> float:
 
 
 def _ensemble_step_seconds(configs: list[Any], steps: int) -> float:
-    """Seconds per step of :func:`~learndyn.sweep.ensemble.train_ensemble` (forward, backward, stacked SGD
+    """Seconds per step of :func:`~learndyn.training.train_ensemble` (forward, backward, stacked SGD
     step, divergence check) for these configs' models on one fixed minibatch per member."""
+    from learndyn.optim.stacked import StackedSGD
     from learndyn.phenomena.mlp_teacher import build_student, mse, teacher_data
-    from learndyn.sweep import StackedSGD, train_ensemble
+    from learndyn.training import train_ensemble
 
     c0 = configs[0]
     data = teacher_data(c0)

@@ -10,9 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from learndyn.cli import app
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import Experiment, ExperimentResult
 from learndyn.store import Recorder, RunStore
@@ -71,20 +69,6 @@ if TINY not in registry._REGISTRY:
             TINY, "a tiny decay experiment for CLI tests", TinyConfig, run_tiny, quick_overrides={"steps": 7}
         )
     )
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("LEARNDYN_STORE", str(tmp_path / "store.duckdb"))
-    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("LEARNDYN_DEBUG", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def _store(tmp_path) -> RunStore:

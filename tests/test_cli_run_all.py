@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from typer.testing import CliRunner
 
 import learndyn.phenomena  # noqa: F401  (the built-in experiments, registered before the registry is swapped)
-from learndyn.cli import app
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import Experiment, ExperimentResult
 from learndyn.store import Recorder, RunStore
@@ -53,16 +51,6 @@ def _experiments(**theory_overrides) -> dict[str, Experiment]:
     )
     other = Experiment("tiny-no-theory", "no closed form", NoTheoryConfig, run_no_theory)
     return {e.name: e for e in (good, bad, other)}
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("LEARNDYN_STORE", str(tmp_path / "store.duckdb"))
-    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("LEARNDYN_DEBUG", raising=False)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def _runs(tmp_path):

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from learndyn.phenomena import registry
-from learndyn.phenomena.optimizer_comparison import OptimizerComparisonConfig
-from learndyn.report.optimizer_comparison import comparison_curves, comparison_figure
+from learndyn.phenomena.optimizer_comparison import (
+    OptimizerComparisonConfig,
+    comparison_curves,
+    comparison_figure,
+)
 from learndyn.store.recorder import MemoryRecorder
 from learndyn.tasks import get_task
 from learndyn.tasks.compare import (

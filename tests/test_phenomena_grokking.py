@@ -20,16 +20,13 @@ from learndyn.phenomena import registry
 from learndyn.phenomena.grokking import (
     NAME,
     GrokkingConfig,
-    first_event,
-    fourier_spectrum,
-    gini,
     grokking_figures,
     modular_addition_split,
     reproduction_shortfall,
     run,
-    topk_fraction,
 )
-from learndyn.probes.stages import StageEvent
+from learndyn.probes.fourier import fourier_spectrum, gini, topk_fraction
+from learndyn.probes.stages import StageEvent, first_event
 from learndyn.store import RunStore
 from learndyn.store.recorder import MemoryRecorder
 from learndyn.validation import LearndynValueError

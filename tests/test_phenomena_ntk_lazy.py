@@ -14,7 +14,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from _crashing import Crash, CrashingCheckpointer
 from learndyn.config import apply_overrides
 from learndyn.phenomena import ntk_lazy, registry
 from learndyn.phenomena.ntk_lazy import NTKLazyConfig, fit_exponent
@@ -96,13 +95,13 @@ def test_a_wrong_theory_input_fails_by_far(monkeypatch):
     assert result.agreement > 5 * result.tolerance, result.agreement
 
 
-def test_resumed_run_reproduces_the_uninterrupted_one():
+def test_resumed_run_reproduces_the_uninterrupted_one(crashing_checkpointer):
     config = _quick(widths=(32, 64), output_scales=(1.0,), seeds=1, steps=100, kernel_every=30)
     reference = ntk_lazy.run(config, MemoryRecorder())
     recorder = MemoryRecorder()
     # crash mid-way through the second network
-    recorder.checkpointer = CrashingCheckpointer(crash_at_save=3, every=40)
-    with pytest.raises(Crash):
+    recorder.checkpointer = crashing_checkpointer(crash_at_save=3, every=40)
+    with pytest.raises(crashing_checkpointer.Crash):
         ntk_lazy.run(config, recorder)
     recorder.checkpointer.crash_at_save = 0
     resumed = ntk_lazy.run(config, recorder)

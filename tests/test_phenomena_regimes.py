@@ -14,13 +14,7 @@ import torch
 
 from learndyn.config import apply_overrides
 from learndyn.phenomena import registry
-from learndyn.phenomena.regimes import (
-    RegimesConfig,
-    make_task,
-    participation_ratio_of,
-    predicted_update_covariance,
-    stationary_theory,
-)
+from learndyn.phenomena.regimes import RegimesConfig, make_task, stationary_theory
 from learndyn.store.recorder import MemoryRecorder
 from learndyn.validation import LearndynValueError
 
@@ -75,16 +69,6 @@ def test_alpha_half_whitens_the_updates(quick):
         assert s[f"updates/{label}/pr"] == pytest.approx(s[f"updates/{label}/pr_theory"], rel=0.05)
     assert recorder.series("sim/update_pr/a=0.5,full,stationary")[0].size > 3
     assert recorder.series("updates/pr/a=1,full,kappa=100")[0].size > 3  # the PR over time while learning
-
-
-def test_predicted_update_covariance():
-    C = np.diag([4.0, 1.0, 0.0])
-    np.testing.assert_allclose(predicted_update_covariance(C, 0.5, "full"), np.diag([1.0, 1.0, 0.0]))
-    np.testing.assert_allclose(predicted_update_covariance(C, 1.0, "full"), np.diag([0.25, 1.0, 0.0]))
-    A = np.array([[4.0, 2.0], [2.0, 9.0]])
-    corr = predicted_update_covariance(A, 0.5, "diag")
-    np.testing.assert_allclose(np.diag(corr), 1.0)
-    assert participation_ratio_of([1.0, 1.0, 0.0]) == pytest.approx(2.0)
 
 
 def test_task_is_a_reparametrised_isotropic_problem():

@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from _crashing import Crash, CrashingCheckpointer
 from learndyn.config import apply_overrides
 from learndyn.phenomena import registry, sgd_stationary
 from learndyn.phenomena.sgd_stationary import (
@@ -97,12 +96,13 @@ def test_a_wrong_theory_input_fails_by_far(monkeypatch):
     assert result.agreement > 10 * result.tolerance, result.agreement
 
 
-def test_resumed_run_reproduces_the_uninterrupted_one():
+def test_resumed_run_reproduces_the_uninterrupted_one(crashing_checkpointer):
     config = _quick(lrs=(0.2, 0.3), chains=200, samples=10)
     reference = sgd_stationary.run(config, MemoryRecorder())
     recorder = MemoryRecorder()
-    recorder.checkpointer = CrashingCheckpointer(crash_at_save=4, every=50)  # during the second learning rate
-    with pytest.raises(Crash):
+    # crash during the second learning rate
+    recorder.checkpointer = crashing_checkpointer(crash_at_save=4, every=50)
+    with pytest.raises(crashing_checkpointer.Crash):
         sgd_stationary.run(config, recorder)
     recorder.checkpointer.crash_at_save = 0
     resumed = sgd_stationary.run(config, recorder)

@@ -15,14 +15,9 @@ import pytest
 from learndyn.checkpoint import RunCheckpointer
 from learndyn.config import apply_overrides
 from learndyn.phenomena import registry
-from learndyn.phenomena.symmetry import (
-    SymmetryConfig,
-    decay_errors,
-    relu_net,
-    soft_threshold_spectrum,
-)
+from learndyn.phenomena.symmetry import SymmetryConfig, relu_net
 from learndyn.store.recorder import MemoryRecorder
-from learndyn.theory.symmetry import neuron_balance
+from learndyn.theory.symmetry import decay_errors, neuron_balance
 from learndyn.validation import LearndynValueError
 
 
@@ -67,11 +62,6 @@ def test_probe_measures_the_neuron_balance():
     net = relu_net(config, 3)
     q = neuron_balance(net[0].weight, net[2].weight, net[0].bias)
     assert (q > 0).any() and (q < 0).any()  # the initialisation is unbalanced both ways
-
-
-def test_soft_threshold_spectrum():
-    np.testing.assert_allclose(soft_threshold_spectrum([1.0, 3.0, 2.0], 1.5, 2), [1.5, 0.5])
-    np.testing.assert_allclose(soft_threshold_spectrum([1.0, 3.0], 0.0, 5), [3.0, 1.0])
 
 
 TINY = {

@@ -17,13 +17,7 @@ from learndyn.probes.curvature import (
 )
 from learndyn.validation import LearndynValueError
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _setup(B=16):

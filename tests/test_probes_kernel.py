@@ -10,13 +10,7 @@ from learndyn.probes.base import ProbeContext
 from learndyn.probes.kernel import KernelProbe, empirical_ntk, kernel_target_alignment, target_matrix
 from learndyn.validation import LearndynValueError
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _setup(n=6, conv=False):

@@ -10,13 +10,7 @@ from learndyn.probes.base import ProbeContext
 from learndyn.probes.noise import NoiseProbe, shared_gradient_gram
 from learndyn.validation import LearndynValueError
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _setup(B=8, seq=False):

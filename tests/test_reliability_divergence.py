@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from learndyn.optim import CovariantGD
-from learndyn.store import MemoryRecorder, RunStore
+from learndyn.store import MemoryRecorder
 from learndyn.training import train_loop
 
 
@@ -41,11 +41,6 @@ class _NanGrad(torch.autograd.Function):
 
 def _nan_grad_loss(out, target):
     return nn.functional.mse_loss(_NanGrad.apply(out), target)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "s.duckdb")
 
 
 def test_inf_loss_marks_the_run_diverged_with_step_and_keeps_rows(store):

@@ -45,11 +45,6 @@ def log_demo_run(store: RunStore, rate: float, steps: int = 40, sweep_id: str | 
     return run.id
 
 
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "s.duckdb")
-
-
 def test_plan_sections_groups_by_rule():
     names = [
         "loss",

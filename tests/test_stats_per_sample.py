@@ -8,13 +8,7 @@ from torch import nn
 from learndyn.stats import HookGramCollector, gradient_gram, gram_from_per_sample, per_sample_grads
 from learndyn.validation import LearndynValueError
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def reference_grads(model, loss_fn, x, y):

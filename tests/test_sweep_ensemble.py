@@ -12,8 +12,10 @@ import torch
 from learndyn.optim import CovariantGD
 from learndyn.optim.stacked import StackedAdam, StackedCovariantDiag, StackedSGD, per_member
 from learndyn.phenomena.mlp_teacher import MLPTeacherConfig, build_student, run, run_ensemble
+from learndyn.phenomena.registry import ensemble_support
 from learndyn.store import MemoryRecorder
-from learndyn.sweep.ensemble import ensemble_key, ensemble_support, train_ensemble
+from learndyn.sweep.spec import ensemble_key
+from learndyn.training import train_ensemble
 from learndyn.validation import LearndynValueError
 
 SHAPES = [(4, 3), (4,), (2, 4)]

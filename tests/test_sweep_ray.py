@@ -20,12 +20,6 @@ pytestmark = pytest.mark.slow  # starting Ray takes 10-20 s on a busy 2-core mac
 RAY_INIT = {"include_dashboard": False, "object_store_memory": 100 * 1024**2}
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
-    return RunStore(tmp_path / "store.duckdb")
-
-
 def test_ray_sweep_starts_a_local_instance_and_resumes(store):
     assert not ray.is_initialized()
     spec = SweepSpec.from_cli("mlp-teacher", ["lr=0.01,0.1", "seed=range(3)", "width=8,16"], ["steps=15"])

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from learndyn.phenomena import registry
-from learndyn.phenomena.registry import Experiment, ExperimentResult
+from learndyn.phenomena.registry import Experiment, ExperimentResult, MemberOutcome, register_ensemble
 from learndyn.report.html import build_html_report
 from learndyn.report.phase import (
     phase_diagram_figure,
@@ -21,7 +21,7 @@ from learndyn.report.phase import (
     swept_fields,
 )
 from learndyn.store import MemoryRecorder, Recorder, RunStore
-from learndyn.sweep import MemberOutcome, SweepSpec, register_ensemble, run_sweep
+from learndyn.sweep import SweepSpec, run_sweep
 from learndyn.validation import LearndynValueError
 
 GRID = "test-sweep-grid"

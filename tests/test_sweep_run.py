@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from learndyn.cli import app
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import Experiment, ExperimentResult
 from learndyn.store import Recorder, RunStore
@@ -54,12 +52,6 @@ if FLAKY not in registry._REGISTRY:
     registry.register(
         Experiment(FLAKY, "a tiny experiment that fails or holds on demand", FlakyConfig, run_flaky)
     )
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> RunStore:
-    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
-    return RunStore(tmp_path / "store.duckdb")
 
 
 def _by_hash(store: RunStore, sweep_id: str) -> dict[str, list[str]]:
@@ -188,15 +180,6 @@ def test_local_pool_two_workers_with_a_killed_worker(store, tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("LEARNDYN_STORE", str(tmp_path / "cli.duckdb"))
-    monkeypatch.setenv("LEARNDYN_PROGRESS", "0")
-    monkeypatch.setenv("COLUMNS", "200")
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
-
-
 def test_cli_sweep_runs_resumes_and_reports(cli, tmp_path):
     args = [
         "sweep",
@@ -217,7 +200,7 @@ def test_cli_sweep_runs_resumes_and_reports(cli, tmp_path):
     dry = cli(*args, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "8 configs of mlp-teacher" in dry.stdout and dry.stdout.count("to run") >= 8
-    assert not (tmp_path / "cli.duckdb").exists()
+    assert not (tmp_path / "store.duckdb").exists()
     first = cli(*args, "--report", str(tmp_path / "r.html"))
     assert first.exit_code == 0, first.output
     assert "completed" in first.stdout and "8" in first.stdout
@@ -228,7 +211,7 @@ def test_cli_sweep_runs_resumes_and_reports(cli, tmp_path):
     sweep_id = next(
         line.split()[1].rstrip(":") for line in again.stdout.splitlines() if line.startswith("sweep ")
     )
-    runs = RunStore(tmp_path / "cli.duckdb").runs(sweep_id=sweep_id)
+    runs = RunStore(tmp_path / "store.duckdb").runs(sweep_id=sweep_id)
     assert len(runs) == 8 and set(runs["status"]) == {"completed"}
 
 
@@ -237,7 +220,7 @@ def test_cli_sweep_spec_file_and_named_sweep(cli, tmp_path):
     spec.write_text('experiment = "test-sweep-flaky"\n[grid]\nseed = "range(3)"\n')
     result = cli("sweep", "--spec", str(spec), "--name", "mine", "-e", "serial")
     assert result.exit_code == 0, result.output
-    assert len(RunStore(tmp_path / "cli.duckdb").runs(sweep_id="mine")) == 3
+    assert len(RunStore(tmp_path / "store.duckdb").runs(sweep_id="mine")) == 3
 
 
 def test_cli_sweep_failures_exit_1_and_say_how_to_retry(cli, tmp_path):
@@ -269,4 +252,4 @@ def test_cli_sweep_bad_input_is_one_line_exit_2(cli, tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and needle in err, err
-    assert not Path(tmp_path / "cli.duckdb").exists()  # nothing ran
+    assert not Path(tmp_path / "store.duckdb").exists()  # nothing ran

@@ -18,9 +18,13 @@ from torch import nn
 from learndyn.theory import (
     balance_flow,
     balance_gd,
+    balance_product_variance,
+    decay_errors,
     neuron_balance,
     scalar_balance_sgd,
     scalar_balance_step,
+    sgd_stationary_covariance,
+    soft_threshold_spectrum,
 )
 from learndyn.validation import LearndynValueError
 
@@ -130,3 +134,40 @@ def test_validation_messages():
         balance_gd(np.ones(3), 0.1, [5], grad_sq_diff=np.ones((2, 3)))
     with pytest.raises(LearndynValueError, match="weight_decay"):
         balance_flow(np.ones(3), [1.0], weight_decay=-1.0)
+
+
+def test_soft_threshold_spectrum():
+    np.testing.assert_allclose(soft_threshold_spectrum([1.0, 3.0, 2.0], 1.5, 2), [1.5, 0.5])
+    np.testing.assert_allclose(soft_threshold_spectrum([1.0, 3.0], 0.0, 5), [3.0, 1.0])
+
+
+def test_soft_threshold_spectrum_is_where_weight_decayed_factors_converge():
+    """Gradient descent on ½‖W₂W₁ − T‖² + (λ/2)(‖W₁‖² + ‖W₂‖²) reaches the soft-thresholded spectrum."""
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    V, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    sv, lam, lr = np.array([3.0, 2.0, 1.0, 0.3]), 0.5, 0.05
+    T = (U * sv) @ V.T
+    W1, W2 = 0.1 * rng.standard_normal((4, 4)), 0.1 * rng.standard_normal((4, 4))
+    for _ in range(4000):
+        R = W2 @ W1 - T
+        W1, W2 = W1 - lr * (W2.T @ R + lam * W1), W2 - lr * (R @ W1.T + lam * W2)
+    np.testing.assert_allclose(
+        np.linalg.svd(W2 @ W1, compute_uv=False), soft_threshold_spectrum(sv, lam, 4), atol=1e-6
+    )
+
+
+def test_decay_errors_vanish_on_the_exponential_law():
+    t = np.linspace(0.0, 3.0, 7)
+    q = balance_flow(np.array([1.0, -2.0, 0.5]), t, 0.3)
+    np.testing.assert_allclose(decay_errors(q, t, 0.3), 0.0, atol=1e-15)
+    assert decay_errors(q, t, 0.3, rate=1.0).max() > 0.3  # the wrong rate is visibly off
+
+
+def test_product_variance_is_the_one_dimensional_sgd_covariance():
+    q, lr, batch, h, s2, v_star = 1.5, 0.02, 2, 1.3, 0.7, 1.0
+    lr_eff = lr * np.sqrt(q * q + 4 * v_star * v_star)
+    expected = sgd_stationary_covariance([[h]], lr_eff, batch, s2)[0, 0]
+    assert balance_product_variance(q, lr, batch, h, s2, v_star) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(LearndynValueError, match="batch=0 is out of range"):
+        balance_product_variance(q, lr, 0, h, s2, v_star)

@@ -20,13 +20,13 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any, Literal, Union
 
 import numpy as np
 
-from learndyn.validation import LearndynValueError
+from learndyn.validation import LearndynValueError, check_int, check_real
 
 __all__ = [
     "ConfigError",
@@ -34,7 +34,9 @@ __all__ = [
     "config_fields",
     "config_from_dict",
     "config_to_dict",
+    "check_run_fields",
     "parse_value",
+    "seed_of",
 ]
 
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
@@ -109,6 +111,31 @@ def parse_value(text: str, tp: Any) -> Any:
         raise ValueError(f"{text!r} is not {type_name(tp)}") from None
 
 
+def _first_fit(value: Any, types_: tuple[Any, ...], convert: Callable[[Any, Any], Any]) -> Any:
+    """``convert(value, t)`` for the first non-None type ``t`` of a union that takes ``value``."""
+    for arg in types_:
+        if arg is type(None):
+            continue
+        try:
+            return convert(value, arg)
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def _sequence(items: list[Any], tp: Any, convert: Callable[[Any, Any], Any]) -> Any:
+    """``items`` converted item by item to the sequence type ``tp``: a fixed-length tuple, a ``tuple[X,
+    ...]`` or a list (``Sequence`` gives a tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(items) != len(args):
+            raise _Mismatch
+        return tuple(convert(v, a) for v, a in zip(items, args, strict=True))
+    inner = args[0] if args else Any
+    values = [convert(v, inner) for v in items]
+    return values if origin is list or tp is list else tuple(values)
+
+
 def _parse(text: str, tp: Any) -> Any:
     text = text.strip()
     origin = typing.get_origin(tp)
@@ -133,27 +160,14 @@ def _parse(text: str, tp: Any) -> Any:
     if origin in (Union, types.UnionType):
         if type(None) in args and text.lower() in _NONE:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _parse(text, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
+        return _first_fit(text, args, _parse)
     if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
         if text[:1] + text[-1:] in ("[]", "()"):
             text = text[1:-1].strip()
         parts = [p.strip() for p in text.split(",")] if text else []
         if parts and parts[-1] == "":  # allow a trailing comma: "lrs=0.1,"
             parts = parts[:-1]
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(parts) != len(args):
-                raise _Mismatch
-            return tuple(_parse(p, a) for p, a in zip(parts, args, strict=True))
-        inner = args[0] if args else Any
-        values = [_parse(p, inner) for p in parts]
-        return values if origin is list or tp is list else tuple(values)
+        return _sequence(parts, tp, _parse)
     if tp is bool:
         low = text.lower()
         if low in _TRUE:
@@ -243,24 +257,11 @@ def _conform(value: Any, tp: Any) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _conform(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
+        return _first_fit(value, args, _conform)
     if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
         if not isinstance(value, list | tuple):
             raise _Mismatch
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise _Mismatch
-            return tuple(_conform(v, a) for v, a in zip(value, args, strict=True))
-        inner = args[0] if args else Any
-        items = [_conform(v, inner) for v in value]
-        return items if origin is list or tp is list else tuple(items)
+        return _sequence(list(value), tp, _conform)
     if origin in (dict, Mapping, typing.Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise _Mismatch
@@ -407,3 +408,23 @@ def config_from_dict(config_cls: type, data: Mapping[str, Any], *, experiment: s
         raise ConfigError(f"unknown config key {unknown[0]!r} for {owner}; allowed: {allowed}")
     kwargs = {key: _given(key, value, field_types[key], owner) for key, value in data.items()}
     return config_cls(**kwargs)
+
+
+def seed_of(config: Any) -> int | None:
+    """The config's ``seed`` field when it is an int (what a stored run records as its seed), else None."""
+    seed = getattr(config, "seed", None)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def check_run_fields(config: Any, owner: str, *, tolerance: bool = True) -> None:
+    """Validate the fields experiment configs share, those ``config`` has (one-line errors naming ``owner``):
+    ``seed`` (an int ``>= 0``), ``checkpoint_every`` (``None`` or an int ``>= 0``), ``threads`` (``None`` or
+    an int ``>= 1``) and, unless ``tolerance=False``, ``tolerance`` (a real ``> 0``, stored as a float)."""
+    if hasattr(config, "seed"):
+        check_int("seed", config.seed, low=0, owner=owner)
+    if getattr(config, "checkpoint_every", None) is not None:
+        check_int("checkpoint_every", config.checkpoint_every, low=0, owner=owner)
+    if getattr(config, "threads", None) is not None:
+        check_int("threads", config.threads, low=1, owner=owner)
+    if tolerance and hasattr(config, "tolerance"):
+        config.tolerance = check_real("tolerance", config.tolerance, low=0.0, low_open=True, owner=owner)

@@ -1,34 +1,26 @@
-"""Helpers shared by the stepwise-learning phenomena (:mod:`.deep_linear`, :mod:`.ssl_stepwise`)."""
+"""Helpers shared by phenomena that time stages of learning: crossings of a level, full-batch descent."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 
-from learndyn.validation import LearndynValueError
+from learndyn.training import LoopResult, train_loop
 
 MAX_CHECKPOINTS = 20
 """A loop checkpoints at most about this many times: each checkpoint also flushes the run store."""
 
 
-def float_tuple(owner: str, name: str, value: object) -> tuple[float, ...]:
-    """``value`` as a tuple: accepts ``"3,1.5,0.75"`` (from ``--set``), one number, or a sequence."""
-    if isinstance(value, str):
-        try:
-            return tuple(float(p) for p in value.split(",") if p.strip())
-        except ValueError:
-            raise LearndynValueError(
-                f"{owner}.{name}={value!r} is not a list of numbers; allowed: e.g. 3,1.5,0.75"
-            ) from None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (float(value),)
-    try:
-        return tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise LearndynValueError(
-            f"{owner}.{name}={value!r} is not allowed; allowed: a list of numbers"
-        ) from None
+def first_step(steps: np.ndarray, values: np.ndarray, level: float, *, below: bool = False) -> float:
+    """First entry of ``steps`` with ``values ≥ level`` (``below=True``: ``≤ level``); ``nan`` if none."""
+    values = np.asarray(values)
+    hit = np.nonzero(values <= level if below else values >= level)[0]
+    return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan  # one nan object: tables compare equal
 
 
 def crossing_step(steps: np.ndarray, values: np.ndarray, level: float) -> float:
@@ -54,3 +46,38 @@ def loop_checkpoint_every(checkpointer: Any, steps: int) -> int:
     if every == 0:
         return 0
     return max(int(every or 0), -(-steps // MAX_CHECKPOINTS), 1)
+
+
+def full_batch_descent(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: tuple[Tensor, Tensor],
+    steps: int,
+    *,
+    seed: int,
+    recorder: Any,
+    tracker: Any,
+    every: int,
+    key: str,
+    progress: str,
+) -> LoopResult:
+    """Full-batch descent on ``batch`` with :func:`~learndyn.training.train_loop`: the loss every ``every``
+    steps, ``tracker`` (the loop's monitor) after each step, checkpoints under ``key`` at most
+    ``MAX_CHECKPOINTS`` times when the recorder has a checkpointer. The caller measures the final state."""
+    checkpointer = getattr(recorder, "checkpointer", None)
+    return train_loop(
+        model,
+        optimizer,
+        lambda _generator: batch,
+        loss_fn,
+        steps,
+        generator=torch.Generator().manual_seed(seed),
+        recorder=recorder,
+        monitor=tracker,
+        log_every=every,
+        checkpointer=checkpointer,
+        checkpoint_every=loop_checkpoint_every(checkpointer, steps),
+        key=key,
+        progress=progress,
+    )

@@ -65,12 +65,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.phenomena._stepwise import crossing_step, float_tuple, loop_checkpoint_every
-from learndyn.phenomena._threads import torch_threads
+from learndyn.config import check_run_fields
+from learndyn.phenomena._figures import mode_color, run_series, sim_theory_traces
+from learndyn.phenomena._stepwise import crossing_step, full_batch_descent
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.stages import StageDetector, StageProbe
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory.deep_linear import (
     LinearTeacher,
@@ -80,10 +81,11 @@ from learndyn.theory.deep_linear import (
     make_teacher,
     mode_strength,
 )
-from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.training.losses import half_squared_error
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "deep-linear"
+DESCRIPTION = "Saxe et al. deep linear network: sigmoidal mode learning and loss stages vs closed form"
 
 
 @dataclass
@@ -122,9 +124,8 @@ class DeepLinearConfig:
 
     def __post_init__(self) -> None:
         owner = "DeepLinearConfig"
-        self.singular_values = tuple(
-            check_real("singular_values", v, low=0.0, low_open=True, owner=owner)
-            for v in float_tuple(owner, "singular_values", self.singular_values)
+        self.singular_values = as_tuple(
+            "singular_values", self.singular_values, owner=owner, item=float, low=0.0, low_open=True
         )
         r = len(self.singular_values)
         if r == 0:
@@ -145,10 +146,7 @@ class DeepLinearConfig:
         if self.t_end is not None:
             self.t_end = check_real("t_end", self.t_end, low=0.0, low_open=True, owner=owner)
         check_int("eval_points", self.eval_points, low=10, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
 
     def train_time(self) -> float:
         """Gradient-flow time to train for (``t_end``, or the automatic choice described above)."""
@@ -161,6 +159,10 @@ class DeepLinearConfig:
     def steps(self) -> int:
         """Number of gradient steps, ``round(t_end / lr)``."""
         return max(1, int(round(self.train_time() / self.lr)))
+
+
+QUICK = {"singular_values": (3.0, 1.5), "init_scale": 1e-5, "lr": 7e-4}
+"""The test-size configuration (``--quick``)."""
 
 
 def make_data(config: DeepLinearConfig) -> tuple[LinearTeacher, np.ndarray, np.ndarray, float]:
@@ -196,11 +198,6 @@ class DeepLinearNet(nn.Sequential):
     def weights(self) -> list[np.ndarray]:
         """The weight matrices, input to output, as numpy arrays."""
         return [m.weight.detach().cpu().numpy() for m in self]
-
-
-def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``L = 1/(2n) Σ_μ ‖f(x_μ) − y_μ‖²`` (the convention of :mod:`learndyn.theory`)."""
-    return 0.5 * (outputs - targets).square().sum(dim=1).mean()
 
 
 def mode_strengths(model: DeepLinearNet, teacher: LinearTeacher) -> np.ndarray:
@@ -302,13 +299,9 @@ class _ModeTracker:
         self.stage_probe.detector = copy.deepcopy(state["detector"])
 
 
+@threaded
 def run(config: DeepLinearConfig, recorder: Recorder) -> ExperimentResult:
     """Train the network, log simulated and predicted mode strengths and losses, detect the stages."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: DeepLinearConfig, recorder: Recorder) -> ExperimentResult:
     teacher, X, Y, residual = make_data(config)
     weights = decoupled_init(teacher, config.hidden, config.init_scale, depth=config.depth, seed=config.seed)
     model = DeepLinearNet(weights)
@@ -317,34 +310,18 @@ def _run(config: DeepLinearConfig, recorder: Recorder) -> ExperimentResult:
     steps = config.steps()
     every = max(1, steps // config.eval_points)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-
     stage_probe = StageProbe(every=every, detector=stage_detector())
     monitor = Monitor(model, half_squared_error, probes=[stage_probe], recorder=recorder, optimizer=optimizer)
     tracker = _ModeTracker(model, teacher, config, residual, recorder, monitor, stage_probe, every)
     tracker.theory(np.append(np.arange(0, steps, every), steps))  # every point the run will measure
 
-    def full_batch(_generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return inputs, targets
-
-    checkpointer = getattr(recorder, "checkpointer", None)
-    loop = train_loop(
-        model,
-        optimizer,
-        full_batch,
-        half_squared_error,
-        steps,
-        generator=generator,
-        recorder=recorder,
-        monitor=tracker,
-        log_every=every,
-        checkpointer=checkpointer,
-        checkpoint_every=loop_checkpoint_every(checkpointer, steps),
-        key="deep-linear",
-        progress=NAME,
+    batch = (inputs, targets)
+    loop = full_batch_descent(
+        model, optimizer, half_squared_error, batch, steps, seed=config.seed, recorder=recorder,
+        tracker=tracker, every=every, key="deep-linear", progress=NAME,
     )
     if loop.status == "completed":
-        tracker.measure(steps, (inputs, targets))  # the final state, after the last update
+        tracker.measure(steps, batch)  # the final state, after the last update
     monitor.close()
     detector = stage_probe.detector  # (restored from a checkpoint when the loop resumed)
     detector.finish()
@@ -411,30 +388,16 @@ def deep_linear_figures(store: Any, run_id: str) -> list[Any]:
     """Report figures: mode strengths (simulation solid, theory dashed) and the loss with stage markers."""
     import plotly.graph_objects as go
 
-    df = store.metrics(run_id, ["sim/*", "theory/*"])
+    series = run_series(store, run_id, ["sim/*", "theory/*"])
     summary = store.run_info(run_id)["summary"] or {}
-    series = {
-        name: (g["step"].to_numpy(), g["value"].to_numpy(dtype=float)) for name, g in df.groupby("name")
-    }
     modes = sorted(
         {n.split("/", 1)[1] for n in series if n.split("/", 1)[1].startswith("mode")},
         key=lambda m: int(m[4:]) if m[4:].isdigit() else 0,
     )
     fig_modes = go.Figure()
     for k, mode in enumerate(modes):
-        color = f"hsl({(k * 67) % 360},70%,45%)"
-        for kind, dash in (("sim", "solid"), ("theory", "dash")):
-            if f"{kind}/{mode}" in series:
-                x, y = series[f"{kind}/{mode}"]
-                fig_modes.add_trace(
-                    go.Scatter(
-                        x=x,
-                        y=y,
-                        mode="lines",
-                        name=f"{mode} ({kind})",
-                        line={"color": color, "dash": dash, "width": 2},
-                    )
-                )
+        for trace in sim_theory_traces(series, mode, mode, color=mode_color(k)):
+            fig_modes.add_trace(trace)
     fig_modes.update_layout(
         title="Mode strengths a_i: simulation (solid) vs Saxe et al. closed form (dashed)",
         xaxis_title="step",
@@ -442,12 +405,8 @@ def deep_linear_figures(store: Any, run_id: str) -> list[Any]:
         template="plotly_white",
     )
     fig_loss = go.Figure()
-    for kind, dash in (("sim", "solid"), ("theory", "dash")):
-        if f"{kind}/loss" in series:
-            x, y = series[f"{kind}/loss"]
-            fig_loss.add_trace(
-                go.Scatter(x=x, y=y, mode="lines", name=f"loss ({kind})", line={"dash": dash, "width": 2})
-            )
+    for trace in sim_theory_traces(series, "loss", "loss"):
+        fig_loss.add_trace(trace)
     for key, value in sorted(summary.items()):
         if key.endswith("/detected_step"):
             fig_loss.add_vline(
@@ -466,14 +425,5 @@ def deep_linear_figures(store: Any, run_id: str) -> list[Any]:
 
 
 EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Saxe et al. deep linear network: sigmoidal mode learning and loss stages vs closed form",
-        config_cls=DeepLinearConfig,
-        run=run,
-        quick_overrides={"singular_values": (3.0, 1.5), "init_scale": 1e-5, "lr": 7e-4},
-    )
+    Experiment(NAME, DESCRIPTION, DeepLinearConfig, run, QUICK, figures=(deep_linear_figures,))
 )
-
-
-register_figure(NAME, deep_linear_figures)

@@ -32,18 +32,17 @@ and the weight norm falls fast). In this MLP, from PyTorch's default initialisat
 
 The hidden progress measure: Fourier concentration
 ---------------------------------------------------
-For a table ``W ∈ R^{p×n}`` indexed by token (the embedding ``E``, or ``W_out``) take the discrete Fourier
-transform over the token axis, ``Ŵ_k = Σ_a W_a e^{−2πika/p}``, and its power per frequency
-``P_k = ‖Ŵ_k‖² + ‖Ŵ_{p−k}‖²`` for ``k = 1 … ⌊p/2⌋`` (``Ŵ_{p−k} = conj Ŵ_k`` for real ``W``, so a
-frequency and its mirror are one real Fourier mode; the Nyquist ``k = p/2`` of an even ``p`` counts once).
-The constant component ``k = 0`` is left out: a token-independent offset carries no information about ``a``.
-The normalised spectrum ``s_k = P_k / Σ_j P_j`` (:func:`fourier_spectrum`) gives two concentrations:
+For a table ``W ∈ R^{p×n}`` indexed by token (the embedding ``E``, or ``W_out``), the normalised power
+``s_k`` of its discrete Fourier transform over the token axis per frequency ``k = 1 … ⌊p/2⌋``
+(:func:`~learndyn.probes.fourier.fourier_spectrum`; ``k = 0`` left out: a token-independent offset carries
+no information about ``a``) gives two concentrations:
 
-* ``topk`` -- the fraction of power in the ``top_k`` strongest frequencies, ``Σ_{k ∈ top} s_k``
-  (:func:`topk_fraction`): about ``top_k / ⌊p/2⌋`` (plus an order-statistics excess) for a random table,
-  → 1 for a table built from ``top_k`` or fewer frequencies;
-* ``gini`` -- the Gini coefficient of ``s`` (:func:`gini`), ``G = Σ_i (2i − m − 1) s_(i) / (m Σ s)`` over
-  the ``m = ⌊p/2⌋`` frequencies sorted ascending: 0 for a flat spectrum, ``1 − 1/m`` for one frequency.
+* ``topk`` -- the fraction of power in the ``top_k`` strongest frequencies
+  (:func:`~learndyn.probes.fourier.topk_fraction`): about ``top_k / ⌊p/2⌋`` (plus an order-statistics
+  excess) for a random table, → 1 for a table built from ``top_k`` or fewer frequencies;
+* ``gini`` -- the Gini coefficient of ``s`` (:func:`~learndyn.probes.fourier.gini`),
+  ``G = Σ_i (2i − m − 1) s_(i) / (m Σ s)`` over the ``m = ⌊p/2⌋`` frequencies sorted ascending: 0 for a
+  flat spectrum, ``1 − 1/m`` for one frequency.
 
 Both are logged for the embedding (``fourier/embed_*``) and the unembedding (``fourier/unembed_*``); the
 spectrum of the embedding is logged as the array ``fourier/embed_spectrum`` (index ``k − 1``).
@@ -104,19 +103,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
+from learndyn.phenomena._figures import run_series
 from learndyn.phenomena._loop_log import LoopLog
-from learndyn.phenomena._stepwise import loop_checkpoint_every
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._stepwise import first_step, loop_checkpoint_every
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.probes.fourier import fourier_spectrum, gini, topk_fraction
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import ParameterDistanceProbe
-from learndyn.probes.stages import StageDetector, StageEvent
-from learndyn.report.hooks import register_figure
+from learndyn.probes.stages import StageDetector, detect_stages, first_event
 from learndyn.store.recorder import Recorder
 from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 NAME = "grokking"
+DESCRIPTION = "Grokking on modular addition: memorise first, generalise much later (Fourier features)"
 SPECTRUM_EVERY = 10
 """The embedding spectrum array is logged every this many evaluations (and at the first and last)."""
 
@@ -189,9 +191,7 @@ class GrokkingConfig:
         self.generalisation_acc = check_real(
             "generalisation_acc", self.generalisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
         )
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
+        check_run_fields(self, owner, tolerance=False)  # tolerance: a fraction, below
         self.min_delay_ratio = check_real(
             "min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner
         )
@@ -200,6 +200,10 @@ class GrokkingConfig:
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""
         return int(round(self.train_fraction * self.p**2))
+
+
+QUICK = {"p": 53, "train_fraction": 0.4, "steps": 2200}
+"""The test-size configuration (``--quick``)."""
 
 
 # ------------------------------------------------------------------------------------------ data and model
@@ -242,50 +246,6 @@ def make_model(config: GrokkingConfig) -> ModularMLP:
 
 
 # ------------------------------------------------------------------------------------------ Fourier measures
-def fourier_spectrum(table: Tensor) -> Tensor:
-    """Normalised power ``s_k`` of ``table`` (``p × n``, rows indexed by token) per frequency ``k ≥ 1``.
-
-    ``P_k = ‖Ŵ_k‖² + ‖Ŵ_{p−k}‖²`` with ``Ŵ_k = Σ_a W_a e^{−2πika/p}`` (the Nyquist frequency of an even ``p``
-    counted once), ``k = 0`` left out, normalised to sum to 1 (a table with no power outside ``k = 0`` gives
-    the flat spectrum). Returns a float64 tensor of length ``p // 2``; entry ``k − 1`` is frequency ``k``.
-    """
-    w = table.detach().to(torch.float64)
-    if w.dim() == 1:
-        w = w[:, None]
-    p = w.shape[0]
-    if p < 3:
-        raise LearndynValueError(f"fourier_spectrum: table has {p} rows; allowed: at least 3 (tokens)")
-    power = torch.fft.rfft(w, dim=0).abs().square().reshape(p // 2 + 1, -1).sum(dim=1)[1:]
-    power = 2.0 * power
-    if p % 2 == 0:
-        power[-1] = power[-1] / 2.0
-    total = power.sum()
-    if not bool(total > 0):
-        return torch.full_like(power, 1.0 / power.numel())
-    return power / total
-
-
-def topk_fraction(spectrum: Tensor | np.ndarray, k: int) -> float:
-    """Fraction of a normalised spectrum's power in its ``k`` largest entries."""
-    s = torch.as_tensor(spectrum, dtype=torch.float64).reshape(-1)
-    k = check_int("k", k, low=1, high=s.numel(), owner="topk_fraction")
-    return float(torch.topk(s, k).values.sum() / s.sum())
-
-
-def gini(spectrum: Tensor | np.ndarray) -> float:
-    """Gini coefficient ``Σ_i (2i − m − 1) s_(i) / (m Σ s)`` of a non-negative vector sorted ascending.
-
-    0 when all entries are equal, ``1 − 1/m`` when one entry holds everything.
-    """
-    s = torch.sort(torch.as_tensor(spectrum, dtype=torch.float64).reshape(-1)).values
-    m = s.numel()
-    total = s.sum()
-    if m == 0 or not bool(total > 0):
-        return 0.0
-    i = torch.arange(1, m + 1, dtype=torch.float64)
-    return float(((2 * i - m - 1) * s).sum() / (m * total))
-
-
 def fourier_metrics(model: ModularMLP, top_k: int) -> tuple[dict[str, float], Tensor]:
     """``fourier/{embed,unembed}_{topk,gini}`` of the model, and the embedding's spectrum."""
     out: dict[str, float] = {}
@@ -324,43 +284,6 @@ def stage_detector(quantity: str) -> StageDetector:
     )
 
 
-def detect_stages(steps: np.ndarray, values: np.ndarray, detector: StageDetector) -> list[StageEvent]:
-    """Feed a whole series to ``detector`` (and :meth:`~StageDetector.finish` it); return its events."""
-    for step, value in zip(steps, values, strict=True):
-        detector.update(int(step), float(value))
-    detector.finish()
-    return list(detector.events)
-
-
-def first_event(events: list[StageEvent], kind: str, after: float = -math.inf) -> float:
-    """Step of the first event of ``kind`` that ends a plateau followed by a drop, at or after ``after``.
-
-    ``kind="plateau_end"``: the start of the first completed descent (a plateau end followed by a drop);
-    ``"drop"``: that drop's step (steepest descent); ``"plateau_start"``: the plateau the descent ends in.
-    ``nan`` if there is none.
-    """
-    for i, event in enumerate(events):
-        if event.kind != "plateau_end" or event.step < after:
-            continue
-        rest = events[i + 1 :]
-        drop = next((e for e in rest if e.kind in ("drop", "plateau_end")), None)
-        if drop is None or drop.kind != "drop":
-            continue
-        if kind == "plateau_end":
-            return float(event.step)
-        if kind == "drop":
-            return float(drop.step)
-        settle = next((e for e in rest if e.kind == "plateau_start" and e.step >= drop.step), None)
-        return float(settle.step) if settle is not None else math.nan
-    return math.nan
-
-
-def first_step_at_least(steps: np.ndarray, values: np.ndarray, level: float) -> float:
-    """First entry of ``steps`` where ``values ≥ level`` (``nan`` if never)."""
-    hit = np.nonzero(np.asarray(values) >= level)[0]
-    return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan
-
-
 # ------------------------------------------------------------------------------------------ the experiment
 class _Probes:
     """``train_loop``'s monitor: at evaluation steps runs the :class:`Monitor` (weight norm, distance from
@@ -382,13 +305,9 @@ class _Probes:
             self.measure(step, batch, spectrum=step % (SPECTRUM_EVERY * self.every) == 0)
 
 
+@threaded
 def run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
     """Train the MLP on modular addition; log accuracies, losses, Fourier concentration; find the phases."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: GrokkingConfig, recorder: Recorder) -> ExperimentResult:
     x_train, y_train, x_test, y_test = modular_addition_split(config)
     model = make_model(config)
     optimizer = torch.optim.AdamW(
@@ -477,8 +396,8 @@ def _result(config: GrokkingConfig, log: LoopLog, status: str) -> ExperimentResu
     def final(key: str) -> float:
         return float(series[key][1][-1]) if series[key][1].size else math.nan
 
-    t_mem = first_step_at_least(*series["train_acc"], config.memorisation_acc)
-    t_gen = first_step_at_least(*series["test_acc"], config.generalisation_acc)
+    t_mem = first_step(*series["train_acc"], config.memorisation_acc)
+    t_gen = first_step(*series["test_acc"], config.generalisation_acc)
     events = {
         "test_loss": detect_stages(*series["test_loss"], stage_detector("test_loss")),
         "test_acc": detect_stages(*series["test_acc"], stage_detector("test_acc")),
@@ -582,11 +501,8 @@ def grokking_figures(store: Any, run_id: str) -> list[Any]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    df = store.metrics(run_id, ["train/*", "test/*", "fourier/*", "params/norm"])
+    series = run_series(store, run_id, ["train/*", "test/*", "fourier/*", "params/norm"])
     summary = store.run_info(run_id)["summary"] or {}
-    series = {
-        str(name): (g["step"].to_numpy(), g["value"].to_numpy(dtype=float)) for name, g in df.groupby("name")
-    }
 
     def positive(name: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = series.get(name, (np.array([]), np.array([])))
@@ -670,15 +586,4 @@ def grokking_figures(store: Any, run_id: str) -> list[Any]:
     return figures
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Grokking on modular addition: memorise first, generalise much later (Fourier features)",
-        config_cls=GrokkingConfig,
-        run=run,
-        quick_overrides={"p": 53, "train_fraction": 0.4, "steps": 2200},
-    )
-)
-
-
-register_figure(NAME, grokking_figures)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, GrokkingConfig, run, QUICK, figures=(grokking_figures,)))

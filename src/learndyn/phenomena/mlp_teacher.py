@@ -29,15 +29,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.optim.spec import build_optimizer
 from learndyn.optim.stacked import StackedAdam, StackedCovariantDiag, StackedSGD
-from learndyn.phenomena.registry import Experiment, ExperimentResult, register
+from learndyn.phenomena.registry import EnsembleSupport, Experiment, ExperimentResult, MemberOutcome, register
 from learndyn.store.recorder import Recorder
-from learndyn.sweep.ensemble import MemberOutcome, register_ensemble, train_ensemble
-from learndyn.training import train_loop
+from learndyn.training import train_ensemble, train_loop
 from learndyn.validation import check_int, check_real
 
 NAME = "mlp-teacher"
+DESCRIPTION = "a small MLP student fits a random MLP teacher with SGD/Adam/CovariantGD (sweep unit)"
 ENSEMBLE_AXES = ("seed", "init_scale", "lr", "alpha", "momentum", "weight_decay")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -80,7 +81,7 @@ class MLPTeacherConfig:
         self.weight_decay = check_real("weight_decay", self.weight_decay, low=0.0, owner=owner)
         self.init_scale = check_real("init_scale", self.init_scale, low=0.0, owner=owner)
         self.noise = check_real("noise", self.noise, low=0.0, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
+        check_run_fields(self, owner)
         check_int("data_seed", self.data_seed, low=0, owner=owner)
         check_int("steps", self.steps, low=1, owner=owner)
         check_int("batch_size", self.batch_size, low=1, owner=owner)
@@ -98,6 +99,10 @@ class MLPTeacherConfig:
             )
         if self.dtype not in _DTYPES:
             raise ValueError(f"{owner}.dtype={self.dtype!r} is not allowed; allowed: 'float32', 'float64'")
+
+
+QUICK = {"steps": 40, "eval_every": 10}
+"""The test-size configuration (``--quick``)."""
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -325,13 +330,5 @@ def run_ensemble(configs: list[MLPTeacherConfig]) -> list[MemberOutcome]:
     return outcomes
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="a small MLP student fits a random MLP teacher with SGD/Adam/CovariantGD (sweep unit)",
-        config_cls=MLPTeacherConfig,
-        run=run,
-        quick_overrides={"steps": 40, "eval_every": 10},
-    )
-)
-ENSEMBLE = register_ensemble(NAME, run_ensemble, ENSEMBLE_AXES)
+ENSEMBLE = EnsembleSupport(ENSEMBLE_AXES, run_ensemble)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, MLPTeacherConfig, run, QUICK, ensemble=ENSEMBLE))

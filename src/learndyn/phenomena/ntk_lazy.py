@@ -62,28 +62,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes import KernelProbe, Monitor
 from learndyn.probes.base import ProbeContext
 from learndyn.probes.kernel import empirical_ntk
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import ntk_max_stable_lr, ntk_predictions_gd, ntk_train_loss
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "ntk-lazy"
+DESCRIPTION = "Wide nets follow their NTK linearisation; a small output scale makes them rich"
 ACTIVATIONS = ("tanh", "relu", "erf")
-
-
-def _as_tuple(value: object) -> tuple:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int | float):
-        return (value,)
-    return tuple(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -121,14 +114,13 @@ class NTKLazyConfig:
 
     def __post_init__(self) -> None:
         owner = "NTKLazyConfig"
-        self.widths = tuple(check_int("widths", w, low=1, owner=owner) for w in _as_tuple(self.widths))
+        self.widths = as_tuple("widths", self.widths, owner=owner, item=int, low=1)
         if len(set(self.widths)) < 2:
             raise LearndynValueError(
                 f"{owner}.widths={self.widths!r} is not allowed; allowed: at least two distinct widths"
             )
-        self.output_scales = tuple(
-            check_real("output_scales", s, low=0.0, low_open=True, owner=owner)
-            for s in _as_tuple(self.output_scales)
+        self.output_scales = as_tuple(
+            "output_scales", self.output_scales, owner=owner, item=float, low=0.0, low_open=True
         )
         if not self.output_scales:
             raise LearndynValueError(f"{owner}.output_scales=() is empty; allowed: one or more scales > 0")
@@ -144,12 +136,19 @@ class NTKLazyConfig:
         check_int("eval_every", self.eval_every, low=1, owner=owner)
         check_int("kernel_every", self.kernel_every, low=1, owner=owner)
         check_int("seeds", self.seeds, low=1, high=100, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
+
+
+QUICK = {
+    "widths": (64, 256, 1024, 4096),
+    "output_scales": (1.0, 0.125),
+    "scale_width": 64,
+    "steps": 300,
+    "eval_every": 20,
+    "kernel_every": 100,
+    "seeds": 2,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 # --- the network --------------------------------------------------------------------------------------
@@ -411,23 +410,4 @@ def ntk_lazy_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Wide nets follow their NTK linearisation; a small output scale makes them rich",
-        config_cls=NTKLazyConfig,
-        run=run,
-        quick_overrides={
-            "widths": (64, 256, 1024, 4096),
-            "output_scales": (1.0, 0.125),
-            "scale_width": 64,
-            "steps": 300,
-            "eval_every": 20,
-            "kernel_every": 100,
-            "seeds": 2,
-        },
-    )
-)
-
-
-register_figure(NAME, ntk_lazy_figures)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, NTKLazyConfig, run, QUICK, figures=(ntk_lazy_figures,)))

@@ -7,31 +7,31 @@ ranking -- is :func:`learndyn.tasks.compare.compare`, the same code ``benchmarks
 runs at full size.
 
 Logged metrics: ``loss/<task>/<optimizer>`` (median across seeds, every ``eval_every`` steps) and
-``target/<task>`` at step 0. :func:`learndyn.report.optimizer_comparison.comparison_figure` draws them.
+``target/<task>`` at step 0. :func:`comparison_figure` draws them (one subplot per task, log scale) from a
+run store frame, a :class:`~learndyn.store.recorder.MemoryRecorder` or a mapping ``name -> (steps, values)``;
+it is the experiment's report figure.
 The result's ``table`` has one row per task and optimizer (``rank`` 1 is the task's winner) and ``summary``
 the final losses and steps to target by ``<task>/<optimizer>``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.store.recorder import Recorder
 from learndyn.tasks import get_task, task_names
 from learndyn.tasks.compare import OptimizerSpec, compare
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "optimizer-comparison"
-
-
-def _as_tuple(value: object) -> tuple:
-    """Accept a comma-separated string as well as a sequence (``--set tasks=digits,deep-linear``)."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value)  # type: ignore[arg-type]
+DESCRIPTION = "SGD vs Adam vs CovariantGD on Rosenbrock, x*y, digits and deep linear regression"
 
 
 @dataclass
@@ -61,9 +61,9 @@ class OptimizerComparisonConfig:
 
     def __post_init__(self) -> None:
         owner = "OptimizerComparisonConfig"
-        self.tasks = _as_tuple(self.tasks)
-        self.optimizers = _as_tuple(self.optimizers)
-        self.lr_grid = tuple(_as_tuple(self.lr_grid))
+        self.tasks = as_tuple("tasks", self.tasks, owner=owner)
+        self.optimizers = as_tuple("optimizers", self.optimizers, owner=owner)
+        self.lr_grid = as_tuple("lr_grid", self.lr_grid, owner=owner, item=float, low=0, low_open=True)
         if not self.tasks:
             raise LearndynValueError(f"{owner}.tasks=() is empty; allowed: one or more of {task_names()}")
         if not self.optimizers:
@@ -81,14 +81,20 @@ class OptimizerComparisonConfig:
             self.lr = check_real("lr", self.lr, low=0, low_open=True, owner=owner)
         if not isinstance(self.tune, bool):
             raise LearndynValueError(f"{owner}.tune={self.tune!r} is not allowed; allowed: True, False")
-        self.lr_grid = tuple(
-            check_real("lr_grid", v, low=0, low_open=True, owner=owner) for v in self.lr_grid
-        )
         if self.eval_every is not None:
             check_int("eval_every", self.eval_every, low=1, owner=owner)
         check_int("max_full_params", self.max_full_params, low=1, owner=owner)
         if self.num_threads is not None:
             check_int("num_threads", self.num_threads, low=1, owner=owner)
+
+
+QUICK = {
+    "tasks": ("rosenbrock-2d", "deep-linear"),
+    "optimizers": ("sgd", "adam", "cgd-diag"),
+    "steps": 60,
+    "seeds": 1,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 def run(config: OptimizerComparisonConfig, recorder: Recorder) -> ExperimentResult:
@@ -130,17 +136,112 @@ def run(config: OptimizerComparisonConfig, recorder: Recorder) -> ExperimentResu
     return ExperimentResult(summary=result.summary(), table=table)
 
 
+# ------------------------------------------------------------------------------------------------ figure
+Series = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _series(source: Any) -> Series:
+    """Normalise ``source`` to ``{metric name: (steps, values)}``, sorted by step."""
+    out: Series = {}
+    if hasattr(source, "scalars"):  # MemoryRecorder
+        for name, rows in source.scalars.items():
+            out[name] = (np.array([s for s, _ in rows]), np.array([v for _, v in rows], dtype=float))
+    elif hasattr(source, "columns"):  # pandas DataFrame [step, name, value]
+        missing = {"step", "name", "value"} - set(source.columns)
+        if missing:
+            raise ValueError(f"source DataFrame lacks columns {sorted(missing)}; allowed: step, name, value")
+        for name, group in source.groupby("name", sort=False):
+            out[str(name)] = (group["step"].to_numpy(), group["value"].to_numpy(dtype=float))
+    elif isinstance(source, Mapping):
+        for name, (steps, values) in source.items():
+            out[str(name)] = (np.asarray(steps), np.asarray(values, dtype=float))
+    else:
+        raise TypeError(
+            f"source of type {type(source).__name__} is not allowed; allowed: a DataFrame "
+            "[step, name, value], a MemoryRecorder or a mapping name -> (steps, values)"
+        )
+    for name, (steps, values) in out.items():
+        order = np.argsort(steps, kind="stable")
+        out[name] = (steps[order], values[order])
+    return out
+
+
+def comparison_curves(source: Any) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{task: {optimizer: (steps, loss)}}`` from the ``loss/<task>/<optimizer>`` metrics in ``source``."""
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for name, series in _series(source).items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "loss":
+            curves.setdefault(parts[1], {})[parts[2]] = series
+    return curves
+
+
+def comparison_figure(
+    source: Any,
+    *,
+    tasks: Sequence[str] | None = None,
+    columns: int = 2,
+    title: str = "Optimizer comparison: full-data loss (median over seeds)",
+) -> Any:
+    """Loss curves per task (one subplot each, log-scale loss), one colour per optimizer across subplots.
+
+    A dashed line marks ``target/<task>`` when it was logged. ``tasks`` selects and orders the subplots
+    (default: every task found, in logging order). Raises ``ValueError`` if ``source`` has no loss curves.
+    Returns a plotly ``Figure``.
+    """
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    curves = comparison_curves(source)
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in curves]
+        if unknown:
+            raise ValueError(f"tasks={unknown!r} have no loss curves; allowed: {', '.join(curves)}")
+        curves = {t: curves[t] for t in tasks}
+    if not curves:
+        raise ValueError("source has no 'loss/<task>/<optimizer>' metrics; allowed: a comparison run's")
+    series = _series(source)
+    columns = max(1, min(columns, len(curves)))
+    rows = math.ceil(len(curves) / columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(curves), horizontal_spacing=0.08,
+                        vertical_spacing=0.12 if rows > 1 else 0.0)
+    optimizers = list(dict.fromkeys(o for per_task in curves.values() for o in per_task))
+    palette = qualitative.Plotly + qualitative.D3
+    colors = {o: palette[i % len(palette)] for i, o in enumerate(optimizers)}
+    shown: set[str] = set()
+    for i, (task, per_task) in enumerate(curves.items()):
+        row, col = i // columns + 1, i % columns + 1
+        for optimizer, (steps, values) in per_task.items():
+            keep = np.isfinite(values) & (values > 0)
+            fig.add_trace(
+                go.Scatter(
+                    x=steps[keep], y=values[keep], mode="lines", name=optimizer, legendgroup=optimizer,
+                    showlegend=optimizer not in shown, line={"color": colors[optimizer], "width": 2},
+                    hovertemplate=f"{optimizer}<br>step %{{x}}<br>loss %{{y:.3g}}<extra>{task}</extra>",
+                ),
+                row=row, col=col,
+            )
+            shown.add(optimizer)
+        target = series.get(f"target/{task}")
+        if target is not None and target[1].size and target[1][-1] > 0:
+            fig.add_hline(y=float(target[1][-1]), line_dash="dash", line_color="gray", row=row, col=col,
+                          annotation_text="target", annotation_position="bottom right")
+        fig.update_yaxes(type="log", title_text="loss" if col == 1 else None, row=row, col=col)
+        fig.update_xaxes(title_text="step" if row == rows else None, row=row, col=col)
+    fig.update_layout(title=title, template="plotly_white", height=320 * rows + 80,
+                      legend={"title": {"text": "optimizer"}})
+    return fig
+
+
+def comparison_report_figures(store: Any, run_id: str) -> list[Any]:
+    """The report's figure of an ``optimizer-comparison`` run: its loss curves (none if it logged none)."""
+    metrics = store.metrics(run_id, ["loss/*", "target/*"])
+    if not comparison_curves(metrics):
+        return []
+    return [comparison_figure(metrics)]
+
+
 EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="SGD vs Adam vs CovariantGD on Rosenbrock, x*y, digits and deep linear regression",
-        config_cls=OptimizerComparisonConfig,
-        run=run,
-        quick_overrides={
-            "tasks": ("rosenbrock-2d", "deep-linear"),
-            "optimizers": ("sgd", "adam", "cgd-diag"),
-            "steps": 60,
-            "seeds": 1,
-        },
-    )
+    Experiment(NAME, DESCRIPTION, OptimizerComparisonConfig, run, QUICK, figures=(comparison_report_figures,))
 )

@@ -8,12 +8,10 @@ All tasks are linear regression on Gaussian inputs, where everything is known in
 
 The task
 --------
-``x = M z`` with ``z ~ N(0, I_r)`` and ``M = V diag(√h)`` (``V``: ``d × r`` orthonormal columns, random if
-``rotate`` else the first ``r`` axes; ``h`` geometric from 1 down to ``1/condition``), ``y = zᵀw_z + σε``
-(``|w_z| = 1``, ``ε ~ N(0, 1)``); a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``, loss
-``½(f − y)²``, fresh minibatches of ``B`` samples each step (online SGD). The input covariance
-``H = MMᵀ`` has condition number ``condition`` on its support. The excess loss is exact:
-``L(p) − σ²/2 = ½|Mᵀp − w_z|²``.
+Online linear regression ``y = zᵀw_z + σε`` seen through ``x = Mz``, ``M = V diag(√h)``
+(:mod:`~learndyn.phenomena._linear_regression`): a bias-free linear model ``f(x) = pᵀx`` from ``p = 0``,
+loss ``½(f − y)²``, fresh minibatches of ``B`` samples each step. The input covariance ``H = MMᵀ`` has
+condition number ``condition`` on its support; the excess loss ``½|Mᵀp − w_z|²`` is exact.
 
 The key fact: with ``q = Mᵀp`` this is the *isotropic* problem in ``q``, seen through the linear
 reparametrisation ``p = M^{−T}q`` (for ``r = d``). Gradient statistics transform as ``S_p = M S_q Mᵀ``, and
@@ -74,57 +72,48 @@ The update-covariance window restarts empty after a resume.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from learndyn.config import check_run_fields
 from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
 from learndyn.optim import CovariantGD, OptimizerSpec
+from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
+from learndyn.phenomena._linear_regression import (
+    ExcessTracker,
+    LinearTask,
+    alpha0_expected_excess,
+    half_mse,
+    linear_model,
+    make_task,
+    spectrum,
+    stationary_theory,
+)
 from learndyn.phenomena._loop_log import LoopLog
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._stepwise import first_step
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
-from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
-from learndyn.report.hooks import register_figure
+from learndyn.probes.updates import UpdateCovarianceProbe
 from learndyn.store.recorder import Recorder
+from learndyn.theory.covariant import participation_ratio, update_covariance
 from learndyn.theory.sgd_stationary import (
+    sgd_gradient_covariance,
     sgd_max_stable_lr,
     sgd_second_moment_trajectory,
-    sgd_stationary_covariance,
-    sgd_temperature,
 )
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "regimes"
+DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates"
 F64 = torch.float64
 STRUCTURES = tuple(name for name, s in OPTIM_STRUCTURES.items() if s.exact)
 """The structures whose metric is the exact statistic (``diag``, ``block``, ``full``): closed forms here."""
-
-
-def _tuple(name: str, value: object, owner: str) -> tuple:
-    if isinstance(value, str):
-        value = tuple(p.strip() for p in value.split(",") if p.strip())
-    elif isinstance(value, int | float):
-        value = (value,)
-    out = tuple(value)  # type: ignore[arg-type]
-    if not out:
-        raise LearndynValueError(f"{owner}.{name}=() is empty; allowed: one or more values")
-    return out
-
-
-def _reals(name: str, value: object, owner: str, **bounds: Any) -> tuple[float, ...]:
-    items = _tuple(name, value, owner)
-    try:
-        items = tuple(float(v) if isinstance(v, str) else v for v in items)
-    except ValueError:
-        raise LearndynValueError(f"{owner}.{name}={value!r} is not a list of numbers") from None
-    return tuple(check_real(name, v, owner=owner, **bounds) for v in items)
 
 
 @dataclass
@@ -174,13 +163,15 @@ class RegimesConfig:
     def __post_init__(self) -> None:
         owner = "RegimesConfig"
         check_int("dim", self.dim, low=1, high=64, owner=owner)
-        self.alphas = _reals("alphas", self.alphas, owner, low=0.0, high=1.0)
+        self.alphas = as_tuple(
+            "alphas", self.alphas, owner=owner, item=float, nonempty=True, low=0.0, high=1.0
+        )
         if 0.0 not in self.alphas or len(set(self.alphas)) != len(self.alphas):
             raise LearndynValueError(
                 f"{owner}.alphas={self.alphas!r} is not allowed; "
                 "allowed: distinct values in [0, 1] including 0"
             )
-        self.structures = _tuple("structures", self.structures, owner)
+        self.structures = as_tuple("structures", self.structures, owner=owner, nonempty=True)
         for s in self.structures:
             check_choice("structures", s, STRUCTURES, owner=owner)
         if len(set(self.structures)) != len(self.structures):
@@ -190,9 +181,13 @@ class RegimesConfig:
         self.eps = check_real("eps", self.eps, low=0.0, owner=owner)
         if not isinstance(self.rotate, bool):
             raise LearndynValueError(f"{owner}.rotate={self.rotate!r} is not allowed; allowed: True, False")
-        self.conditions = _reals("conditions", self.conditions, owner, low=1.0)
+        self.conditions = as_tuple(
+            "conditions", self.conditions, owner=owner, item=float, nonempty=True, low=1.0
+        )
         for name in ("lrs", "stat_lrs"):
-            values = _reals(name, getattr(self, name), owner, low=0.0, low_open=True)
+            values = as_tuple(
+                name, getattr(self, name), owner=owner, item=float, nonempty=True, low=0.0, low_open=True
+            )
             if len(values) != len(self.alphas):
                 raise LearndynValueError(
                     f"{owner}.{name} has {len(values)} values; allowed: one per alpha ({len(self.alphas)})"
@@ -205,10 +200,8 @@ class RegimesConfig:
         check_int("stat_window", self.stat_window, low=2, high=self.stat_steps, owner=owner)
         check_int("stat_rank", self.stat_rank, low=1, high=self.dim, owner=owner)
         check_int("burn_in", self.burn_in, low=0, high=self.chain_steps - self.chain_every, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        for name in ("noise_std", "stat_noise_std", "tolerance"):
+        check_run_fields(self, owner)
+        for name in ("noise_std", "stat_noise_std"):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.stat_condition = check_real("stat_condition", self.stat_condition, low=1.0, owner=owner)
         self.target = check_real(
@@ -229,80 +222,16 @@ class RegimesConfig:
             )
 
 
-# ------------------------------------------------------------------------------------------------ task
-
-
-def spectrum(rank: int, condition: float) -> np.ndarray:
-    """``h``: ``rank`` input variances spaced geometrically from 1 down to ``1/condition``."""
-    return np.logspace(0.0, -math.log10(condition), rank) if rank > 1 else np.ones(1)
-
-
-@dataclass(frozen=True)
-class LinearTask:
-    """Online linear regression ``x = Mz``, ``y = zᵀw_z + σε`` (module docstring); ``M = V diag(√h)``."""
-
-    V: Tensor  # (d, r) orthonormal columns
-    h: Tensor  # (r,)
-    w_z: Tensor  # (r,)
-    noise_std: float
-    batch: int
-
-    @property
-    def M(self) -> Tensor:
-        return self.V * self.h.sqrt()
-
-    @property
-    def H(self) -> np.ndarray:
-        """Input covariance ``MMᵀ`` (``d × d``)."""
-        return (self.M @ self.M.T).numpy()
-
-    @property
-    def p_star(self) -> Tensor:
-        """The minimum-norm minimiser ``p* = V diag(h^{−½}) w_z``."""
-        return self.V @ (self.w_z / self.h.sqrt())
-
-    def excess_loss(self, p: Tensor) -> float:
-        """``L(p) − σ²/2 = ½|Mᵀp − w_z|²`` (exact population value)."""
-        r = self.M.T @ p.detach().reshape(-1).to(F64) - self.w_z
-        return 0.5 * float(r @ r)
-
-    def sample(self, gen: torch.Generator, lead: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-        """``B`` fresh samples (``lead`` adds dimensions after the batch, e.g. chains): ``x (B, *lead, d)``,
-        ``y (B, *lead, 1)`` for a single model or ``(B, *lead)`` with chains."""
-        z = torch.randn(self.batch, *lead, self.h.numel(), generator=gen, dtype=F64)
-        noise = torch.randn(self.batch, *lead, generator=gen, dtype=F64)
-        y = z @ self.w_z + self.noise_std * noise
-        return z @ self.M.T, (y if lead else y[:, None])
-
-
-def make_task(
-    dim: int, condition: float, rank: int, noise_std: float, batch: int, seed: int, rotate: bool
-) -> LinearTask:
-    """The task of the module docstring; ``V`` and ``w_z`` from ``seed`` (the same for every condition)."""
-    gen = torch.Generator().manual_seed(seed * 7919 + 11)
-    basis = torch.randn(dim, dim, generator=gen, dtype=F64)
-    w_z = torch.randn(rank, generator=gen, dtype=F64)
-    if rotate:
-        q, r = torch.linalg.qr(basis)
-        V = (q * torch.sign(torch.diagonal(r)))[:, :rank]
-    else:
-        V = torch.eye(dim, dtype=F64)[:, :rank]
-    h = torch.as_tensor(spectrum(rank, condition), dtype=F64)
-    return LinearTask(V, h, w_z / w_z.norm(), float(noise_std), int(batch))
-
-
-def half_mse(outputs: Tensor, targets: Tensor) -> Tensor:
-    """``1/(2B) Σ_b (f(x_b) − y_b)²``."""
-    return 0.5 * (outputs - targets).square().mean()
-
-
-def linear_model(dim: int, init: Tensor | None = None) -> nn.Linear:
-    """``f(x) = pᵀx`` (``nn.Linear(dim, 1, bias=False)``, float64), ``p = init`` or 0."""
-    with torch.random.fork_rng(devices=[]):
-        model = nn.Linear(dim, 1, bias=False).to(F64)
-    with torch.no_grad():
-        model.weight.copy_(init.reshape(1, dim) if init is not None else torch.zeros(1, dim, dtype=F64))
-    return model
+QUICK = {
+    "structures": ("full",),
+    "conditions": (1.0, 100.0),
+    "steps": 600,
+    "stat_steps": 1200,
+    "stat_window": 1000,
+    "chains": 500,
+    "chain_steps": 800,
+}
+"""The test-size configuration (``--quick``)."""
 
 
 def make_optimizer(
@@ -311,136 +240,6 @@ def make_optimizer(
     """CovariantGD with the covariance moment and no first moment: ``θ ← θ − lr (Ŝ + εI)^{−α} ∇̂``."""
     spec = OptimizerSpec.covariant(structure, alpha, moment="covariance", first_moment=False)
     return spec.build(params, lr, betas=(0.9, beta2), eps=eps)  # type: ignore[return-value]
-
-
-def participation_ratio_of(eigs: np.ndarray) -> float:
-    """``(Σλ)² / Σλ²`` of non-negative eigenvalues (0 for all zero)."""
-    lam = np.clip(np.asarray(eigs, dtype=float), 0.0, None)
-    den = float(np.sum(lam**2))
-    return float(np.sum(lam) ** 2 / den) if den > 0 else 0.0
-
-
-def predicted_update_covariance(C: np.ndarray, alpha: float, structure: str) -> np.ndarray:
-    """Covariance of ``u = g⁻¹∇̂`` when the metric statistic equals the gradient covariance ``C``.
-
-    ``full``/``block``: ``C^{1−2α}`` on the support of ``C`` (0 off it); ``diag``: ``D^{−α} C D^{−α}`` with
-    ``D = diag C``.
-    """
-    if alpha == 0.0:
-        return C
-    if structure == "diag":
-        d = np.diag(C) ** (-alpha)
-        return d[:, None] * C * d[None, :]
-    lam, U = np.linalg.eigh(C)
-    keep = lam > lam.max() * C.shape[0] * 1e-12
-    power = np.zeros_like(lam)
-    power[keep] = lam[keep] ** (1.0 - 2.0 * alpha)
-    return (U * power) @ U.T
-
-
-# ----------------------------------------------------------------------------------------------- probes
-
-
-class UpdateCovarianceProbe(Probe):
-    """Covariance of the last ``window`` updates ``u_k = (θ_k − θ_{k+1})/lr`` and its participation ratio.
-
-    Runs every step (it needs every update); reports every ``report_every`` steps once the window is full:
-    ``updates/pr`` and the eigenvalues ``updates/cov_eigs`` (array, descending). The model's trainable
-    parameters are flattened in ``named_parameters`` order.
-    """
-
-    name = "updates"
-    state_attrs = ("_prev", "_buffer")
-
-    def __init__(self, window: int, report_every: int) -> None:
-        super().__init__(every=1)
-        self.window = check_int("window", window, low=2, owner="UpdateCovarianceProbe")
-        self.report_every = check_int("report_every", report_every, low=1, owner="UpdateCovarianceProbe")
-        self.reset()
-
-    def reset(self) -> None:
-        self._prev: Tensor | None = None
-        self._buffer: deque[Tensor] = deque(maxlen=self.window)
-
-    def measure(self, ctx: ProbeContext) -> Measurement:
-        theta = torch.cat([p.reshape(-1) for p in ctx.params.values()]).to(F64).clone()
-        if self._prev is not None and ctx.lr:
-            self._buffer.append((self._prev - theta) / ctx.lr)
-        self._prev = theta
-        if len(self._buffer) < self.window or ctx.step % self.report_every:
-            return {}
-        U = torch.stack(tuple(self._buffer))
-        U = U - U.mean(0)
-        eigs = torch.linalg.eigvalsh(U.T @ U / (U.shape[0] - 1)).flip(0).clamp_min(0).numpy()
-        return {"updates/pr": participation_ratio_of(eigs), "updates/cov_eigs": eigs}
-
-
-class ChainSecondMomentProbe(Probe):
-    """``E_c[(p_c − p*)(p_c − p*)ᵀ]`` over the chains of a :class:`ChainLinear` model.
-
-    Metrics: ``chains/trace`` and ``chains/second_moment`` (array ``d × d``).
-    """
-
-    name = "chains"
-
-    def __init__(self, every: int, p_star: Tensor) -> None:
-        super().__init__(every)
-        self.p_star = p_star.detach().to(F64)
-
-    def measure(self, ctx: ProbeContext) -> Measurement:
-        e = ctx.params["weight"].to(F64) - self.p_star
-        S = e.T @ e / e.shape[0]
-        return {"chains/trace": float(torch.trace(S)), "chains/second_moment": S.numpy()}
-
-
-class ChainLinear(nn.Module):
-    """``C`` independent linear models ``f_c(x) = p_cᵀx``: ``weight (C, d)``, inputs ``(B, C, d)``.
-
-    With a loss that sums the chains' own minibatch losses, one SGD step is ``C`` independent SGD steps
-    (α = 0 only: a preconditioner with α > 0 would couple them through the metric).
-    """
-
-    def __init__(self, chains: int, init: Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(init.detach().to(F64).reshape(1, -1).repeat(chains, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bcd,cd->bc", x, self.weight)
-
-
-def _chains_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Sum over chains of each chain's ``1/(2B) Σ_b (f_c(x_b) − y_b)²``."""
-    return 0.5 * (outputs - targets).square().mean(dim=0).sum()
-
-
-class _ExcessTracker:
-    """``train_loop``'s monitor: keeps the exact excess loss every step, logs it every ``log_every`` steps
-    (as ``name``), then runs the :class:`Monitor`."""
-
-    def __init__(
-        self, task: LinearTask, model: nn.Linear, monitor: Monitor, log: LoopLog, log_every: int, name: str
-    ) -> None:
-        self.task, self.model, self.monitor, self.log = task, model, monitor, log
-        self.log_every, self.name = log_every, name
-
-    def after_step(
-        self, step: int, batch: tuple[Tensor, Tensor], metrics: Mapping[str, float] | None = None
-    ) -> None:
-        excess = self.task.excess_loss(self.model.weight)
-        self.log.keep(step, {"excess": excess})
-        if step % self.log_every == 0:
-            self.log.log(step, {self.name: excess})
-        self.monitor.after_step(step, batch, metrics)
-
-    def state_dict(self) -> Any:
-        """The wrapped monitor's state (``None`` if it keeps none), saved with the loop's checkpoints."""
-        fn = getattr(self.monitor, "state_dict", None)
-        return fn() if callable(fn) else None
-
-    def load_state_dict(self, state: Any) -> None:
-        fn = getattr(self.monitor, "load_state_dict", None)
-        if callable(fn):
-            fn(state)
 
 
 # ---------------------------------------------------------------------------------------- 1. learning speed
@@ -458,23 +257,6 @@ def _runs(config: RegimesConfig) -> list[tuple[float, str, int]]:
         for structure in ("diag",) if alpha == 0.0 else config.structures:
             out.append((alpha, structure, i))
     return out
-
-
-def steps_to_target(steps: np.ndarray, excess: np.ndarray, level: float) -> float:
-    """First step with ``excess <= level`` (``nan`` if never)."""
-    hit = np.nonzero(excess <= level)[0]
-    return float(steps[hit[0]]) if hit.size else float("nan")
-
-
-def alpha0_expected_excess(task: LinearTask, lr: float, steps: np.ndarray) -> np.ndarray:
-    """Exact ``E[L_k] − σ²/2 = ½ tr(H S_k)`` of SGD from ``p = 0``.
-
-    Eq. 1 of :mod:`~learndyn.theory.sgd_stationary`, in the eigenbasis of the support of ``H``.
-    """
-    e0 = -(task.V.T @ task.p_star).numpy()
-    h = task.h.numpy()
-    S = sgd_second_moment_trajectory(np.diag(h), lr, task.batch, task.noise_std**2, np.outer(e0, e0), steps)
-    return 0.5 * np.einsum("i,tii->t", h, S)
 
 
 def _speed_run(
@@ -498,20 +280,12 @@ def _speed_run(
     probe = UpdateCovarianceProbe(config.pr_window, every)
     monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
     name = "sim/excess_loss" if alpha == 0.0 else "speed/excess_loss"
-    tracker = _ExcessTracker(task, model, monitor, log, every, name)
+    tracker = ExcessTracker(task, model, monitor, log, every, name)
+    # the same batches for every run
     loop = train_loop(
-        model,
-        opt,
-        task.sample,
-        half_mse,
-        config.steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 12),  # the same batches for every run
-        recorder=log,
-        monitor=tracker,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"regimes-speed-{index}",
-        prefix="speed/",
+        model, opt, task.sample, half_mse, config.steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 12), recorder=log, monitor=tracker,
+        log_every=every, checkpointer=log.checkpointer, key=f"regimes-speed-{index}", prefix="speed/",
         progress=f"{NAME}: speed {tag}",
     )
     if loop.status == "completed":
@@ -526,7 +300,7 @@ def _speed_run(
         "condition": condition,
         "lr": lr,
         "status": loop.status,
-        "steps_to_target": steps_to_target(steps, excess, level),
+        "steps_to_target": first_step(steps, excess, level, below=True),
         "final_excess": float(excess[-1]),
     }
     _, pr = log.series("updates/pr")
@@ -537,7 +311,7 @@ def _speed_run(
         for s, v in zip(logged, theory, strict=True):
             log.log(int(s), {"theory/excess_loss": float(v)})
         full = alpha0_expected_excess(task, lr, np.arange(config.steps + 1))
-        out["steps_to_target_theory"] = steps_to_target(np.arange(config.steps + 1), full, level)
+        out["steps_to_target_theory"] = first_step(np.arange(config.steps + 1), full, level, below=True)
     log.flush()
     return out
 
@@ -545,48 +319,28 @@ def _speed_run(
 # ------------------------------------------------------------------------- 2. stationary covariance (α = 0)
 
 
-def stationary_theory(task: LinearTask, lr: float) -> dict[str, np.ndarray]:
-    """Exact, Langevin (``T·I`` on the support) and Gibbs (``T·H⁺``) stationary covariances (``d × d``)."""
-    V, h = task.V.numpy(), task.h.numpy()
-    s2 = task.noise_std**2
-    exact = V @ sgd_stationary_covariance(np.diag(h), lr, task.batch, s2) @ V.T
-    T = sgd_temperature(lr, task.batch, s2)
-    return {"exact": exact, "langevin": T * V @ V.T, "gibbs": T * (V / h) @ V.T}
+def _stationary_task(config: RegimesConfig) -> LinearTask:
+    """The task near the minimum (parts 2 and 3): ``stat_condition`` on a rank-``stat_rank`` support."""
+    args = (config.stat_condition, config.stat_rank, config.stat_noise_std, config.stat_batch)
+    return make_task(config.dim, *args, config.seed, config.rotate)
 
 
 def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:
     log = LoopLog(recorder)
     lr = config.stat_lrs[config.alphas.index(0.0)]
-    task = make_task(
-        config.dim,
-        config.stat_condition,
-        config.stat_rank,
-        config.stat_noise_std,
-        config.stat_batch,
-        config.seed,
-        config.rotate,
-    )
+    task = _stationary_task(config)
     model = ChainLinear(config.chains, task.p_star)
     opt = make_optimizer(model.parameters(), 0.0, "diag", lr, config.stat_beta2, config.eps)
     probe = ChainSecondMomentProbe(config.chain_every, task.p_star)
-    monitor = Monitor(model, _chains_loss, probes=[probe], recorder=log, optimizer=opt)
+    monitor = Monitor(model, chains_loss, probes=[probe], recorder=log, optimizer=opt)
 
     def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:
         return task.sample(gen, (config.chains,))
 
     loop = train_loop(
-        model,
-        opt,
-        sample,
-        _chains_loss,
-        config.chain_steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 13),
-        recorder=log,
-        monitor=monitor,
-        log_every=config.chain_every,
-        checkpointer=log.checkpointer,
-        key="regimes-chains",
-        prefix="chains/",
+        model, opt, sample, chains_loss, config.chain_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 13), recorder=log, monitor=monitor,
+        log_every=config.chain_every, checkpointer=log.checkpointer, key="regimes-chains", prefix="chains/",
         progress=f"{NAME}: stationary covariance",
     )
     if loop.status == "completed":
@@ -633,57 +387,30 @@ def _chain_run(config: RegimesConfig, recorder: Recorder) -> dict[str, Any]:
 # --------------------------------------------------------------------- 3. update covariance near the minimum
 
 
-def gradient_covariance(task: LinearTask, sigma: np.ndarray | None) -> np.ndarray:
-    """``Cov(∇̂) = HΣH + (1/B)[HΣH + tr(HΣ)H + σ²H]`` at weight covariance ``Σ`` (``None``: ``Σ = 0``, the
-    leading order ``σ²H/B``)."""
-    H = task.H
-    B, s2 = task.batch, task.noise_std**2
-    if sigma is None:
-        return s2 * H / B
-    HSH = H @ sigma @ H
-    return HSH + (HSH + np.trace(H @ sigma) * H + s2 * H) / B
-
-
 def _stationary_run(
     config: RegimesConfig, index: int, alpha: float, structure: str, lr: float, recorder: Recorder
 ) -> dict[str, Any]:
     label = run_label(alpha, structure)
     log = LoopLog(recorder, f"{label},stationary")
-    task = make_task(
-        config.dim,
-        config.stat_condition,
-        config.stat_rank,
-        config.stat_noise_std,
-        config.stat_batch,
-        config.seed,
-        config.rotate,
-    )
+    task = _stationary_task(config)
     model = linear_model(config.dim, task.p_star)
     opt = make_optimizer(model.parameters(), alpha, structure, lr, config.stat_beta2, config.eps)
     every = max(1, config.stat_steps // 50)
     probe = UpdateCovarianceProbe(config.stat_window, every)
     monitor = Monitor(model, half_mse, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        model,
-        opt,
-        task.sample,
-        half_mse,
-        config.stat_steps,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + 14 + index),
-        recorder=log,
-        monitor=monitor,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"regimes-stationary-{index}",
-        prefix="stationary/",
-        progress=f"{NAME}: updates {label}",
+        model, opt, task.sample, half_mse, config.stat_steps,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + 14 + index), recorder=log,
+        monitor=monitor, log_every=every, checkpointer=log.checkpointer, key=f"regimes-stationary-{index}",
+        prefix="stationary/", progress=f"{NAME}: updates {label}",
     )
     if loop.status == "completed":
         monitor.after_step(config.stat_steps, task.sample(torch.Generator().manual_seed(0)))
     monitor.close()
     sigma = stationary_theory(task, lr)["exact"] if alpha == 0.0 else None
-    predicted = predicted_update_covariance(gradient_covariance(task, sigma), alpha, structure)
-    pr_theory = participation_ratio_of(np.linalg.eigvalsh(predicted))
+    C = sgd_gradient_covariance(task.H, sigma, task.noise_std**2, task.batch)  # sigma None: leading order
+    predicted = update_covariance(C, alpha, structure)
+    pr_theory = participation_ratio(np.linalg.eigvalsh(predicted))
     steps, pr = log.series("updates/pr")
     for s, v in zip(steps, pr, strict=True):
         log.log(int(s), {"sim/update_pr": float(v), "theory/update_pr": pr_theory})
@@ -704,13 +431,9 @@ def _stationary_run(
 # ------------------------------------------------------------------------------------------------------ run
 
 
+@threaded
 def run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
     """Learning speed, stationary covariance and update covariance (module docstring); agreement = part 2."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
     summary: dict[str, float] = {}
     table: list[dict[str, Any]] = []
     runs = _runs(config)
@@ -819,22 +542,4 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-register_figure(NAME, regimes_figures)
-
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates",
-        config_cls=RegimesConfig,
-        run=run,
-        quick_overrides={
-            "structures": ("full",),
-            "conditions": (1.0, 100.0),
-            "steps": 600,
-            "stat_steps": 1200,
-            "stat_window": 1000,
-            "chains": 500,
-            "chain_steps": 800,
-        },
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures,)))

@@ -58,10 +58,10 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
 from learndyn.theory import (
     sgd_max_stable_lr,
@@ -71,17 +71,10 @@ from learndyn.theory import (
     sgd_temperature,
 )
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "sgd-stationary"
-
-
-def _as_tuple(value: object) -> tuple:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int | float):
-        return (value,)
-    return tuple(value)  # type: ignore[arg-type]
+DESCRIPTION = "Minibatch SGD on linear regression: stationary covariance (exact Lyapunov vs Langevin)"
 
 
 @dataclass
@@ -115,17 +108,14 @@ class SGDStationaryConfig:
 
     def __post_init__(self) -> None:
         owner = "SGDStationaryConfig"
-        self.eigenvalues = tuple(
-            check_real("eigenvalues", v, low=0.0, low_open=True, owner=owner)
-            for v in _as_tuple(self.eigenvalues)
+        self.eigenvalues = as_tuple(
+            "eigenvalues", self.eigenvalues, owner=owner, item=float, low=0.0, low_open=True
         )
         if not self.eigenvalues:
             raise LearndynValueError(f"{owner}.eigenvalues=() is empty; allowed: one or more values > 0")
         check_int("batch", self.batch, low=1, owner=owner)
         self.noise_var = check_real("noise_var", self.noise_var, low=0.0, low_open=True, owner=owner)
-        self.lrs = tuple(
-            check_real("lrs", v, low=0.0, low_open=True, owner=owner) for v in _as_tuple(self.lrs)
-        )
+        self.lrs = as_tuple("lrs", self.lrs, owner=owner, item=float, low=0.0, low_open=True)
         if not self.lrs:
             raise LearndynValueError(f"{owner}.lrs=() is empty; allowed: one or more learning rates > 0")
         if len(set(self.lrs)) != len(self.lrs):
@@ -141,12 +131,11 @@ class SGDStationaryConfig:
         self.burn_in = check_real("burn_in", self.burn_in, low=0.0, owner=owner)
         self.window = check_real("window", self.window, low=0.0, low_open=True, owner=owner)
         check_int("samples", self.samples, low=1, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
+
+
+QUICK = {"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40}
+"""The test-size configuration (``--quick``)."""
 
 
 @dataclass(frozen=True)
@@ -422,14 +411,5 @@ def sgd_stationary_figures(store: Any, run_id: str) -> list[Any]:
 
 
 EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Minibatch SGD on linear regression: stationary covariance (exact Lyapunov vs Langevin)",
-        config_cls=SGDStationaryConfig,
-        run=run,
-        quick_overrides={"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40},
-    )
+    Experiment(NAME, DESCRIPTION, SGDStationaryConfig, run, QUICK, figures=(sgd_stationary_figures,))
 )
-
-
-register_figure(NAME, sgd_stationary_figures)

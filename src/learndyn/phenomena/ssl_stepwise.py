@@ -63,25 +63,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.phenomena._stepwise import crossing_step, float_tuple, loop_checkpoint_every
-from learndyn.phenomena._threads import torch_threads
+from learndyn.config import check_run_fields
+from learndyn.phenomena._figures import mode_color, run_series, sim_theory_traces
+from learndyn.phenomena._stepwise import crossing_step, full_batch_descent
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.representation import RepresentationProbe, effective_rank
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
-from learndyn.theory.ssl import (
-    aligned_init,
-    embedding_eigenvalues,
-    learned_dimensions,
-    projected_init,
-    ssl_loss,
-    ssl_step_times,
-)
-from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
+from learndyn.theory import ssl as closed_form
+from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "ssl-stepwise"
+DESCRIPTION = "Linear Barlow Twins: eigenvalues learned one at a time, effective-rank staircase"
 INITS = ("aligned", "random")
 
 
@@ -114,9 +108,8 @@ class SSLStepwiseConfig:
 
     def __post_init__(self) -> None:
         owner = "SSLStepwiseConfig"
-        self.eigenvalues = tuple(
-            check_real("eigenvalues", v, low=0.0, low_open=True, owner=owner)
-            for v in float_tuple(owner, "eigenvalues", self.eigenvalues)
+        self.eigenvalues = as_tuple(
+            "eigenvalues", self.eigenvalues, owner=owner, item=float, low=0.0, low_open=True
         )
         m = len(self.eigenvalues)
         if m == 0:
@@ -137,10 +130,11 @@ class SSLStepwiseConfig:
         if self.t_end is not None:
             self.t_end = check_real("t_end", self.t_end, low=0.0, low_open=True, owner=owner)
         check_int("eval_points", self.eval_points, low=10, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, low_open=True, owner=owner)
+        check_run_fields(self, owner)
+
+
+QUICK = {"embed_dim": 2}
+"""The test-size configuration (``--quick``)."""
 
 
 def make_views(config: SSLStepwiseConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,18 +159,18 @@ def make_views(config: SSLStepwiseConfig) -> tuple[np.ndarray, np.ndarray, np.nd
 def initial_weights(config: SSLStepwiseConfig, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(W0, c0)``: the initial embedding and the initial eigenvalues the theory starts from."""
     if config.init == "aligned":
-        return aligned_init(gamma, config.embed_dim, config.init_scale, seed=config.seed)
+        return closed_form.aligned_init(gamma, config.embed_dim, config.init_scale, seed=config.seed)
     rng = np.random.default_rng([config.seed, 3])
     m = gamma.shape[0]
     W0 = config.init_scale * rng.standard_normal((config.embed_dim, m)) / np.sqrt(m)
-    return W0, projected_init(W0, gamma)
+    return W0, closed_form.projected_init(W0, gamma)
 
 
 def train_time(config: SSLStepwiseConfig, gamma_top: np.ndarray, c0: np.ndarray) -> float:
     """``t_end``, or 1.25 × the time the slowest of the ``d`` modes needs to reach 0.99."""
     if config.t_end is not None:
         return config.t_end
-    return 1.25 * float(np.max(ssl_step_times(gamma_top, c0, fraction=0.99)))
+    return 1.25 * float(np.max(closed_form.ssl_step_times(gamma_top, c0, fraction=0.99)))
 
 
 def barlow_twins_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -242,14 +236,14 @@ class _Tracker:
         cfg = self.config
         t = cfg.lr * step
         c = correlation_eigenvalues(self.model, batch[0])
-        c_th = embedding_eigenvalues(t, self.gamma_top, self.c0)
+        c_th = closed_form.embedding_eigenvalues(t, self.gamma_top, self.c0)
         metrics = {
             "sim/loss": float(np.sum((1.0 - c) ** 2)),
-            "theory/loss": float(ssl_loss(t, self.gamma_top, self.c0)),
+            "theory/loss": float(closed_form.ssl_loss(t, self.gamma_top, self.c0)),
             "sim/erank": erank,
             "theory/erank": float(predicted_erank(c_th, self.gamma_top, cfg.view_noise)[0]),
             "sim/learned_dims": float(np.sum(c >= 0.5)),
-            "theory/learned_dims": float(learned_dimensions(t, self.gamma_top, self.c0)),
+            "theory/learned_dims": float(closed_form.learned_dimensions(t, self.gamma_top, self.c0)),
         }
         for j, (x, y) in enumerate(zip(c, c_th, strict=True), start=1):
             metrics[f"sim/c{j}"] = float(x)
@@ -282,13 +276,9 @@ class _Tracker:
         self.probe._norm0 = dict(state["probe_norm0"])
 
 
+@threaded
 def run(config: SSLStepwiseConfig, recorder: Recorder) -> ExperimentResult:
     """Train the linear Barlow-Twins model; log measured and predicted eigenvalues and effective rank."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: SSLStepwiseConfig, recorder: Recorder) -> ExperimentResult:
     x1, x2, basis = make_views(config)
     gamma = (basis * np.array(config.eigenvalues)) @ basis.T
     gamma_top = np.array(config.eigenvalues[: config.embed_dim])
@@ -306,32 +296,17 @@ def _run(config: SSLStepwiseConfig, recorder: Recorder) -> ExperimentResult:
     inputs = torch.as_tensor(np.concatenate([x1, x2]), dtype=torch.float64)
     targets = torch.zeros(inputs.shape[0], 1, dtype=torch.float64)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
     probe = RepresentationProbe(every=every, modules=["embed"])
     monitor = Monitor(model, barlow_twins_loss, probes=[probe], recorder=recorder, optimizer=optimizer)
     tracker = _Tracker(model, config, gamma_top, c0, recorder, monitor, probe, every)
 
-    def full_batch(_generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return inputs, targets
-
-    checkpointer = getattr(recorder, "checkpointer", None)
-    loop = train_loop(
-        model,
-        optimizer,
-        full_batch,
-        barlow_twins_loss,
-        steps,
-        generator=generator,
-        recorder=recorder,
-        monitor=tracker,
-        log_every=every,
-        checkpointer=checkpointer,
-        checkpoint_every=loop_checkpoint_every(checkpointer, steps),
-        key="ssl-stepwise",
-        progress=NAME,
+    batch = (inputs, targets)
+    loop = full_batch_descent(
+        model, optimizer, barlow_twins_loss, batch, steps, seed=config.seed, recorder=recorder,
+        tracker=tracker, every=every, key="ssl-stepwise", progress=NAME,
     )
     if loop.status == "completed":
-        tracker.after_step(steps, (inputs, targets))  # the final state, after the last update
+        tracker.after_step(steps, batch)  # the final state, after the last update
     monitor.close()
     return _result(config, gamma_top, c0, tracker, steps, loop.status)
 
@@ -347,12 +322,12 @@ def _result(
     steps_arr = np.array(tracker.steps, dtype=float)
     t = config.lr * steps_arr
     sim = np.array(tracker.sim).reshape(len(tracker.sim), gamma_top.size)
-    theory = embedding_eigenvalues(t, gamma_top, c0).reshape(sim.shape)
+    theory = closed_form.embedding_eigenvalues(t, gamma_top, c0).reshape(sim.shape)
     agreement = eigenvalue_agreement(sim, theory) if status == "completed" else float("inf")
     erank_th = predicted_erank(theory, gamma_top, config.view_noise)
     erank_sim = np.array(tracker.erank)
     ok = np.isfinite(erank_sim)
-    t_step = ssl_step_times(gamma_top, c0)
+    t_step = closed_form.ssl_step_times(gamma_top, c0)
     summary: dict[str, float] = {
         "agreement": agreement,
         "erank_max_abs_err": float(np.max(np.abs(erank_sim[ok] - erank_th[ok]))) if ok.any() else np.nan,
@@ -381,13 +356,9 @@ def _result(
 
 def ssl_figures(store: Any, run_id: str) -> list[Any]:
     """Report figures: eigenvalues of C and the effective rank, simulation (solid) vs theory (dashed)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    df = store.metrics(run_id, ["sim/*", "theory/*"])
-    series = {
-        name: (g["step"].to_numpy(), g["value"].to_numpy(dtype=float)) for name, g in df.groupby("name")
-    }
+    series = run_series(store, run_id, ["sim/*", "theory/*"])
     modes = sorted(
         {
             n.split("/", 1)[1]
@@ -400,35 +371,10 @@ def ssl_figures(store: Any, run_id: str) -> list[Any]:
         rows=1, cols=2, subplot_titles=("eigenvalues c_j of C", "effective rank of the embedding")
     )
     for k, mode in enumerate(modes):
-        color = f"hsl({(k * 67) % 360},70%,45%)"
-        for kind, dash in (("sim", "solid"), ("theory", "dash")):
-            if f"{kind}/{mode}" in series:
-                x, y = series[f"{kind}/{mode}"]
-                fig.add_trace(
-                    go.Scatter(
-                        x=x,
-                        y=y,
-                        mode="lines",
-                        name=f"{mode} ({kind})",
-                        line={"color": color, "dash": dash, "width": 2},
-                    ),
-                    row=1,
-                    col=1,
-                )
-    for kind, dash in (("sim", "solid"), ("theory", "dash")):
-        if f"{kind}/erank" in series:
-            x, y = series[f"{kind}/erank"]
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines",
-                    name=f"erank ({kind})",
-                    line={"color": "black", "dash": dash, "width": 2},
-                ),
-                row=1,
-                col=2,
-            )
+        for trace in sim_theory_traces(series, mode, mode, color=mode_color(k)):
+            fig.add_trace(trace, row=1, col=1)
+    for trace in sim_theory_traces(series, "erank", "erank", color="black"):
+        fig.add_trace(trace, row=1, col=2)
     fig.update_xaxes(title_text="step")
     fig.update_layout(
         title="Stepwise SSL: simulation (solid) vs Simon et al. closed form (dashed)", template="plotly_white"
@@ -436,15 +382,4 @@ def ssl_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Linear Barlow Twins: eigenvalues learned one at a time, effective-rank staircase",
-        config_cls=SSLStepwiseConfig,
-        run=run,
-        quick_overrides={"embed_dim": 2},
-    )
-)
-
-
-register_figure(NAME, ssl_figures)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, SSLStepwiseConfig, run, QUICK, figures=(ssl_figures,)))

@@ -57,13 +57,13 @@ weight decay every stationary point is balanced (``W₁W₁ᵀ = W₂ᵀW₂``: 
 
     s_i(W) = max(σ_i − λ, 0)     (the ``width`` largest),
 
-(:func:`soft_threshold_spectrum`): the rank drops below the width as ``λ`` passes the teacher's singular
-values -- the symmetry plus weight decay creates the low-rank structure (Ziyin & Wang 2024, "Symmetry induces
-structure and constraint of learning"). The hidden representation ``H = XW₁ᵀ`` has singular values
-``√(n s_i)``; the :class:`~learndyn.probes.RepresentationProbe` measures its effective rank (predicted:
-``erank(√s)``) and spectrum (numerical rank ``#{σ_k > rank_rtol·σ_max}``, predicted ``#{σ_i > λ}``).
-Reported: ``collapse/max_sv_error`` (``max_i |s_i^sim − s_i^th| / σ_1``, final product spectrum, all ``λ``;
-part of the figure) and ``collapse/rank_match`` (1 when every numerical rank equals the prediction).
+(:func:`~learndyn.theory.symmetry.soft_threshold_spectrum`): the rank drops below the width as ``λ`` passes
+the teacher's singular values -- the symmetry plus weight decay creates the low-rank structure (Ziyin & Wang
+2024, "Symmetry induces structure and constraint of learning"). The hidden representation ``H = XW₁ᵀ`` has
+singular values ``√(n s_i)``; the :class:`~learndyn.probes.RepresentationProbe` measures its effective rank
+(predicted: ``erank(√s)``) and spectrum (numerical rank ``#{σ_k > rank_rtol·σ_max}``, predicted ``#{σ_i >
+λ}``). Reported: ``collapse/max_sv_error`` (``max_i |s_i^sim − s_i^th| / σ_1``, final product spectrum, all
+``λ``; part of the figure) and ``collapse/rank_match`` (1 when every numerical rank equals the prediction).
 Logged: ``sim|theory/hidden_rank/wd=<λ>`` and ``sim|theory/hidden_erank/wd=<λ>`` (theory: the ``t → ∞``
 value), the final spectra as arrays ``collapse/product_sv`` and ``collapse/product_sv_theory``.
 
@@ -86,39 +86,30 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from learndyn.config import check_run_fields
+from learndyn.phenomena._chains import ChainBalanceProbe, ScalarNetEnsemble, chains_loss
 from learndyn.phenomena._loop_log import LoopLog
-from learndyn.phenomena._threads import torch_threads
+from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
-from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.monitor import Monitor
-from learndyn.probes.representation import RepresentationProbe, effective_rank
+from learndyn.probes.representation import RepresentationProbe, effective_rank, numerical_rank
 from learndyn.probes.symmetry import Symmetry, SymmetryProbe
-from learndyn.report.hooks import register_figure
 from learndyn.store.recorder import Recorder
-from learndyn.theory.sgd_stationary import sgd_stationary_covariance
-from learndyn.theory.symmetry import balance_flow, scalar_balance_sgd
+from learndyn.theory.symmetry import (
+    balance_flow,
+    balance_product_variance,
+    decay_errors,
+    scalar_balance_sgd,
+    soft_threshold_spectrum,
+)
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.training.losses import half_squared_error
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 NAME = "symmetry"
+DESCRIPTION = "Rescaling symmetry: conservation, e^{-2λt} decay, SGD law of balance, low-rank collapse"
 F64 = torch.float64
 RESCALE = Symmetry("rescale", "0", "2")  # first layer -> output layer of the ReLU network
-
-
-def _floats(name: str, value: object, owner: str, *, low: float = 0.0, low_open: bool = False) -> tuple:
-    """A non-empty tuple of reals ``>= low`` (``> low``); accepts ``"0,0.1"`` from ``--set``."""
-    if isinstance(value, str):
-        value = [p.strip() for p in value.split(",") if p.strip()]
-        try:
-            value = [float(p) for p in value]
-        except ValueError:
-            raise LearndynValueError(f"{owner}.{name}={value!r} is not a list of numbers") from None
-    if isinstance(value, int | float):
-        value = (value,)
-    out = tuple(check_real(name, v, low=low, low_open=low_open, owner=owner) for v in value)  # type: ignore[union-attr]
-    if not out:
-        raise LearndynValueError(f"{owner}.{name}=() is empty; allowed: one or more numbers")
-    return out
 
 
 @dataclass
@@ -176,9 +167,7 @@ class SymmetryConfig:
             check_int(name, getattr(self, name), low=1, owner=owner)
         check_int("balance_batch", self.balance_batch, low=1, owner=owner)
         check_int("balance_chains", self.balance_chains, low=2, owner=owner)
-        check_int("seed", self.seed, low=0, owner=owner)
-        if self.threads is not None:
-            check_int("threads", self.threads, low=1, owner=owner)
+        check_run_fields(self, owner)
         for name in (
             "lr",
             "balance_lr",
@@ -186,16 +175,21 @@ class SymmetryConfig:
             "noise_std",
             "input_var",
             "collapse_init",
-            "tolerance",
         ):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.rank_rtol = check_real(
             "rank_rtol", self.rank_rtol, low=0.0, high=1.0, low_open=True, high_open=True, owner=owner
         )
-        self.weight_decays = _floats("weight_decays", self.weight_decays, owner)
-        self.collapse_decays = _floats("collapse_decays", self.collapse_decays, owner)
-        self.collapse_sv = _floats("collapse_sv", self.collapse_sv, owner, low_open=True)
-        init = _floats("balance_init", self.balance_init, owner, low=-math.inf)
+        self.weight_decays = as_tuple(
+            "weight_decays", self.weight_decays, owner=owner, item=float, nonempty=True, low=0.0
+        )
+        self.collapse_decays = as_tuple(
+            "collapse_decays", self.collapse_decays, owner=owner, item=float, nonempty=True, low=0.0
+        )
+        self.collapse_sv = as_tuple(
+            "collapse_sv", self.collapse_sv, owner=owner, item=float, nonempty=True, low=0.0, low_open=True
+        )
+        init = as_tuple("balance_init", self.balance_init, owner=owner, item=float, nonempty=True)
         if len(init) != 2 or init[0] * init[1] == 0:
             raise LearndynValueError(
                 f"{owner}.balance_init={self.balance_init!r} is not allowed; "
@@ -228,12 +222,23 @@ class SymmetryConfig:
         )
 
 
+QUICK = {
+    "steps": 400,
+    "lr": 0.02,
+    "weight_decays": (0.0, 0.2),
+    "measure_every": 20,
+    "balance_lr": 0.04,
+    "balance_steps": 1500,
+    "balance_chains": 1000,
+    "balance_every": 100,
+    "collapse_decays": (0.0, 0.75),
+    "collapse_lr": 0.2,
+    "collapse_steps": 250,
+}
+"""The test-size configuration (``--quick``)."""
+
+
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def half_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
-    """``1/(2n) Σ_μ ‖f(x_μ) − y_μ‖²`` (the :mod:`learndyn.theory` convention)."""
-    return 0.5 * (outputs - targets).square().sum(dim=-1).mean()
 
 
 def _randn(gen: torch.Generator, *shape: int) -> Tensor:
@@ -243,34 +248,6 @@ def _randn(gen: torch.Generator, *shape: int) -> Tensor:
 def _orthogonal(gen: torch.Generator, d: int) -> Tensor:
     q, r = torch.linalg.qr(_randn(gen, d, d))
     return q * torch.sign(torch.diagonal(r))
-
-
-def soft_threshold_spectrum(teacher_sv: Any, weight_decay: float, width: int) -> np.ndarray:
-    """Singular values of the minimiser of ``½‖W − T‖²_F + λ‖W‖_*`` with ``rank W ≤ width``, descending.
-
-    ``max(σ_i − λ, 0)`` for the ``width`` largest teacher values ``σ_i``: the global minimum of a two-layer
-    linear network ``W = W₂W₁`` (hidden width ``width``) trained on whitened inputs with weight decay
-    ``(λ/2)(‖W₁‖² + ‖W₂‖²)`` (see the module docstring). Length ``min(width, len(teacher_sv))``.
-    """
-    s = np.sort(np.asarray(teacher_sv, dtype=float))[::-1]
-    lam = check_real("weight_decay", weight_decay, low=0.0)
-    width = check_int("width", width, low=1)
-    return np.maximum(s[: min(width, s.size)] - lam, 0.0)
-
-
-def decay_errors(q: np.ndarray, t: np.ndarray, weight_decay: float, rate: float = 2.0) -> np.ndarray:
-    """``‖q(t) − q₀e^{−2λt}‖ / (‖q₀‖e^{−2λt})`` per time (``q`` is ``(T, m)``, ``q₀ = q[0]`` at ``t[0] = 0``).
-
-    ``rate`` replaces the 2 of the exponent (tests use it to show a wrong law fails).
-    """
-    q = np.asarray(q, dtype=float)
-    theory = balance_flow(q[0], t, rate / 2.0 * weight_decay)
-    return np.linalg.norm(q - theory, axis=1) / np.linalg.norm(theory, axis=1)
-
-
-def _numerical_rank(sv: np.ndarray, rtol: float) -> int:
-    sv = np.asarray(sv, dtype=float)
-    return int(np.sum(sv > rtol * sv.max())) if sv.size and sv.max() > 0 else 0
 
 
 # ------------------------------------------------------------------------------------ parts 1-2: decay
@@ -311,19 +288,10 @@ def _decay_run(config: SymmetryConfig, index: int, lam: float, recorder: Recorde
     probe = SymmetryProbe(every=config.measure_every, symmetries=[RESCALE], detect=False)
     monitor = Monitor(net, half_squared_error, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        net,
-        opt,
-        lambda _g: (x, y),
-        half_squared_error,
-        config.steps,
-        generator=torch.Generator().manual_seed(config.seed),
-        recorder=log,
-        monitor=monitor,
-        log_every=config.measure_every,
-        checkpointer=log.checkpointer,
-        key=f"symmetry-decay-{index}",
-        prefix="decay/",
-        progress=f"{NAME}: decay wd={lam:g}",
+        net, opt, lambda _g: (x, y), half_squared_error, config.steps,
+        generator=torch.Generator().manual_seed(config.seed), recorder=log, monitor=monitor,
+        log_every=config.measure_every, checkpointer=log.checkpointer, key=f"symmetry-decay-{index}",
+        prefix="decay/", progress=f"{NAME}: decay wd={lam:g}",
     )
     if loop.status == "completed":
         monitor.after_step(config.steps, (x, y))  # the state after the last update (if on the schedule)
@@ -356,58 +324,6 @@ def _decay_run(config: SymmetryConfig, index: int, lam: float, recorder: Recorde
 # ------------------------------------------------------------------------------ part 3: law of balance
 
 
-class ScalarNetEnsemble(nn.Module):
-    """``C`` independent two-layer linear networks of width one, ``f_c(x) = u_c w_c x`` (float64).
-
-    Input and output are ``(B, C)``: column ``c`` is network ``c``'s batch. Summing the networks' losses gives
-    each its own gradient, so one optimizer step is ``C`` independent SGD steps.
-    """
-
-    def __init__(self, chains: int, u0: float, w0: float) -> None:
-        super().__init__()
-        self.u = nn.Parameter(torch.full((chains,), float(u0), dtype=F64))
-        self.w = nn.Parameter(torch.full((chains,), float(w0), dtype=F64))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.u * self.w * x
-
-    def balance(self) -> Tensor:
-        """``Q_c = u_c² − w_c²`` (detached)."""
-        return (self.u.square() - self.w.square()).detach()
-
-
-class ChainBalanceProbe(Probe):
-    """Mean and standard error of ``Q = u² − w²`` over a :class:`ScalarNetEnsemble`, and ``Var(uw − v*)``.
-
-    Metrics: ``balance/mean``, ``balance/sem``, ``balance/product_var``.
-    """
-
-    name = "balance"
-
-    def __init__(self, every: int, v_star: float) -> None:
-        super().__init__(every)
-        self.v_star = float(v_star)
-
-    def measure(self, ctx: ProbeContext) -> Measurement:
-        model = ctx.model
-        if not isinstance(model, ScalarNetEnsemble):
-            raise LearndynValueError(
-                f"ChainBalanceProbe needs a ScalarNetEnsemble, got {type(model).__name__}"
-            )
-        q = model.balance()
-        delta = (model.u * model.w).detach() - self.v_star
-        return {
-            "balance/mean": float(q.mean()),
-            "balance/sem": float(q.std() / math.sqrt(q.numel())),
-            "balance/product_var": float(delta.square().mean()),
-        }
-
-
-def _ensemble_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Sum over networks of each one's minibatch loss ``1/(2B) Σ_b (u w x_b − y_b)²``."""
-    return 0.5 * (outputs - targets).square().mean(dim=0).sum()
-
-
 def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
     log = LoopLog(recorder)
     u0, w0 = config.balance_init
@@ -415,7 +331,7 @@ def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
     model = ScalarNetEnsemble(config.balance_chains, u0, w0)
     opt = torch.optim.SGD(model.parameters(), lr=config.balance_lr)
     probe = ChainBalanceProbe(config.balance_every, v_star)
-    monitor = Monitor(model, _ensemble_loss, probes=[probe], recorder=log, optimizer=opt)
+    monitor = Monitor(model, chains_loss, probes=[probe], recorder=log, optimizer=opt)
     shape = (b, config.balance_chains)
 
     def sample(gen: torch.Generator) -> tuple[Tensor, Tensor]:  # online: fresh samples every step
@@ -424,19 +340,9 @@ def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(config.seed * 7919 + 2)
     loop = train_loop(
-        model,
-        opt,
-        sample,
-        _ensemble_loss,
-        config.balance_steps,
-        generator=gen,
-        recorder=log,
-        monitor=monitor,
-        log_every=config.balance_every,
-        checkpointer=log.checkpointer,
-        key="symmetry-balance",
-        prefix="balance/",
-        progress=f"{NAME}: law of balance",
+        model, opt, sample, chains_loss, config.balance_steps, generator=gen, recorder=log, monitor=monitor,
+        log_every=config.balance_every, checkpointer=log.checkpointer, key="symmetry-balance",
+        prefix="balance/", progress=f"{NAME}: law of balance",
     )
     if loop.status == "completed":
         monitor.after_step(config.balance_steps, sample(torch.Generator().manual_seed(0)))
@@ -447,7 +353,8 @@ def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
     q0 = u0 * u0 - w0 * w0
     theory = scalar_balance_sgd(q0, config.balance_lr, steps, b, h, s2, v_star)
     leading = scalar_balance_sgd(q0, config.balance_lr, steps, b, h, s2, v_star, fluctuation_correction=False)
-    pvar_theory = np.array([_product_variance(float(q), config, v_star) for q in theory])
+    lr = config.balance_lr
+    pvar_theory = np.array([balance_product_variance(float(q), lr, b, h, s2, v_star) for q in theory])
     for k, s in enumerate(steps):
         log.log(
             int(s),
@@ -472,14 +379,6 @@ def _balance_run(config: SymmetryConfig, recorder: Recorder) -> dict[str, Any]:
         "product_var_error": float(np.max(np.abs(pvar[late] - pvar_theory[late]) / pvar_theory[late])),
         "status": loop.status,
     }
-
-
-def _product_variance(q: float, config: SymmetryConfig, v_star: float) -> float:
-    """Stationary ``E[(uw − v*)²]`` at balance ``Q``: 1-D online SGD (exact formula of
-    :func:`~learndyn.theory.sgd_stationary.sgd_stationary_covariance`) at learning rate ``η√(Q² + 4v*²)``."""
-    lr_eff = config.balance_lr * math.sqrt(q * q + 4.0 * v_star * v_star)
-    cov = sgd_stationary_covariance([[config.input_var]], lr_eff, config.balance_batch, config.noise_std**2)
-    return float(cov[0, 0])
 
 
 # ----------------------------------------------------------------------------------- part 4: collapse
@@ -517,18 +416,9 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
     probe = RepresentationProbe(every=every, modules=["0"], spectrum=True)
     monitor = Monitor(net, half_squared_error, probes=[probe], recorder=log, optimizer=opt)
     loop = train_loop(
-        net,
-        opt,
-        lambda _g: (x, y),
-        half_squared_error,
-        config.collapse_steps,
-        generator=torch.Generator().manual_seed(config.seed),
-        recorder=log,
-        monitor=monitor,
-        log_every=every,
-        checkpointer=log.checkpointer,
-        key=f"symmetry-collapse-{index}",
-        prefix="collapse/",
+        net, opt, lambda _g: (x, y), half_squared_error, config.collapse_steps,
+        generator=torch.Generator().manual_seed(config.seed), recorder=log, monitor=monitor, log_every=every,
+        checkpointer=log.checkpointer, key=f"symmetry-collapse-{index}", prefix="collapse/",
         progress=f"{NAME}: collapse wd={lam:g}",
     )
     if loop.status == "completed":
@@ -538,7 +428,7 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
     rank_th = int(np.sum(s_th > 0))
     erank_th = effective_rank(np.sqrt(s_th))
     steps, svs = log.array_series("repr/0/sv")
-    ranks = [_numerical_rank(sv, config.rank_rtol) for sv in svs]
+    ranks = [numerical_rank(sv, config.rank_rtol) for sv in svs]
     _, erank = log.series("repr/0/erank")
     for k, s in enumerate(steps):
         log.log(
@@ -572,13 +462,21 @@ def _collapse_run(config: SymmetryConfig, index: int, lam: float, recorder: Reco
 # -------------------------------------------------------------------------------------------------- run
 
 
+def _row(part: str, weight_decay: float, measured: float, theory: float, error: float, note: str) -> dict:
+    """One row of the result table."""
+    return {
+        "part": part,
+        "weight_decay": weight_decay,
+        "measured": measured,
+        "theory": theory,
+        "max_rel_error": error,
+        "note": note,
+    }
+
+
+@threaded
 def run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
     """Train the four parts, log ``sim/*`` and ``theory/*`` curves, return the agreement (see module doc)."""
-    with torch_threads(config.threads):
-        return _run(config, recorder)
-
-
-def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
     summary: dict[str, float] = {}
     table: list[dict[str, Any]] = []
     decay_err = 0.0
@@ -590,29 +488,13 @@ def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
         summary[f"{tag}/max_rel_drift"] = r["max_rel_drift"]
         summary[f"{tag}/final_ratio"] = r["final_ratio"]
         summary[f"{tag}/final_ratio_theory"] = r["final_ratio_theory"]
-        table.append(
-            {
-                "part": "decay",
-                "weight_decay": lam,
-                "measured": r["final_ratio"],
-                "theory": r["final_ratio_theory"],
-                "max_rel_error": r["error"],
-                "note": "‖q(t_end)‖/‖q₀‖ vs e^{-2λt}",
-            }
-        )
+        note = "‖q(t_end)‖/‖q₀‖ vs e^{-2λt}"
+        table.append(_row("decay", lam, r["final_ratio"], r["final_ratio_theory"], r["error"], note))
 
     b = _balance_run(config, recorder)
     summary.update({f"balance/{k}": float(v) for k, v in b.items() if k != "status"})
-    table.append(
-        {
-            "part": "law of balance",
-            "weight_decay": 0.0,
-            "measured": b["final_mean"],
-            "theory": b["final_theory"],
-            "max_rel_error": b["error"],
-            "note": f"E[u²−w²] from {b['q0']:g}; leading order off by {b['leading_order_error']:.3f}",
-        }
-    )
+    note = f"E[u²−w²] from {b['q0']:g}; leading order off by {b['leading_order_error']:.3f}"
+    table.append(_row("law of balance", 0.0, b["final_mean"], b["final_theory"], b["error"], note))
 
     collapse_err, rank_match = 0.0, True
     for i, lam in enumerate(config.collapse_decays):
@@ -625,17 +507,9 @@ def _run(config: SymmetryConfig, recorder: Recorder) -> ExperimentResult:
         summary[f"{tag}/erank"] = c["erank"]
         summary[f"{tag}/erank_theory"] = c["erank_theory"]
         summary[f"{tag}/sv_error"] = c["error"]
-        table.append(
-            {
-                "part": "collapse",
-                "weight_decay": lam,
-                "measured": float(c["rank"]),
-                "theory": float(c["rank_theory"]),
-                "max_rel_error": c["error"],
-                "note": f"rank of W₁ (width {config.collapse_width}); erank {c['erank']:.3f} "
-                f"vs {c['erank_theory']:.3f}",
-            }
-        )
+        note = f"rank of W₁ (width {config.collapse_width}); erank {c['erank']:.3f} vs "
+        note += f"{c['erank_theory']:.3f}"
+        table.append(_row("collapse", lam, float(c["rank"]), float(c["rank_theory"]), c["error"], note))
     summary["collapse/max_sv_error"] = collapse_err
     summary["collapse/rank_match"] = float(rank_match)
     summary["decay/max_rel_error"] = decay_err
@@ -672,26 +546,4 @@ def symmetry_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-register_figure(NAME, symmetry_figures)
-
-EXPERIMENT = register(
-    Experiment(
-        name=NAME,
-        description="Rescaling symmetry: conservation, e^{-2λt} decay, SGD law of balance, low-rank collapse",
-        config_cls=SymmetryConfig,
-        run=run,
-        quick_overrides={
-            "steps": 400,
-            "lr": 0.02,
-            "weight_decays": (0.0, 0.2),
-            "measure_every": 20,
-            "balance_lr": 0.04,
-            "balance_steps": 1500,
-            "balance_chains": 1000,
-            "balance_every": 100,
-            "collapse_decays": (0.0, 0.75),
-            "collapse_lr": 0.2,
-            "collapse_steps": 250,
-        },
-    )
-)
+EXPERIMENT = register(Experiment(NAME, DESCRIPTION, SymmetryConfig, run, QUICK, figures=(symmetry_figures,)))

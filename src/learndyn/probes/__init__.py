@@ -5,16 +5,11 @@ One class per measured quantity family, each returning ``{"<probe>/<quantity>": 
 - :class:`NoiseProbe` -- gradient-noise covariance spectrum, trace, SNR, temperature, metric alignment
 - :class:`CurvatureProbe` -- Hessian top eigenvalues (Lanczos), trace (Hutchinson), sharpness
 - :class:`KernelProbe` -- empirical NTK spectrum, target alignment, velocity, distance from init
-- ``SymmetryProbe``, ``RepresentationProbe``, ``ParameterDistanceProbe``, ``StageProbe`` (imported lazily)
+- :class:`SymmetryProbe`, :class:`RepresentationProbe`, :class:`ParameterDistanceProbe`, :class:`StageProbe`
 
 ``Monitor(model, loss_fn, probes="light" | "standard" | "full" | [...])`` runs them after optimizer steps;
 presets are described in :mod:`learndyn.probes.presets`.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
 
 from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
 from learndyn.probes.curvature import CurvatureProbe
@@ -22,21 +17,9 @@ from learndyn.probes.kernel import KernelProbe
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.noise import NoiseProbe
 from learndyn.probes.presets import PRESETS, PROBES, TARGET_OVERHEAD, make_probe, preset_probes
-
-_LAZY = {
-    "SymmetryProbe": "learndyn.probes.symmetry",
-    "RepresentationProbe": "learndyn.probes.representation",
-    "ParameterDistanceProbe": "learndyn.probes.representation",
-    "StageProbe": "learndyn.probes.stages",
-    "StageDetector": "learndyn.probes.stages",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'learndyn.probes' has no attribute {name!r}")
-
+from learndyn.probes.representation import ParameterDistanceProbe, RepresentationProbe
+from learndyn.probes.stages import StageDetector, StageProbe
+from learndyn.probes.symmetry import SymmetryProbe
 
 __all__ = [
     "PRESETS",
@@ -48,9 +31,13 @@ __all__ = [
     "Measurement",
     "Monitor",
     "NoiseProbe",
+    "ParameterDistanceProbe",
     "Probe",
     "ProbeContext",
+    "RepresentationProbe",
+    "StageDetector",
+    "StageProbe",
+    "SymmetryProbe",
     "make_probe",
     "preset_probes",
-    *_LAZY,
 ]

@@ -136,12 +136,7 @@ def rademacher(n: int, dim: int, *, generator: torch.Generator) -> Tensor:
 
 
 def hutchinson_trace(
-    matvec: MatVec,
-    dim: int,
-    samples: int,
-    *,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float64,
+    matvec: MatVec, dim: int, samples: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
 ) -> tuple[float, float]:
     """``(estimate, standard error)`` of ``tr A`` from ``samples`` Rademacher quadratic forms ``vᵀ A v``."""
@@ -164,12 +159,7 @@ class CurvatureProbe(Probe):
     needs = frozenset({"hvp"})
 
     def __init__(
-        self,
-        every: int = 1,
-        k: int = 3,
-        lanczos_iters: int = 20,
-        hutchinson_samples: int = 10,
-        seed: int = 0,
+        self, every: int = 1, k: int = 3, lanczos_iters: int = 20, hutchinson_samples: int = 10, seed: int = 0
     ) -> None:
         super().__init__(every)
         self.k = check_int("k", k, low=1, owner="CurvatureProbe")

@@ -19,27 +19,32 @@ representation ~6, curvature (20 Lanczos + 10 Hutchinson Hessian-vector products
 ~80. Larger models amortise better. For denser series pass your own probes,
 ``Monitor(probes=[NoiseProbe(every=5), ...])``.
 
-Probe classes are imported lazily by name, so a preset only needs the modules of the probes it uses.
+Adding a probe to the names ``Monitor(probes=[...])`` accepts is one entry in :data:`PROBES`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from learndyn.probes.base import Probe
+from learndyn.probes.curvature import CurvatureProbe
+from learndyn.probes.kernel import KernelProbe
+from learndyn.probes.noise import NoiseProbe
+from learndyn.probes.representation import ParameterDistanceProbe, RepresentationProbe
+from learndyn.probes.stages import StageProbe
+from learndyn.probes.symmetry import SymmetryProbe
 from learndyn.validation import check_choice
 
-PROBES: dict[str, tuple[str, str]] = {
-    "noise": ("learndyn.probes.noise", "NoiseProbe"),
-    "curvature": ("learndyn.probes.curvature", "CurvatureProbe"),
-    "kernel": ("learndyn.probes.kernel", "KernelProbe"),
-    "symmetry": ("learndyn.probes.symmetry", "SymmetryProbe"),
-    "representation": ("learndyn.probes.representation", "RepresentationProbe"),
-    "parameters": ("learndyn.probes.representation", "ParameterDistanceProbe"),
-    "stages": ("learndyn.probes.stages", "StageProbe"),
+PROBES: dict[str, type[Probe]] = {
+    "noise": NoiseProbe,
+    "curvature": CurvatureProbe,
+    "kernel": KernelProbe,
+    "symmetry": SymmetryProbe,
+    "representation": RepresentationProbe,
+    "parameters": ParameterDistanceProbe,
+    "stages": StageProbe,
 }
-"""Probe name -> (module, class). The name is what ``Monitor(probes=[...])`` accepts as a string."""
+"""Probe name -> class. The name is what ``Monitor(probes=[...])`` accepts as a string."""
 
 _LIGHT: list[tuple[str, dict[str, Any]]] = [
     ("parameters", {"every": 50}),
@@ -63,10 +68,9 @@ TARGET_OVERHEAD: dict[str, float] = {"light": 1.1, "standard": 1.5, "full": 3.0}
 
 
 def probe_class(name: str) -> type[Probe]:
-    """The probe class registered as ``name`` (imported on first use)."""
+    """The probe class registered as ``name``."""
     check_choice("probe", name, PROBES, owner="probes")
-    module, cls = PROBES[name]
-    return getattr(importlib.import_module(module), cls)
+    return PROBES[name]
 
 
 def make_probe(name: str, **kwargs: Any) -> Probe:

@@ -182,6 +182,12 @@ def effective_rank(sv: Tensor | np.ndarray) -> float:
     return float(torch.exp(-torch.special.xlogy(p, p).sum()))
 
 
+def numerical_rank(sv: Tensor | np.ndarray, rtol: float) -> int:
+    """``#{σ_k > rtol · σ_max}``: how many singular values exceed a fraction of the largest (0 if none)."""
+    sv = np.asarray(sv, dtype=float)
+    return int(np.sum(sv > rtol * sv.max())) if sv.size and sv.max() > 0 else 0
+
+
 def participation_ratio(sv: Tensor | np.ndarray) -> float:
     """``(Σλ)² / Σλ²`` with ``λ = σ²`` (0 for ``σ = 0``)."""
     lam = torch.as_tensor(sv, dtype=torch.float64).square()

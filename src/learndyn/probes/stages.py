@@ -436,3 +436,35 @@ class StageProbe(Probe):
 
     def __repr__(self) -> str:
         return f"StageProbe(every={self.every}, metric={self.metric!r}, detector={self.detector!r})"
+
+
+# --------------------------------------------------------------------------------------------- offline use
+def detect_stages(steps: np.ndarray, values: np.ndarray, detector: StageDetector) -> list[StageEvent]:
+    """Feed a whole series to ``detector`` (and :meth:`~StageDetector.finish` it); return its events."""
+    for step, value in zip(steps, values, strict=True):
+        detector.update(int(step), float(value))
+    detector.finish()
+    return list(detector.events)
+
+
+def first_event(events: list[StageEvent], kind: str, after: float = -math.inf) -> float:
+    """Step of the first event of ``kind`` that ends a plateau followed by a drop, at or after ``after``.
+
+    ``kind="plateau_end"``: the start of the first completed descent (a plateau end followed by a drop);
+    ``"drop"``: that drop's step (steepest descent); ``"plateau_start"``: the plateau the descent ends in.
+    ``nan`` if there is none.
+    """
+    for i, event in enumerate(events):
+        if event.kind != "plateau_end" or event.step < after:
+            continue
+        rest = events[i + 1 :]
+        drop = next((e for e in rest if e.kind in ("drop", "plateau_end")), None)
+        if drop is None or drop.kind != "drop":
+            continue
+        if kind == "plateau_end":
+            return float(event.step)
+        if kind == "drop":
+            return float(drop.step)
+        settle = next((e for e in rest if e.kind == "plateau_start" and e.step >= drop.step), None)
+        return float(settle.step) if settle is not None else math.nan
+    return math.nan

@@ -2,7 +2,8 @@
 
 - :func:`build_html_report` — one self-contained interactive HTML file (plotly.js inlined) of runs or a sweep;
 - :func:`save_png_figures` — matplotlib PNGs of a run for papers;
-- :func:`register_figure` — add experiment-specific plotly figures to the report.
+- :func:`register_figure` — add experiment-specific plotly figures to the report (an experiment's own
+  figures are in its registry record: :class:`learndyn.phenomena.registry.Experiment`).
 
 Imports are lazy: ``import learndyn.report`` does not load plotly or matplotlib.
 """

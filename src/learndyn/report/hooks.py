@@ -1,33 +1,27 @@
-"""Experiment-specific report figures: a tiny registry keyed by experiment name.
+"""The experiment figures a report adds for a run: the experiment's own, then any registered here.
 
-A module registers a function that reads one run from the store and returns plotly figures; the HTML report
-adds them (in their own section, before the generic ones) for every run of that experiment::
+An experiment declares its figures in its registry record (``Experiment(figures=(fn, ...))``, see
+:mod:`learndyn.phenomena.registry`): functions that read one run from the store and return plotly figures.
+The HTML report adds them (in their own section, before the generic ones) for every run of that experiment;
+the run's ``experiment`` column (by default its name) selects them.
 
-    from learndyn.report.hooks import register_figure
+Figures for runs of experiments that are not in the registry, or extra figures for ones that are, register
+here::
 
-    @register_figure("optimizer-comparison")
-    def comparison_figures(store, run_id):
+    from learndyn.report import register_figure
+
+    @register_figure("my-experiment")
+    def my_figures(store, run_id):
         df = store.metrics(run_id, ["loss/*"])
         return [go.Figure(...)]
-
-The run's ``experiment`` column (by default its name) selects the hooks. Modules listed in
-``BUILTIN_FIGURE_MODULES`` are imported (if present) before a report is built, so their hooks register.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from learndyn.store.runstore import RunStore
-
-FigureFn = Callable[["RunStore", str], list[Any]]
-
-# Importing ``learndyn.phenomena`` registers every built-in experiment together with its figure hooks.
-BUILTIN_FIGURE_MODULES = ("learndyn.report.optimizer_comparison", "learndyn.phenomena")
+if TYPE_CHECKING:  # importing the registry loads the built-in experiments (torch): only when asked
+    from learndyn.phenomena.registry import FigureFn
 
 _FIGURES: dict[str, list[FigureFn]] = {}
 
@@ -56,21 +50,17 @@ def register_figure(experiment: str, fn: FigureFn | None = None) -> Any:
 
 
 def unregister_figure(experiment: str, fn: FigureFn | None = None) -> None:
-    """Remove ``fn`` (or every hook, if None) registered for ``experiment``."""
+    """Remove ``fn`` (or every figure function, if None) registered here for ``experiment``."""
     if fn is None:
         _FIGURES.pop(experiment, None)
     elif experiment in _FIGURES:
         _FIGURES[experiment] = [h for h in _FIGURES[experiment] if h is not fn]
 
 
-def load_builtin_figures() -> None:
-    """Import the modules that register built-in hooks (missing ones are skipped)."""
-    for module in BUILTIN_FIGURE_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
 def figures_for(experiment: str | None) -> list[FigureFn]:
-    """The hooks registered for ``experiment`` (after loading the built-in ones)."""
-    load_builtin_figures()
-    return list(_FIGURES.get(experiment or "", []))
+    """The figure functions for runs of ``experiment``: its registry record's, then those registered here."""
+    from learndyn.phenomena import registry
+
+    found = registry.find(experiment)
+    own = list(found.figures) if found is not None else []
+    return own + [f for f in _FIGURES.get(experiment or "", []) if f not in own]

@@ -12,10 +12,11 @@ already holds under the sweep id and matches them to the plan by config hash
   progress, unless ``rerun_running=True``.
 
 So re-running a sweep is idempotent: it runs exactly what is missing. The configs to run are grouped into
-work units -- vectorised ensembles where the experiment supports them (:mod:`learndyn.sweep.ensemble`) and
-the configs differ only in its ensemble axes, single runs otherwise -- and handed to an executor
-(:mod:`learndyn.sweep.executors`). A unit whose worker dies is reported lost; its ``running`` rows are marked
-``interrupted`` so that the next resume reruns exactly them.
+work units -- vectorised ensembles where the experiment supports them (its
+:class:`~learndyn.phenomena.registry.EnsembleSupport`) and the configs differ only in its ensemble axes,
+single runs otherwise -- and handed to an executor (:mod:`learndyn.sweep.executors`). A unit whose worker
+dies is reported lost; its ``running`` rows are marked ``interrupted`` so that the next resume reruns exactly
+them.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from learndyn.phenomena import registry
 from learndyn.progress import progress_bar
 from learndyn.store.runstore import run_process_alive
-from learndyn.sweep.ensemble import ensemble_key, ensemble_support
 from learndyn.sweep.executors import Executor, SerialExecutor, make_executor
-from learndyn.sweep.spec import SweepPlan, SweepPoint, SweepSpec, SweepSpecError, config_hash
+from learndyn.sweep.spec import SweepPlan, SweepPoint, SweepSpec, SweepSpecError, config_hash, ensemble_key
 from learndyn.sweep.work import UnitResult, WorkUnit
 from learndyn.validation import check_int
 
@@ -145,7 +146,7 @@ def plan_units(
     axes (chunks of at most ``ensemble_size``, split so that ``workers`` share a group), single runs
     otherwise. ``ensemble``: ``"auto"`` (where supported), ``True`` (required) or ``False``."""
     check_int("ensemble_size", ensemble_size, low=1, owner="sweep")
-    support = ensemble_support(plan.experiment) if ensemble else None
+    support = registry.ensemble_support(plan.experiment) if ensemble else None
     if ensemble is True and support is None:
         raise SweepSpecError(f"experiment {plan.experiment!r} cannot train ensembles; use --no-ensemble")
     units: list[WorkUnit] = []
@@ -184,8 +185,6 @@ def plan_units(
 def _imports_for(experiment_name: str) -> tuple[str, ...]:
     """Modules a fresh worker must import to know the experiment (for experiments registered outside
     learndyn, e.g. by a user's module)."""
-    from learndyn.phenomena import registry
-
     module = getattr(registry.get(experiment_name).run, "__module__", None)
     if not module or module == "__main__" or module.startswith("learndyn."):
         return ()

@@ -67,7 +67,8 @@ from learndyn.config import (
     split_assignment,
     type_name,
 )
-from learndyn.validation import LearndynValueError
+from learndyn.phenomena import registry
+from learndyn.validation import LearndynValueError, error_text
 
 __all__ = [
     "Axis",
@@ -77,6 +78,7 @@ __all__ = [
     "SweepSpecError",
     "canonical_config",
     "config_hash",
+    "ensemble_key",
     "parse_axis",
 ]
 
@@ -107,6 +109,12 @@ def canonical_config(config: Any) -> str:
 def config_hash(config: Any) -> str:
     """A 16-hex-digit hash of :func:`canonical_config`: how a sweep recognises a config it already ran."""
     return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:16]
+
+
+def ensemble_key(config: Any, axes: Sequence[str]) -> str:
+    """Configs with the same key agree on every field outside ``axes`` and may share an ensemble."""
+    data = {k: v for k, v in config_to_dict(config).items() if k not in set(axes)}
+    return canonical_config(data)
 
 
 # ------------------------------------------------------------------------------------------ field types
@@ -387,7 +395,7 @@ class SweepSpec:
         for item in grid:
             key, value = split_assignment(item, "--grid", SweepSpecError)
             if key in axes:
-                raise SweepSpecError(f"--grid {key}=... is given twice; allowed: one --grid per field")
+                raise SweepSpecError(f"--grid {key!r} is given twice; allowed: one --grid per field")
             axes[key] = value
         sets: dict[str, Any] = {}
         for item in overrides:
@@ -461,8 +469,6 @@ class SweepSpec:
     # --------------------------------------------------------------------------------------- expansion
     def expand(self) -> SweepPlan:
         """Validate and expand into a :class:`SweepPlan` (raises :class:`SweepSpecError`, one line)."""
-        from learndyn.phenomena import registry
-
         try:
             experiment = registry.get(self.experiment)
         except ValueError as exc:
@@ -538,7 +544,7 @@ class SweepSpec:
             raise SweepSpecError(str(exc)) from None
         except (ValueError, TypeError) as exc:
             raise SweepSpecError(
-                f"invalid config for experiment {experiment.name!r}: {_one_line(exc)}"
+                f"invalid config for experiment {experiment.name!r}: {error_text(exc)}"
             ) from None
 
     @staticmethod
@@ -548,7 +554,7 @@ class SweepSpec:
         except (ValueError, TypeError) as exc:
             shown = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
             raise SweepSpecError(
-                f"invalid config at {shown} for experiment {experiment.name!r}: {_one_line(exc)}"
+                f"invalid config at {shown} for experiment {experiment.name!r}: {error_text(exc)}"
             ) from None
 
 
@@ -556,10 +562,6 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return _to_text(value)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _derived_id(experiment: str, points: Sequence[SweepPoint]) -> str:
@@ -582,7 +584,7 @@ def _load_text(text: str, path: Path) -> Any:
 
             return yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - any parser error becomes one line
-        raise SweepSpecError(f"cannot parse sweep spec {path}: {_one_line(exc)}") from None
+        raise SweepSpecError(f"cannot parse sweep spec {path}: {error_text(exc)}") from None
     raise SweepSpecError(
         f"sweep spec {path}: unknown file type {suffix!r}; allowed: .yaml, .yml, .toml, .json"
     )

@@ -5,9 +5,11 @@ the sweep id, the store path and one config (``single``) or several (``ensemble`
 calls :func:`execute_unit`, which opens the store itself and writes the runs:
 
 - ``single``: exactly like ``learndyn run`` -- ``start_run`` (the run is visible as ``running`` at once),
-  the experiment's ``run`` logging into it, the summary, then ``completed``/``diverged``; an exception marks
-  it ``failed`` (the unit reports it, the worker lives on); Ctrl-C/SIGTERM mark it ``interrupted``.
-- ``ensemble``: the experiment's ensemble function trains all members in memory; then every member is written
+  then :func:`~learndyn.phenomena.registry.execute`: the experiment's ``run`` logging into it, the summary,
+  then ``completed``/``diverged``; an exception marks it ``failed`` (the unit reports it, the worker lives
+  on); Ctrl-C/SIGTERM mark it ``interrupted``.
+- ``ensemble``: the experiment's ensemble function (its record's ``ensemble``) trains all members in memory;
+  then every member is written
   as one finished run in a single store transaction (:func:`write_finished_runs`; hundreds of runs cost one
   lock and one commit instead of three each). A worker killed mid-ensemble leaves no rows: the resume runs the
   whole group again.
@@ -29,6 +31,11 @@ from typing import Any
 import numpy as np
 
 from learndyn import __version__
+from learndyn.config import config_from_dict
+from learndyn.config import seed_of as _seed_of
+from learndyn.phenomena import registry
+from learndyn.phenomena.registry import MemberOutcome, execute
+from learndyn.validation import exception_line
 
 __all__ = ["RunOutcome", "UnitResult", "WorkUnit", "execute_unit", "write_finished_runs"]
 
@@ -73,15 +80,8 @@ class UnitResult:
     host: str = ""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _prepare(unit: WorkUnit) -> Any:
     import torch
-
-    from learndyn.phenomena import registry
 
     if unit.threads > 0:
         torch.set_num_threads(unit.threads)
@@ -94,8 +94,6 @@ def execute_unit(unit: WorkUnit) -> UnitResult:
     """Run ``unit`` and write its runs to the store at ``unit.store_path``; never raises for a failing
     experiment (that is a ``failed`` outcome). KeyboardInterrupt (and SIGTERM turned into it) propagates after
     the run is marked ``interrupted``."""
-    from learndyn.config import config_from_dict
-
     start = time.perf_counter()
     result = UnitResult(unit.id, pid=os.getpid(), host=socket.gethostname())
     try:
@@ -105,7 +103,7 @@ def execute_unit(unit: WorkUnit) -> UnitResult:
         ]
         store = _open_store(unit.store_path)
     except Exception as exc:  # noqa: BLE001 - setup failures fail the unit's runs without a store row
-        result.outcomes = [RunOutcome(h, None, "failed", _one_line(exc)) for h in unit.hashes]
+        result.outcomes = [RunOutcome(h, None, "failed", exception_line(exc)) for h in unit.hashes]
         result.seconds = time.perf_counter() - start
         return result
     if unit.kind == "ensemble":
@@ -135,11 +133,6 @@ def _open_store(path: str) -> Any:
     return store
 
 
-def _seed_of(config: Any) -> int | None:
-    seed = getattr(config, "seed", None)
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
 def _execute_single(unit: WorkUnit, experiment: Any, config: Any, h: str, store: Any) -> RunOutcome:
     run = store.start_run(
         experiment.name,
@@ -150,20 +143,14 @@ def _execute_single(unit: WorkUnit, experiment: Any, config: Any, h: str, store:
         flush_seconds=30.0,
     )
     with run:
-        try:
-            result = experiment.run(config, run)
-        except Exception as exc:  # noqa: BLE001 - a failing run is an outcome, not a worker crash
-            message = _one_line(exc)
-            run.close("failed", message, "".join(traceback.format_exception(exc)))
-            return RunOutcome(h, run.id, "failed", message)
-        run.set_summary(result.stored_summary())
+        outcome = execute(experiment, config, run)  # a failing run is an outcome, not a worker crash
+    if outcome.error is not None:
+        return RunOutcome(h, run.id, "failed", outcome.error)
     return RunOutcome(h, run.id, run.status, None)
 
 
 def _execute_ensemble(unit: WorkUnit, experiment: Any, configs: list[Any], store: Any) -> list[RunOutcome]:
-    from learndyn.sweep.ensemble import MemberOutcome, ensemble_support
-
-    support = ensemble_support(experiment.name)
+    support = experiment.ensemble
     started = _now()
     try:
         if support is None:
@@ -172,7 +159,7 @@ def _execute_ensemble(unit: WorkUnit, experiment: Any, configs: list[Any], store
         if len(members) != len(configs):
             raise RuntimeError(f"the ensemble returned {len(members)} outcomes for {len(configs)} configs")
     except Exception as exc:  # noqa: BLE001 - the whole group failed; record every member as failed
-        message = _one_line(exc)
+        message = exception_line(exc)
         tb = "".join(traceback.format_exception(exc))
         members = [MemberOutcome("failed", error=message, summary={}) for _ in configs]
         for m in members:
@@ -202,7 +189,7 @@ def write_finished_runs(
 ) -> list[str]:
     """Write finished runs (one per member: status, summary, scalar series) in one store transaction.
 
-    ``members`` are :class:`~learndyn.sweep.ensemble.MemberOutcome`. The rows are the ones
+    ``members`` are :class:`~learndyn.phenomena.registry.MemberOutcome`. The rows are the ones
     ``RunStore.start_run`` + logging + ``close`` would write (same columns and JSON encodings). Returns the
     new run ids in order.
     """

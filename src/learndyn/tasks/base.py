@@ -77,10 +77,6 @@ class Task:
         inputs, targets = batch
         return self.loss_fn(model(inputs), targets)
 
-    def num_params(self) -> int:
-        """Number of trainable parameters of the task's model."""
-        return sum(p.numel() for p in self.make_model(0).parameters() if p.requires_grad)
-
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, bias: bool = True) -> nn.Sequential:
     """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers."""

@@ -1,14 +1,15 @@
-"""Train optimizers on tasks and compare them: the one training loop behind the benchmark and the experiment.
+"""Train optimizers on tasks and compare them: the protocol behind the quality benchmark and the experiment.
 
 Protocol (:func:`compare`):
 
-1. For every task and optimizer, pick a learning rate: a fixed one, a built-in default (:data:`DEFAULT_LRS`,
-   tuned once by ``benchmarks/bench_optim_quality.py``) or, with ``tune=True``, a grid search on a held-out
-   seed (:data:`TUNE_SEED`, never one of the evaluation seeds) -- see :func:`tune_lr`.
-2. Train each seed for ``steps`` steps (:func:`train`): minibatches from a ``torch.Generator`` seeded with the
-   seed, initial weights from ``task.make_model(seed)``. Every ``eval_every`` steps evaluate the full-data
-   loss ``L_t = task.evaluate(model)``. Wall time counts training steps only (sampling, forward, backward,
-   optimizer step), not evaluation.
+1. For every task and optimizer, pick a learning rate: a fixed one, a built-in default
+   (:data:`~learndyn.tasks.learning_rates.DEFAULT_LRS`, tuned once by ``benchmarks/bench_optim_quality.py``)
+   or, with ``tune=True``, a grid search on a held-out seed (:data:`TUNE_SEED`, never one of the evaluation
+   seeds) -- see :func:`tune_lr`.
+2. Train each seed for ``steps`` steps (:func:`train`, with :func:`learndyn.training.train_loop`): minibatches
+   from a ``torch.Generator`` seeded with the seed, initial weights from ``task.make_model(seed)``. Every
+   ``eval_every`` steps evaluate the full-data loss ``L_t = task.evaluate(model)``. Wall time counts training
+   steps only (sampling, forward, backward, optimizer step), not evaluation.
 3. Per run: ``steps_to_target = min{t : L_t <= task.target_loss}`` over evaluated steps (resolution
    ``eval_every``), the training wall time up to then, and the final loss ``L_T``. A run whose loss becomes
    non-finite or exceeds ``DIVERGENCE_FACTOR * L_0`` stops and counts as diverged (never reaches the
@@ -39,109 +40,16 @@ import torch
 
 from learndyn.optim.spec import OptimizerSpec, as_spec
 from learndyn.progress import progress_bar
-from learndyn.store.recorder import Recorder
+from learndyn.store.recorder import NullRecorder, Recorder
 from learndyn.tasks.base import Task, make_generator
+from learndyn.tasks.learning_rates import DEFAULT_LRS, FAMILY_LR
+from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 TUNE_SEED = 1_000_003
 """Seed of the learning-rate search; distinct from the evaluation seeds ``0, 1, 2, ...``."""
 DIVERGENCE_FACTOR = 1e4
 """A run stops as diverged once its full-data loss exceeds this multiple of its initial loss."""
-FAMILY_LR = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "adamw": 1e-3, "cgd": 1e-3}
-"""Fallback learning rates when neither a fixed lr nor a :data:`DEFAULT_LRS` entry applies."""
-
-DEFAULT_LRS: dict[tuple[str, str], float] = {
-    ("rosenbrock-2d", "sgd"): 0.001,
-    ("rosenbrock-2d", "momentum"): 0.001,
-    ("rosenbrock-2d", "adam"): 1.0,
-    ("rosenbrock-2d", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-2d", "cgd-diag-a0.5"): 1.0,
-    ("rosenbrock-2d", "cgd-diag-a0.75"): 10.0,
-    ("rosenbrock-2d", "cgd-diag-a1"): 31.6,
-    ("rosenbrock-2d", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-2d", "cgd-kron-a0.5"): 1.0,
-    ("rosenbrock-2d", "cgd-kron-a0.75"): 10.0,
-    ("rosenbrock-2d", "cgd-kron-a1"): 31.6,
-    ("rosenbrock-2d", "cgd-full-a0.25"): 0.01,
-    ("rosenbrock-2d", "cgd-full-a0.5"): 0.01,
-    ("rosenbrock-2d", "cgd-full-a0.75"): 3.16e-07,
-    ("rosenbrock-2d", "cgd-full-a1"): 3.16e-07,
-    ("rosenbrock-100d", "sgd"): 0.001,
-    ("rosenbrock-100d", "momentum"): 0.001,
-    ("rosenbrock-100d", "adam"): 0.1,
-    ("rosenbrock-100d", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-100d", "cgd-diag-a0.5"): 0.1,
-    ("rosenbrock-100d", "cgd-diag-a0.75"): 0.316,
-    ("rosenbrock-100d", "cgd-diag-a1"): 10.0,
-    ("rosenbrock-100d", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-100d", "cgd-kron-a0.5"): 0.1,
-    ("rosenbrock-100d", "cgd-kron-a0.75"): 0.316,
-    ("rosenbrock-100d", "cgd-kron-a1"): 10.0,
-    ("rosenbrock-100d", "cgd-full-a0.25"): 3.16e-05,
-    ("rosenbrock-100d", "cgd-full-a0.5"): 1e-06,
-    ("rosenbrock-100d", "cgd-full-a0.75"): 3.16e-07,
-    ("rosenbrock-100d", "cgd-full-a1"): 3.16e-07,
-    ("rosenbrock-2d-noisy", "sgd"): 0.001,
-    ("rosenbrock-2d-noisy", "momentum"): 0.001,
-    ("rosenbrock-2d-noisy", "adam"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.25"): 0.0316,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.5"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a0.75"): 10.0,
-    ("rosenbrock-2d-noisy", "cgd-diag-a1"): 31.6,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.25"): 0.0316,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.5"): 1.0,
-    ("rosenbrock-2d-noisy", "cgd-kron-a0.75"): 10.0,
-    ("rosenbrock-2d-noisy", "cgd-kron-a1"): 31.6,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.25"): 0.01,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.5"): 0.00316,
-    ("rosenbrock-2d-noisy", "cgd-full-a0.75"): 0.001,
-    ("rosenbrock-2d-noisy", "cgd-full-a1"): 0.0001,
-    ("multiplication", "sgd"): 0.1,
-    ("multiplication", "momentum"): 0.316,
-    ("multiplication", "adam"): 0.0316,
-    ("multiplication", "cgd-diag-a0.25"): 0.316,
-    ("multiplication", "cgd-diag-a0.5"): 0.0316,
-    ("multiplication", "cgd-diag-a0.75"): 0.001,
-    ("multiplication", "cgd-diag-a1"): 3.16e-05,
-    ("multiplication", "cgd-kron-a0.25"): 0.1,
-    ("multiplication", "cgd-kron-a0.5"): 0.01,
-    ("multiplication", "cgd-kron-a0.75"): 0.000316,
-    ("multiplication", "cgd-kron-a1"): 1e-05,
-    ("multiplication", "cgd-full-a0.25"): 0.0316,
-    ("multiplication", "cgd-full-a0.5"): 0.000316,
-    ("multiplication", "cgd-full-a0.75"): 3.16e-06,
-    ("multiplication", "cgd-full-a1"): 3.16e-07,
-    ("digits", "sgd"): 1.0,
-    ("digits", "momentum"): 0.316,
-    ("digits", "adam"): 0.0316,
-    ("digits", "cgd-diag-a0.25"): 0.316,
-    ("digits", "cgd-diag-a0.5"): 0.0316,
-    ("digits", "cgd-diag-a0.75"): 0.00316,
-    ("digits", "cgd-diag-a1"): 0.0001,
-    ("digits", "cgd-kron-a0.25"): 0.316,
-    ("digits", "cgd-kron-a0.5"): 0.0316,
-    ("digits", "cgd-kron-a0.75"): 0.001,
-    ("digits", "cgd-kron-a1"): 3.16e-05,
-    ("deep-linear", "sgd"): 3.16,
-    ("deep-linear", "momentum"): 1.0,
-    ("deep-linear", "adam"): 0.0316,
-    ("deep-linear", "cgd-diag-a0.25"): 1.0,
-    ("deep-linear", "cgd-diag-a0.5"): 0.0316,
-    ("deep-linear", "cgd-diag-a0.75"): 0.001,
-    ("deep-linear", "cgd-diag-a1"): 3.16e-05,
-    ("deep-linear", "cgd-kron-a0.25"): 0.316,
-    ("deep-linear", "cgd-kron-a0.5"): 0.01,
-    ("deep-linear", "cgd-kron-a0.75"): 0.0001,
-    ("deep-linear", "cgd-kron-a1"): 1e-06,
-    ("deep-linear", "cgd-full-a0.25"): 0.316,
-    ("deep-linear", "cgd-full-a0.5"): 0.00316,
-    ("deep-linear", "cgd-full-a0.75"): 3.16e-05,
-    ("deep-linear", "cgd-full-a1"): 3.16e-07,
-}
-"""Learning rates per ``(task, optimizer label)``: the values ``benchmarks/bench_optim_quality.py`` chose
-(adaptive search on the held-out seed, default task budgets). Labels are canonical (``cgd-diag-a0.5``);
-:func:`default_lr` maps ``cgd-diag`` etc. onto them. Chosen for fewest steps to target, so some are
-aggressive (e.g. Adam at 1.0 on Rosenbrock reaches the target fast, then oscillates)."""
 
 
 @dataclass
@@ -227,44 +135,100 @@ def train(
         result.message = text
         return result
 
-    gen = make_generator(seed)
-    eval_steps, losses = [0], [task.evaluate(model)]
-    limit = DIVERGENCE_FACTOR * max(abs(losses[0]), 1e-12)
-    wall = 0.0
-    if losses[0] <= task.target_loss:
-        result.steps_to_target, result.time_to_target = 0, 0.0
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
-        batch = task.sample(gen)
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(model, batch)
-        if not math.isfinite(loss.item()):  # diverged: stepping would feed NaNs to the optimizer
-            result.status, result.message = "diverged", f"non-finite minibatch loss at step {step}"
-            break
-        loss.backward()
-        try:
-            opt.step()
-        except (RuntimeError, ValueError) as exc:  # e.g. an eigendecomposition of a non-finite metric
-            finite = all(bool(torch.isfinite(p).all()) for p in params)
-            result.status = "diverged" if not finite else "error"
-            result.message = f"step {step}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            break
-        wall += time.perf_counter() - start
-        result.steps_done = step
-        if step % eval_every and step != steps:
-            continue
-        value = task.evaluate(model)
-        eval_steps.append(step)
-        losses.append(value)
-        if not math.isfinite(value) or value > limit:
+    curve = _Curve(task)
+    stepping = _Stepping(opt)
+    start = time.perf_counter()
+    try:
+        loop = train_loop(
+            model,
+            stepping,  # type: ignore[arg-type]
+            task.sample,
+            task.loss_fn,
+            steps,
+            generator=make_generator(seed),
+            recorder=curve,
+            log_every=steps,
+            evaluate=curve.evaluate,
+            eval_every=eval_every,
+            prefix="",
+            progress=False,
+            diverged_if=curve.diverged,
+        )
+    except _StepFailed as failed:  # e.g. an eigendecomposition of a non-finite metric
+        finite = all(bool(torch.isfinite(p).all()) for p in params)
+        exc = failed.__cause__
+        result.status = "diverged" if not finite else "error"
+        result.message = f"step {failed.step}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        result.steps_done = failed.step - 1
+    else:
+        result.steps_done = loop.steps_done
+        if loop.status == "diverged":
             result.status = "diverged"
+            result.message = "" if curve.stopped else loop.reason or ""
+    result.wall_time = time.perf_counter() - start - curve.eval_seconds
+    result.eval_steps = np.asarray(curve.steps, dtype=np.int64)
+    result.losses = np.asarray(curve.losses, dtype=float)
+    for step, value, stamp in zip(curve.steps, curve.losses, curve.times, strict=True):
+        if value <= task.target_loss:  # training time to the first evaluation at or below the target
+            result.steps_to_target, result.time_to_target = step, (stamp - start if step else 0.0)
             break
-        if result.steps_to_target is None and value <= task.target_loss:
-            result.steps_to_target, result.time_to_target = step, wall
-    result.eval_steps = np.asarray(eval_steps, dtype=np.int64)
-    result.losses = np.asarray(losses, dtype=float)
-    result.wall_time = wall
     return result
+
+
+class _Curve(NullRecorder):
+    """The full-data loss ``L_t = task.evaluate(model)`` at the loop's evaluations (the loop's recorder: it
+    keeps the steps), when in training time each was taken, and the divergence rule: ``L_t`` non-finite or
+    ``> DIVERGENCE_FACTOR · L_0``."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.times: list[float] = []  # perf_counter at each evaluation, less the evaluations before it
+        self.eval_seconds = 0.0
+        self.stopped = False
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        begin = time.perf_counter()
+        value = self.task.evaluate(model)
+        self.losses.append(value)
+        self.times.append(begin - self.eval_seconds)
+        self.eval_seconds += time.perf_counter() - begin
+        return {"full_loss": value}
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        if "full_loss" in metrics:
+            self.steps.append(int(step))
+
+    def diverged(self, metrics: Mapping[str, float]) -> str | None:
+        value, limit = metrics["full_loss"], DIVERGENCE_FACTOR * max(abs(self.losses[0]), 1e-12)
+        self.stopped = not math.isfinite(value) or value > limit
+        return f"full-data loss {value:.3g} is over {DIVERGENCE_FACTOR:g} x L_0" if self.stopped else None
+
+
+class _StepFailed(Exception):
+    """``optimizer.step()`` raised at update ``step`` (1-based); the cause is the original exception."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"optimizer step {step} failed")
+        self.step = step
+
+
+class _Stepping:
+    """The optimizer as :func:`~learndyn.training.train_loop` drives it, reporting which update raised."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer, self.updates = optimizer, 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        try:
+            self.optimizer.step()
+        except (RuntimeError, ValueError) as exc:
+            raise _StepFailed(self.updates + 1) from exc
+        self.updates += 1
 
 
 def lr_search_grid(center: float = 1e-2, decades: int = 2) -> list[float]:

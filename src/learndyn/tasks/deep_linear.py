@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from learndyn.tasks.base import Batch, Task, make_generator
-from learndyn.validation import check_int, check_real
+from learndyn.validation import check_int, check_ints, check_real
 
 
 class DeepLinear(nn.Sequential):
@@ -46,25 +46,13 @@ class DeepLinear(nn.Sequential):
 
 
 def deep_linear(
-    *,
-    d_in: int = 16,
-    width: int = 16,
-    d_out: int = 8,
-    depth: int = 3,
-    input_condition: float = 1000.0,
-    label_noise: float = 0.0,
-    init_scale: float = 0.1,
-    batch_size: int = 64,
-    target_fraction: float = 1e-5,
-    steps: int = 2000,
-    data_seed: int = 0,
+    *, d_in: int = 16, width: int = 16, d_out: int = 8, depth: int = 3, input_condition: float = 1000.0,
+    label_noise: float = 0.0, init_scale: float = 0.1, batch_size: int = 64, target_fraction: float = 1e-5,
+    steps: int = 2000, data_seed: int = 0,
 ) -> Task:
     """Deep linear network regression on a random teacher (see the module docstring)."""
     owner = "deep_linear"
-    d_in = check_int("d_in", d_in, low=1, owner=owner)
-    width = check_int("width", width, low=1, owner=owner)
-    d_out = check_int("d_out", d_out, low=1, owner=owner)
-    depth = check_int("depth", depth, low=1, owner=owner)
+    d_in, width, d_out, depth = check_ints(owner, low=1, d_in=d_in, width=width, d_out=d_out, depth=depth)
     input_condition = check_real("input_condition", input_condition, low=1, owner=owner)
     label_noise = check_real("label_noise", label_noise, low=0, owner=owner)
     init_scale = check_real("init_scale", init_scale, low=0, low_open=True, owner=owner)
@@ -100,14 +88,8 @@ def deep_linear(
         diff = model.end_to_end() - teacher
         return float((diff**2 * sigma).sum() / d_out) + label_noise**2
 
-    return Task(
-        name="deep-linear",
-        description=f"depth-{depth} linear network fitting a {d_out}x{d_in} teacher (input condition "
-        f"{input_condition:g})",
-        build_model=build_model,
-        sample=sample,
-        loss_fn=loss_fn,
-        evaluate=evaluate,
-        target_loss=target_fraction * zero_loss + label_noise**2,
-        steps=steps,
+    description = (
+        f"depth-{depth} linear network fitting a {d_out}x{d_in} teacher (input condition {input_condition:g})"
     )
+    target_loss = target_fraction * zero_loss + label_noise**2
+    return Task("deep-linear", description, build_model, sample, loss_fn, evaluate, target_loss, steps)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from learndyn.tasks.base import Batch, Task, mlp
-from learndyn.validation import check_int, check_real
+from learndyn.validation import check_int, check_ints, check_real
 
 
 @lru_cache(maxsize=1)
@@ -35,18 +35,11 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digits(
-    *,
-    width: int = 32,
-    depth: int = 1,
-    batch_size: int = 64,
-    target_loss: float = 0.01,
-    steps: int = 1500,
+    *, width: int = 32, depth: int = 1, batch_size: int = 64, target_loss: float = 0.01, steps: int = 1500
 ) -> Task:
     """MLP ``64 -> width (x depth hidden layers, tanh) -> 10`` on the digits data with cross-entropy."""
     owner = "digits"
-    width = check_int("width", width, low=1, owner=owner)
-    depth = check_int("depth", depth, low=1, owner=owner)
-    batch_size = check_int("batch_size", batch_size, low=1, owner=owner)
+    width, depth, batch_size = check_ints(owner, low=1, width=width, depth=depth, batch_size=batch_size)
     target_loss = check_real("target_loss", target_loss, low=0, low_open=True, owner=owner)
     steps = check_int("steps", steps, low=1, owner=owner)
     x, y = digits_data()
@@ -62,13 +55,5 @@ def digits(
     def evaluate(model: nn.Module) -> float:
         return float(F.cross_entropy(model(x), y))
 
-    return Task(
-        name="digits",
-        description=f"MLP (width {width}, {depth} hidden) on sklearn digits, cross-entropy",
-        build_model=build_model,
-        sample=sample,
-        loss_fn=F.cross_entropy,
-        evaluate=evaluate,
-        target_loss=target_loss,
-        steps=steps,
-    )
+    description = f"MLP (width {width}, {depth} hidden) on sklearn digits, cross-entropy"
+    return Task("digits", description, build_model, sample, F.cross_entropy, evaluate, target_loss, steps)

@@ -18,23 +18,16 @@ import torch
 from torch import nn
 
 from learndyn.tasks.base import Batch, Task, mlp
-from learndyn.validation import check_int, check_real
+from learndyn.validation import check_int, check_ints, check_real
 
 
 def multiplication(
-    *,
-    width: int = 24,
-    depth: int = 2,
-    batch_size: int = 64,
-    grid: int = 64,
-    target_loss: float = 5e-4,
+    *, width: int = 24, depth: int = 2, batch_size: int = 64, grid: int = 64, target_loss: float = 5e-4,
     steps: int = 2000,
 ) -> Task:
     """MLP ``2 -> width (x depth hidden layers, tanh) -> 1`` fitting ``x1 * x2``, mean squared error."""
     owner = "multiplication"
-    width = check_int("width", width, low=1, owner=owner)
-    depth = check_int("depth", depth, low=1, owner=owner)
-    batch_size = check_int("batch_size", batch_size, low=1, owner=owner)
+    width, depth, batch_size = check_ints(owner, low=1, width=width, depth=depth, batch_size=batch_size)
     grid = check_int("grid", grid, low=2, owner=owner)
     target_loss = check_real("target_loss", target_loss, low=0, low_open=True, owner=owner)
     steps = check_int("steps", steps, low=1, owner=owner)
@@ -57,13 +50,5 @@ def multiplication(
     def evaluate(model: nn.Module) -> float:
         return float(loss_fn(model(eval_x), eval_y))
 
-    return Task(
-        name="multiplication",
-        description=f"MLP (width {width}, {depth} hidden) learning x*y on [-1,1]^2",
-        build_model=build_model,
-        sample=sample,
-        loss_fn=loss_fn,
-        evaluate=evaluate,
-        target_loss=target_loss,
-        steps=steps,
-    )
+    description = f"MLP (width {width}, {depth} hidden) learning x*y on [-1,1]^2"
+    return Task("multiplication", description, build_model, sample, loss_fn, evaluate, target_loss, steps)

@@ -42,14 +42,8 @@ class RosenbrockPoint(nn.Module):
 
 
 def rosenbrock(
-    dim: int = 2,
-    *,
-    noise: float = 0.0,
-    batch_size: int = 1,
-    init_scale: float = 0.1,
-    a: float = 100.0,
-    target_loss: float | None = None,
-    steps: int | None = None,
+    dim: int = 2, *, noise: float = 0.0, batch_size: int = 1, init_scale: float = 0.1, a: float = 100.0,
+    target_loss: float | None = None, steps: int | None = None,
 ) -> Task:
     """The ``dim``-dimensional Rosenbrock task (see the module docstring).
 
@@ -87,13 +81,5 @@ def rosenbrock(
 
     suffix = f", gradient noise {noise:g}" if noise else ""
     name = f"rosenbrock-{dim}d" + ("-noisy" if noise else "")
-    return Task(
-        name=name,
-        description=f"Rosenbrock function in {dim} dimensions{suffix}",
-        build_model=build_model,
-        sample=sample,
-        loss_fn=loss_fn,
-        evaluate=evaluate,
-        target_loss=target_loss,
-        steps=steps,
-    )
+    description = f"Rosenbrock function in {dim} dimensions{suffix}"
+    return Task(name, description, build_model, sample, loss_fn, evaluate, target_loss, steps)

@@ -14,13 +14,16 @@ Conventions shared by all modules
 
 Modules
 -------
+``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
-``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance.
+``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
+                    soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
 """
 
+from learndyn.theory.covariant import participation_ratio, update_covariance
 from learndyn.theory.deep_linear import (
     LinearTeacher,
     decoupled_init,
@@ -41,11 +44,14 @@ from learndyn.theory.ntk import (
 )
 from learndyn.theory.sgd_stationary import (
     langevin_stationary_covariance,
+    sgd_excess_loss_trajectory,
+    sgd_gradient_covariance,
     sgd_max_stable_lr,
     sgd_noise_covariance,
     sgd_second_moment_trajectory,
     sgd_stationary_covariance,
     sgd_stationary_excess_loss,
+    sgd_stationary_forms,
     sgd_temperature,
 )
 from learndyn.theory.ssl import (
@@ -60,9 +66,12 @@ from learndyn.theory.ssl import (
 from learndyn.theory.symmetry import (
     balance_flow,
     balance_gd,
+    balance_product_variance,
+    decay_errors,
     neuron_balance,
     scalar_balance_sgd,
     scalar_balance_step,
+    soft_threshold_spectrum,
 )
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
 
@@ -72,6 +81,8 @@ __all__ = [
     "aligned_init",
     "balance_flow",
     "balance_gd",
+    "balance_product_variance",
+    "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
     "embedding_eigenvalues",
@@ -87,19 +98,25 @@ __all__ = [
     "ntk_predictions_flow",
     "ntk_predictions_gd",
     "ntk_train_loss",
+    "participation_ratio",
     "projected_init",
     "scalar_balance_sgd",
     "scalar_balance_step",
+    "sgd_excess_loss_trajectory",
+    "sgd_gradient_covariance",
     "sgd_max_stable_lr",
     "sgd_noise_covariance",
     "sgd_second_moment_trajectory",
     "sgd_stationary_covariance",
     "sgd_stationary_excess_loss",
+    "sgd_stationary_forms",
     "sgd_temperature",
+    "soft_threshold_spectrum",
     "ssl_loss",
     "ssl_step_times",
     "steps_for_time",
     "time_to_strength",
+    "update_covariance",
     "view_correlation",
     "whitened_inputs",
 ]

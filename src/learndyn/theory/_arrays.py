@@ -43,6 +43,22 @@ def as_float_array(
     return arr
 
 
+def broadcast_pair(
+    name_a: str, a: Any, name_b: str, b: Any, *, ndim: tuple[int, ...] = (0, 1), **bounds: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 arrays (each checked by :func:`as_float_array` with ``ndim`` and ``bounds``)
+    broadcast to one shape; raise naming both when they do not broadcast."""
+    a = as_float_array(name_a, a, ndim=ndim, **bounds)
+    b = as_float_array(name_b, b, ndim=ndim, **bounds)
+    try:
+        a, b = np.broadcast_arrays(a, b)
+    except ValueError:
+        raise LearndynValueError(
+            f"{name_a} has shape {a.shape} and {name_b} {b.shape}; allowed: broadcastable shapes"
+        ) from None
+    return a.astype(np.float64), b.astype(np.float64)
+
+
 def as_square(name: str, value: Any) -> np.ndarray:
     """A finite 2-D square float64 array."""
     arr = as_float_array(name, value, ndim=2)

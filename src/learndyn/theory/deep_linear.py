@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from learndyn.theory._arrays import as_float_array, time_grid
+from learndyn.theory._arrays import as_float_array, broadcast_pair, time_grid
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 _BISECTION_STEPS = 200
@@ -146,15 +146,7 @@ def _check_depth_tau(depth: int, tau: float) -> tuple[int, float]:
 
 
 def _mode_arrays(s: Any, a0: Any) -> tuple[np.ndarray, np.ndarray]:
-    s = as_float_array("s", s, ndim=(0, 1), low=0.0)
-    a0 = as_float_array("a0", a0, ndim=(0, 1), low=0.0)
-    try:
-        s, a0 = np.broadcast_arrays(s, a0)
-    except ValueError:
-        raise LearndynValueError(
-            f"s has shape {s.shape} and a0 {a0.shape}; allowed: broadcastable shapes"
-        ) from None
-    return s.astype(np.float64), a0.astype(np.float64)
+    return broadcast_pair("s", s, "a0", a0, low=0.0)
 
 
 def _flow_time_terms(u: np.ndarray, s: np.ndarray, s_minus_u: np.ndarray, depth: int) -> np.ndarray:

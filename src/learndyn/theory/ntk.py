@@ -110,13 +110,7 @@ def _assemble(
 
 
 def ntk_predictions_flow(
-    theta: Any,
-    y: Any,
-    f0: Any,
-    t: Any,
-    theta_test: Any = None,
-    f0_test: Any = None,
-    rcond: float = 1e-12,
+    theta: Any, y: Any, f0: Any, t: Any, theta_test: Any = None, f0_test: Any = None, rcond: float = 1e-12
 ) -> NTKPrediction:
     """Gradient-flow predictions at times ``t = lr·step`` (scalar or 1-D) on the training (and test) points.
 

@@ -90,6 +90,52 @@ def sgd_noise_covariance(H: Any, second_moment: Any, noise_var: float, batch: in
     return (H @ S @ H + np.trace(H @ S) * H + noise_var * H) / batch
 
 
+def sgd_gradient_covariance(H: Any, weight_cov: Any, noise_var: float, batch: int) -> np.ndarray:
+    """Covariance of the minibatch gradient ``ĝ`` over the weights' spread: ``HΣH + E[Cov(ĝ | e)]``.
+
+    With the weight error ``e`` centred with covariance ``Σ = weight_cov`` (e.g. SGD's stationary
+    distribution): ``HΣH + (1/B)[HΣH + tr(HΣ)H + σ²H]`` (exact for Gaussian inputs). ``weight_cov=None``
+    gives the leading order in ``η`` at the minimum, ``σ²H/B`` (``Σ = 0``). ``H`` may be singular.
+    """
+    H = as_square("H", H)
+    if weight_cov is None:
+        return sgd_noise_covariance(H, np.zeros_like(H), noise_var, batch)
+    S = as_square("weight_cov", weight_cov)
+    return H @ S @ H + sgd_noise_covariance(H, S, noise_var, batch)
+
+
+def sgd_stationary_forms(
+    basis: Any, eigenvalues: Any, lr: float, batch: int, noise_var: float
+) -> dict[str, np.ndarray]:
+    """The stationary weight covariance of SGD for ``H = V diag(h) Vᵀ`` (``V``: ``d × r`` orthonormal columns,
+    ``h > 0``; ``H`` may be singular, ``r < d``), three ways, each ``d × d`` and 0 off the support of ``H``:
+
+    ``exact`` (:func:`sgd_stationary_covariance` on the support), ``langevin`` (the small-``η`` limit
+    ``T·VVᵀ``, :func:`sgd_temperature`) and ``gibbs`` (``T·H⁺``, the Boltzmann form SGD does *not* reach).
+    """
+    V = as_float_array("basis", basis, ndim=2)
+    h = as_float_array("eigenvalues", eigenvalues, ndim=1, low=0.0, low_open=True)
+    if V.shape[1] != h.size:
+        raise LearndynValueError(f"basis has shape {V.shape}; allowed: (d, {h.size})")
+    exact = V @ sgd_stationary_covariance(np.diag(h), lr, batch, noise_var) @ V.T
+    T = sgd_temperature(lr, batch, noise_var)
+    return {"exact": exact, "langevin": T * V @ V.T, "gibbs": T * (V / h) @ V.T}
+
+
+def sgd_excess_loss_trajectory(
+    eigenvalues: Any, initial_error: Any, lr: float, batch: int, noise_var: float, steps: Any
+) -> np.ndarray:
+    """Exact expected excess loss ``E[L_k] − σ²/2 = ½ tr(H S_k)`` of SGD from a deterministic start.
+
+    In the eigenbasis of ``H`` (``eigenvalues`` ``h``, ``initial_error`` ``e₀ = w₀ − w*`` in that basis):
+    ``S_k`` from :func:`sgd_second_moment_trajectory` with ``S₀ = e₀e₀ᵀ``. Shape ``(T,)`` for ``steps``.
+    """
+    h = as_float_array("eigenvalues", eigenvalues, ndim=1)
+    e0 = as_float_array("initial_error", initial_error, ndim=1)
+    S = sgd_second_moment_trajectory(np.diag(h), lr, batch, noise_var, np.outer(e0, e0), steps)
+    return 0.5 * np.einsum("i,tii->t", h, S)
+
+
 def _kappa(evals: np.ndarray, lr: float, batch: int) -> tuple[float, np.ndarray]:
     margin = 2.0 - lr * (1.0 + 1.0 / batch) * evals
     if np.any(margin <= 0):
@@ -111,30 +157,31 @@ def sgd_max_stable_lr(H: Any, batch: int) -> float:
     )
 
 
-def sgd_stationary_covariance(H: Any, lr: float, batch: int, noise_var: float) -> np.ndarray:
-    """Exact stationary covariance ``Σ = E[(w − w*)(w − w*)ᵀ]`` of online minibatch SGD (closed form)."""
+def _stationary(H: Any, lr: float, batch: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(eigenvectors of H, κ, margins 2 − η(1 + 1/B)λ_i)`` where SGD has a stationary second moment;
+    raise naming the threshold where it has none (``lr`` and ``batch`` already checked)."""
     evals, evecs = _pd_eigh(H)
-    lr, batch, noise_var = _check_common(lr, batch, noise_var)
     kappa, margin = _kappa(evals, lr, batch)
     if not kappa < 1.0:
         raise LearndynValueError(
             f"lr={lr!r} is out of range (SGD variance diverges); "
             f"allowed: lr < {sgd_max_stable_lr(H, batch):.6g}"
         )
+    return evecs, kappa, margin
+
+
+def sgd_stationary_covariance(H: Any, lr: float, batch: int, noise_var: float) -> np.ndarray:
+    """Exact stationary covariance ``Σ = E[(w − w*)(w − w*)ᵀ]`` of online minibatch SGD (closed form)."""
+    lr, batch, noise_var = _check_common(lr, batch, noise_var)
+    evecs, kappa, margin = _stationary(H, lr, batch)
     diag = (lr * noise_var / batch) / ((1.0 - kappa) * margin)
     return (evecs * diag) @ evecs.T
 
 
 def sgd_stationary_excess_loss(H: Any, lr: float, batch: int, noise_var: float) -> float:
     """``E[L(w)] − L(w*) = ½ tr(HΣ) = ½ σ² κ/(1 − κ)`` at stationarity."""
-    evals, _ = _pd_eigh(H)
     lr, batch, noise_var = _check_common(lr, batch, noise_var)
-    kappa, _ = _kappa(evals, lr, batch)
-    if not kappa < 1.0:
-        raise LearndynValueError(
-            f"lr={lr!r} is out of range (SGD variance diverges); "
-            f"allowed: lr < {sgd_max_stable_lr(H, batch):.6g}"
-        )
+    _, kappa, _ = _stationary(H, lr, batch)
     return 0.5 * noise_var * kappa / (1.0 - kappa)
 
 

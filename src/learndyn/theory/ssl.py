@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from learndyn.theory._arrays import as_float_array, symmetric_eigh, time_grid
+from learndyn.theory._arrays import as_float_array, broadcast_pair, symmetric_eigh, time_grid
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 
@@ -105,19 +105,12 @@ def projected_init(W0: Any, gamma: Any) -> np.ndarray:
 
 
 def _modes(gamma_eigs: Any, c0: Any) -> tuple[np.ndarray, np.ndarray]:
-    gam = as_float_array("gamma_eigs", gamma_eigs, ndim=(0, 1))
-    c0 = as_float_array("c0", c0, ndim=(0, 1))
-    try:
-        gam, c0 = np.broadcast_arrays(gam, c0)
-    except ValueError:
-        raise LearndynValueError(
-            f"gamma_eigs has shape {gam.shape} and c0 {c0.shape}; allowed: broadcastable shapes"
-        ) from None
+    gam, c0 = broadcast_pair("gamma_eigs", gamma_eigs, "c0", c0)
     if np.any(gam * c0 < 0):
         raise LearndynValueError(
             "c0 has the opposite sign to gamma_eigs somewhere; allowed: c0 = γ s² (same sign)"
         )
-    return gam.astype(np.float64), c0.astype(np.float64)
+    return gam, c0
 
 
 def embedding_eigenvalues(t: Any, gamma_eigs: Any, c0: Any) -> np.ndarray:

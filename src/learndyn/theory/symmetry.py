@@ -174,6 +174,22 @@ def scalar_balance_sgd(
     return q[k]
 
 
+def balance_product_variance(
+    q: float, lr: float, batch: int, x_var: float, noise_var: float, v_star: float
+) -> float:
+    """Stationary ``E[(uw − v*)²]`` of the scalar model at balance ``Q`` (adiabatic in ``Q``): 1-D online SGD
+    (the exact formula of :func:`~learndyn.theory.sgd_stationary.sgd_stationary_covariance`, d = 1) at the
+    effective learning rate ``η(u² + w²) = η√(Q² + 4v*²)``; see the module docstring."""
+    return _product_variance(
+        check_real("q", q),
+        check_real("lr", lr, low=0.0, low_open=True),
+        check_int("batch", batch, low=1),
+        check_real("x_var", x_var, low=0.0, low_open=True),
+        check_real("noise_var", noise_var, low=0.0),
+        check_real("v_star", v_star),
+    )
+
+
 def _product_variance(q: float, lr: float, batch: int, h: float, s2: float, v_star: float) -> float:
     """Stationary ``E[δ²]`` of ``δ = uw − v*``: 1-D SGD (``sgd_stationary_covariance`` with d = 1) at the
     effective learning rate ``η(u² + w²) = η√(Q² + 4v*²)``."""
@@ -198,3 +214,29 @@ def scalar_balance_step(q: Any, minibatch_grad: Any, lr: float, weight_decay: fl
     lr = check_real("lr", lr, low=0.0, low_open=True)
     lam = check_real("weight_decay", weight_decay, low=0.0)
     return q * ((1.0 - lr * lam) ** 2 - lr**2 * a**2)
+
+
+def soft_threshold_spectrum(teacher_sv: Any, weight_decay: float, width: int) -> np.ndarray:
+    """Singular values of the minimiser of ``½‖W − T‖²_F + λ‖W‖_*`` with ``rank W ≤ width``, descending.
+
+    ``max(σ_i − λ, 0)`` for the ``width`` largest teacher values ``σ_i``: the global minimum of a two-layer
+    linear network ``W = W₂W₁`` (hidden width ``width``) trained on whitened inputs with weight decay
+    ``(λ/2)(‖W₁‖² + ‖W₂‖²)``: on balanced factors ``½(‖W₁‖² + ‖W₂‖²) = ‖W‖_*`` (Srebro, Rennie & Jaakkola
+    2005), and the nuclear-norm proximal map soft-thresholds the spectrum. Length
+    ``min(width, len(teacher_sv))``.
+    """
+    s = np.sort(np.asarray(teacher_sv, dtype=float))[::-1]
+    lam = check_real("weight_decay", weight_decay, low=0.0)
+    width = check_int("width", width, low=1)
+    return np.maximum(s[: min(width, s.size)] - lam, 0.0)
+
+
+def decay_errors(q: Any, t: Any, weight_decay: float, rate: float = 2.0) -> np.ndarray:
+    """``‖q(t) − q₀e^{−2λt}‖ / (‖q₀‖e^{−2λt})`` per time: how far a measured balance is from
+    :func:`balance_flow` (``q`` is ``(T, m)``, ``q₀ = q[0]`` at ``t[0] = 0``).
+
+    ``rate`` replaces the 2 of the exponent (tests use it to show a wrong law fails).
+    """
+    q = np.asarray(q, dtype=float)
+    theory = balance_flow(q[0], t, rate / 2.0 * weight_decay)
+    return np.linalg.norm(q - theory, axis=1) / np.linalg.norm(theory, axis=1)

@@ -1,4 +1,4 @@
-"""The training loop every experiment uses.
+"""The training loop every experiment uses: one model, one optimizer, seeded minibatches.
 
 ``train_loop`` runs ``steps`` optimizer updates of ``model`` on minibatches drawn by ``sample(generator)``
 (a seeded ``torch.Generator`` is the loop's only source of randomness, so a run is a pure function of its
@@ -8,9 +8,10 @@ seeds), and at each step ``s = 0 … steps−1``:
    ``<prefix>loss`` at step ``s`` (every ``log_every`` steps), with ``evaluate(model)`` metrics every
    ``eval_every`` steps;
 2. lets the :class:`~learndyn.probes.Monitor` measure the same state on the same batch;
-3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf, or if the optimizer raises on a
-   NaN/Inf gradient (everything logged so far is kept, ``<prefix>diverged_at`` is logged, and a recorder with
-   ``mark_diverged`` -- a stored run -- is marked diverged with the reason and step);
+3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf, if the optimizer raises on a
+   NaN/Inf gradient, or if ``diverged_if(metrics)`` gives a reason after an evaluation (everything logged so
+   far is kept, ``<prefix>diverged_at`` is logged, and a recorder with ``mark_diverged`` -- a stored run --
+   is marked diverged with the reason and step);
 4. applies the update ``θ_{s+1} = θ_s − step(∇L_s)`` and, every ``checkpoint_every`` updates, saves a
    checkpoint (model, optimizer, scheduler, generator and global RNG states, and the monitor's state when it
    has ``state_dict``); with a stored run's checkpointer a completed loop also saves one marked complete.
@@ -25,7 +26,8 @@ its own key, and ``checkpoint_every`` defaults to the checkpointer's ``every``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,13 +44,15 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class LoopResult:
-    """How a loop ended. ``steps_done`` counts applied updates; ``diverged_at`` is the first bad step."""
+    """How a loop ended. ``steps_done`` counts applied updates; ``diverged_at`` is the first bad step and
+    ``reason`` what was bad there."""
 
     status: Literal["completed", "diverged"]
     steps_done: int
     last_loss: float
     diverged_at: int | None = None
     resumed_from: int | None = None
+    reason: str | None = None
 
 
 def _parameters_finite(params: list[torch.Tensor]) -> bool:
@@ -100,6 +104,11 @@ def restore_loop_state(
     return int(state["step"])
 
 
+@contextmanager
+def _no_bar() -> Iterator[Callable[[int], None]]:
+    yield lambda n=1: None
+
+
 def _grads_finite(params: list[torch.Tensor]) -> bool:
     return _parameters_finite([p.grad for p in params if p.grad is not None])
 
@@ -122,15 +131,17 @@ def train_loop(
     checkpoint_every: int | None = None,
     key: str = "main",
     prefix: str = "train/",
-    progress: str | None = None,
+    progress: str | bool | None = None,
     mark_diverged: bool = True,
+    diverged_if: Callable[[Mapping[str, float]], str | None] | None = None,
 ) -> LoopResult:
     """Train ``model`` for ``steps`` updates; see the module docstring for the exact step semantics.
 
     ``evaluate(model)`` returns named metrics (logged with ``prefix``) and runs under ``torch.no_grad``
     at steps divisible by ``eval_every`` and after the last update. ``monitor`` is anything with
     ``after_step(step, batch, metrics=...)`` (a :class:`~learndyn.probes.Monitor`). ``progress`` is a bar
-    label.
+    label (``False``: no bar, e.g. inside a caller's own). ``diverged_if(metrics)``, called with each
+    evaluation's metrics, returns a reason to stop the run as diverged at that step, or ``None``.
 
     ``checkpoint_every``: updates between checkpoints (0: none); default the checkpointer's ``every``
     (``$LEARNDYN_CHECKPOINT_EVERY``, else 100). ``mark_diverged=False`` keeps a divergence of this loop from
@@ -161,12 +172,13 @@ def train_loop(
                 return LoopResult("completed", start, last, resumed_from=resumed_from)
 
     def diverged(step: int, reason: str, loss: float) -> LoopResult:
+        why = f"{reason} at step {step}"
         recorder.log(step, {f"{prefix}diverged_at": float(step)})
         recorder.flush()
         mark = getattr(recorder, "mark_diverged", None)
         if mark_diverged and callable(mark):
-            mark(f"{reason} at step {step}", step=step)
-        return LoopResult("diverged", step, loss, diverged_at=step, resumed_from=resumed_from)
+            mark(why, step=step)
+        return LoopResult("diverged", step, loss, diverged_at=step, resumed_from=resumed_from, reason=why)
 
     def save(step: int, **extra: Any) -> None:
         recorder.flush()  # the rows up to the checkpoint are durable before it is
@@ -174,19 +186,22 @@ def train_loop(
         state.update(last_loss=last_loss, **extra)
         checkpointer.save(key, state)
 
-    def log_eval(step: int) -> None:
+    def log_eval(step: int) -> str | None:
+        """Evaluate and log; the reason to stop as diverged, if ``diverged_if`` gives one."""
         if evaluate is None:
-            return
+            return None
         was_training = model.training
         model.eval()
         with torch.no_grad():
             metrics = evaluate(model)
         model.train(was_training)
         recorder.log(step, {f"{prefix}{k}": float(v) for k, v in metrics.items()})
+        return diverged_if(metrics) if diverged_if is not None else None
 
     last_loss = math.nan
     step = start
-    with progress_bar(steps - start, progress or "training") as advance:
+    bar = progress_bar(steps - start, progress or "training") if progress is not False else _no_bar()
+    with bar as advance:
         for step in range(start, steps):
             batch = sample(generator)
             inputs, targets = batch
@@ -195,7 +210,9 @@ def train_loop(
             if step % log_every == 0:
                 recorder.log(step, {f"{prefix}loss": last_loss})
             if eval_every and step % eval_every == 0:
-                log_eval(step)
+                reason = log_eval(step)
+                if reason is not None:
+                    return diverged(step, reason, last_loss)
             if not math.isfinite(last_loss):
                 return diverged(step, f"{prefix}loss is {last_loss}", last_loss)
             if not _parameters_finite(params):
@@ -216,7 +233,9 @@ def train_loop(
                 save(step + 1)
             advance(1)
     if eval_every:  # also after a restore at the last step from a checkpoint not yet marked complete
-        log_eval(steps)
+        reason = log_eval(steps)
+        if reason is not None:
+            return diverged(steps, reason, last_loss)
     recorder.flush()
     if checkpointer is not None and checkpoint_every:
         if getattr(checkpointer, "save_completed", False):

@@ -1,9 +1,9 @@
-"""``learndyn sweep``: run a sweep of an experiment into the store (registered by :mod:`learndyn.cli`).
+"""``learndyn sweep``: run a sweep of an experiment into the store (registered by :mod:`learndyn.cli.main`).
 
-Kept apart from ``cli.py`` so the command is one self-contained function; it imports nothing heavy until it
-runs. Bad input (an unknown field, a bad value, a bad spec file) exits 2 with one line before anything runs;
-a sweep with failed, interrupted or lost runs exits 1 (re-running the same command retries exactly those);
-Ctrl-C stops the workers, marks their runs ``interrupted`` and exits 130.
+One self-contained command over :mod:`learndyn.sweep`; it imports nothing heavy until it runs. Bad input
+(an unknown field, a bad value, a bad spec file) exits 2 with one line before anything runs; a sweep with
+failed, interrupted or lost runs exits 1 (re-running the same command retries exactly those); Ctrl-C stops
+the workers, marks their runs ``interrupted`` and exits 130.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from learndyn.cli.common import CliError, StoreOption, console, fail, fmt, open_store, rows_table, store_path
 
 __all__ = ["sweep"]
 
@@ -79,10 +81,7 @@ def sweep(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write an HTML report of the sweep here afterwards.")
     ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option("--store", help="Run store file (default: $LEARNDYN_STORE or runs/learndyn.duckdb)."),
-    ] = None,
+    store: StoreOption = None,
 ) -> None:
     """Run a hyperparameter sweep into the store; re-running it resumes (runs only what is missing).
 
@@ -90,7 +89,6 @@ def sweep(
     `learndyn sweep mlp-teacher -g lr=logspace(1e-3,1,7) -g alpha=0,0.5,1 -g seed=range(3)
     -s optimizer=cgd-diag`
     """
-    from learndyn.cli import CliError, _fail, _fmt, _open_store, _out, _table
     from learndyn.sweep.executors import EXECUTORS, make_executor
     from learndyn.sweep.runner import SweepState, plan_units, run_sweep, sweep_state
     from learndyn.sweep.spec import SweepSpec
@@ -120,16 +118,16 @@ def sweep(
         the_spec = cli_spec
     plan = the_spec.expand()  # validates everything before anything runs
     exe = make_executor(executor, workers=workers, address=address)
-    out = _out()
-    if dry_run and not _store_path(store).exists():
+    out = console()
+    if dry_run and not store_path(store).exists():
         run_store, state = None, SweepState(plan, to_run=list(plan.points))
     else:
-        run_store = _open_store(store, create=True)
+        run_store = open_store(store, create=True)
         state = sweep_state(run_store, plan, rerun_running=rerun_running, mark=not dry_run)
     units = plan_units(
         plan,
         state.to_run,
-        store_path=str(_store_path(store)),
+        store_path=str(store_path(store)),
         ensemble="auto" if ensemble else False,
         ensemble_size=ensemble_size,
         workers=exe.workers,
@@ -147,7 +145,7 @@ def sweep(
         + (f" with {exe.workers} workers" if exe.name != "serial" else "")
     )
     if dry_run:
-        _print_plan(out, plan, state, _table, _fmt)
+        _print_plan(out, plan, state)
         return
     assert run_store is not None
     if not state.to_run:
@@ -163,19 +161,19 @@ def sweep(
                 rerun_running=rerun_running,
             )
         except KeyboardInterrupt:
-            _fail(
+            fail(
                 f"interrupted; running runs of sweep {plan.sweep_id} marked interrupted; "
                 "re-run the same command to resume",
                 code=130,
             )
         rows = [{"status": k, "runs": v} for k, v in sorted(result.counts.items())]
         rows.append({"status": "skipped (done before)", "runs": result.skipped})
-        out.print(_table(rows, title=f"Sweep {plan.sweep_id} ({result.seconds:.1f} s)"))
+        out.print(rows_table(rows, title=f"Sweep {plan.sweep_id} ({result.seconds:.1f} s)"))
         for err in result.errors[:5]:
             out.print(f"[red]•[/] {err}")
         if not result.ok:
             bad = sum(result.counts.get(s, 0) for s in ("failed", "interrupted", "lost"))
-            _fail(
+            fail(
                 f"{bad} runs of sweep {plan.sweep_id} failed or were interrupted; "
                 "re-run the same command to retry exactly those",
                 code=1,
@@ -191,13 +189,7 @@ def sweep(
         out.print(f"report: {path}")
 
 
-def _store_path(store: Path | None) -> Path:
-    from learndyn.store.runstore import default_store_path
-
-    return store if store is not None else default_store_path()
-
-
-def _print_plan(out: Any, plan: Any, state: Any, table: Any, fmt: Any, limit: int = 40) -> None:
+def _print_plan(out: Any, plan: Any, state: Any, limit: int = 40) -> None:
     status = {p.hash: "done" for p in state.done}
     status.update({p.hash: "in progress" for p in state.in_progress})
     status.update({p.hash: "to run" for p in state.to_run})
@@ -205,6 +197,6 @@ def _print_plan(out: Any, plan: Any, state: Any, table: Any, fmt: Any, limit: in
         {"#": p.index, **{k: fmt(v) for k, v in p.values.items()}, "status": status[p.hash]}
         for p in plan.points[:limit]
     ]
-    out.print(table(rows, title=f"Plan of sweep {plan.sweep_id}"))
+    out.print(rows_table(rows, title=f"Plan of sweep {plan.sweep_id}"))
     if len(plan) > limit:
         out.print(f"... and {len(plan) - limit} more configs")

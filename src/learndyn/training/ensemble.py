@@ -1,17 +1,20 @@
-"""Train many small models in one vectorised pass, and the registry of experiments that can.
+"""Train many small models of one architecture in one vectorised pass: the ensemble loop beside
+:func:`~learndyn.training.train_loop`.
 
 :func:`train_ensemble` stacks ``B`` models of one architecture (``torch.func.stack_module_state``), evaluates
 all members' losses on their own minibatches with one ``vmap`` of ``functional_call``, backpropagates once
 (members are independent, so the gradient of the summed loss is every member's own gradient) and steps a
-stacked optimizer (:mod:`learndyn.optim.stacked`) with per-member hyperparameters. It follows the step
-semantics of :func:`learndyn.training.train_loop` member by member -- the loss of step ``s`` is that of the
-parameters after ``s`` updates, evaluations run at ``s % eval_every == 0`` and after the last update, and a
-member whose loss or parameters turn non-finite stops at that step (it is *diverged*; the others go on) --
-so a member's numbers equal a separate ``train_loop`` run's up to floating-point rounding.
+stacked optimizer (``step(params, grads)`` on the stacked tensors, e.g. the stacked SGD/Adam/CovariantGD
+with per-member hyperparameters). It follows the step semantics of :func:`learndyn.training.train_loop`
+member by member -- the loss of step ``s`` is that of the parameters after ``s`` updates, evaluations run at
+``s % eval_every == 0`` and after the last update, and a member whose loss or parameters turn non-finite
+stops at that step (it is *diverged*; the others go on) -- so a member's numbers equal a separate
+``train_loop`` run's up to floating-point rounding.
 
-An experiment opts in with :func:`register_ensemble`: it names the config fields its members may differ in
-(``axes``, e.g. seed, init scale, learning rate, α) and gives a function training a list of configs that
-agree on every other field; the sweep groups its runs accordingly (:func:`ensemble_key`).
+It is a second loop, not a mode of ``train_loop``, because it trains functions of stacked parameters
+(``torch.func``), not an ``nn.Module`` with a ``torch.optim.Optimizer``: no monitor, checkpoints or recorder
+(a sweep writes each member as a finished run). Sweeps use it through an experiment's
+:class:`~learndyn.phenomena.registry.EnsembleSupport`.
 """
 
 from __future__ import annotations
@@ -19,47 +22,29 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from learndyn.config import config_to_dict
-from learndyn.optim.stacked import StackedOptimizer
 from learndyn.validation import check_int
 
-__all__ = [
-    "EnsembleSupport",
-    "EnsembleTrace",
-    "MemberOutcome",
-    "ensemble_key",
-    "ensemble_support",
-    "register_ensemble",
-    "train_ensemble",
-]
+__all__ = ["EnsembleTrace", "StackedStep", "train_ensemble"]
 
 Batch = tuple[Tensor, Tensor]
 _EVAL_CHUNK = 64
 
 
+class StackedStep(Protocol):
+    """A stacked optimizer: updates every member's parameters (leading dimension ``B``) in place."""
+
+    def step(self, params: list[Tensor], grads: list[Tensor]) -> None: ...
+
+
 # ------------------------------------------------------------------------------------------------ results
-@dataclass
-class MemberOutcome:
-    """What one ensemble member produced: the equivalent of one run.
-
-    ``series``: scalar metrics ``name -> (steps, values)``; ``summary``: the run summary; ``status``:
-    ``completed``, ``diverged`` or ``failed`` (with ``error``).
-    """
-
-    status: str
-    summary: dict[str, Any] = field(default_factory=dict)
-    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    error: str | None = None
-
-
 @dataclass
 class EnsembleTrace:
     """The per-step record of :func:`train_ensemble`.
@@ -104,7 +89,7 @@ class EnsembleTrace:
 # --------------------------------------------------------------------------------------------- training
 def train_ensemble(
     models: Sequence[nn.Module],
-    optimizer: StackedOptimizer | Callable[[list[Tensor]], StackedOptimizer],
+    optimizer: StackedStep | Callable[[list[Tensor]], StackedStep],
     sample: Callable[[int], Batch],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     steps: int,
@@ -184,51 +169,3 @@ def train_ensemble(
         seconds=seconds,
         steps=steps,
     )
-
-
-# --------------------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class EnsembleSupport:
-    """How an experiment trains several configs at once.
-
-    ``axes``: the config fields members may differ in; ``run(configs) -> [MemberOutcome]`` trains configs
-    that agree on every other field (one outcome per config, in order); ``max_members``: the largest group
-    it takes (bigger groups are split).
-    """
-
-    experiment: str
-    axes: tuple[str, ...]
-    run: Callable[[list[Any]], list[MemberOutcome]]
-    max_members: int = 1024
-
-
-_ENSEMBLES: dict[str, EnsembleSupport] = {}
-
-
-def register_ensemble(
-    experiment: str,
-    run: Callable[[list[Any]], list[MemberOutcome]],
-    axes: Sequence[str],
-    *,
-    max_members: int = 1024,
-) -> EnsembleSupport:
-    """Declare that ``experiment`` can train configs differing only in ``axes`` together with ``run``."""
-    support = EnsembleSupport(experiment, tuple(axes), run, check_int("max_members", max_members, low=1))
-    _ENSEMBLES[experiment] = support
-    return support
-
-
-def ensemble_support(experiment: str) -> EnsembleSupport | None:
-    """The :class:`EnsembleSupport` registered for ``experiment`` (loading the built-in experiments)."""
-    from learndyn.phenomena import registry
-
-    registry.names()  # imports the built-in experiments, which register their ensembles
-    return _ENSEMBLES.get(experiment)
-
-
-def ensemble_key(config: Any, axes: Sequence[str]) -> str:
-    """Configs with the same key agree on every field outside ``axes`` and may share an ensemble."""
-    from learndyn.sweep.spec import canonical_config
-
-    data = {k: v for k, v in config_to_dict(config).items() if k not in set(axes)}
-    return canonical_config(data)
