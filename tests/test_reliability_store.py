@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from learndyn.cli import app
 from learndyn.store import RunStore, StoreError
-from learndyn.store import runstore as rs
+from learndyn.store import schema as rs
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
