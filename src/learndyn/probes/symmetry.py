@@ -70,6 +70,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from learndyn.checkpoint import checkpoint_type
 from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
 from learndyn.validation import LearndynValueError, check_choice, check_int
 
@@ -144,6 +145,7 @@ _ACT_METHODS = {"relu", "relu_"}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 
+@checkpoint_type
 @dataclass(frozen=True)
 class Symmetry:
     """One symmetry of a model, named by module paths (as in ``model.named_modules()``).
