@@ -1,13 +1,12 @@
-"""Checkpoints load with ``torch.load(weights_only=True)``: a planted checkpoint runs no code, everything the
-training loop, the Monitor's probes, CovariantGD and the phenomena save round-trips exactly, old checkpoints of
-plain tensors and containers still load, and anything else is refused in one line."""
+"""Checkpoints load with ``torch.load(weights_only=True)``: a planted checkpoint runs no code; everything the
+training loop, the Monitor's probes, CovariantGD and the phenomena save round-trips exactly; old checkpoints
+of plain tensors and containers still load; anything else is refused in one line."""
 
 from __future__ import annotations
 
 import collections
 import io
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from learndyn.checkpoint import CheckpointError, FileCheckpointer, MemoryCheckpo
 from learndyn.optim import CovariantGD
 from learndyn.store import RunStore
 from learndyn.training import train_loop
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 class _Planted:
@@ -46,7 +43,8 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+        nan = a.dtype.kind in "fc"
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=nan)
     if isinstance(a, dict):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple | collections.deque):
@@ -212,9 +210,8 @@ def test_every_covariant_gd_state_loads_under_weights_only(structure, tmp_path):
 def test_a_monitor_with_every_probe_resumes_through_file_checkpoints(tmp_path):
     """The Monitor's state (every probe's memory: stage detector, symmetry references, kernel, RNG) goes
     through a file checkpoint (weights_only) and the resumed measurements equal the uninterrupted ones."""
-    from test_training import _after, _monitored
-
     from learndyn.store.recorder import MemoryRecorder
+    from test_training import _after, _monitored
 
     full = MemoryRecorder()
     model, opt, sample, gen, monitor = _monitored(full)

@@ -343,3 +343,62 @@ def test_checkpoints_live_beside_the_run_and_go_when_it_completes(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_every=-1 is out of range"):
         store.start_run("r", {}, checkpoint_every=-1)
     assert len(store.runs()) == 1  # refused before a run was opened
+
+
+# ---------------------------------------------------------------------------------------- input at the store
+@pytest.mark.parametrize("seed", [2**63, 2**64, -(2**63) - 1, 10**40])
+def test_a_seed_outside_bigint_is_refused_in_one_line_before_a_run_exists(tmp_path, seed):
+    from learndyn.store import FinishedRun
+    from learndyn.store.encoding import now
+    from learndyn.validation import LearndynValueError
+
+    store = RunStore(tmp_path / "s.duckdb")
+    with pytest.raises(LearndynValueError) as exc:
+        store.start_run("r", {"x": 1}, seed=seed)
+    assert f"start_run.seed={seed}" in _one_line(exc) and "9223372036854775807" in _one_line(exc)
+    with pytest.raises(LearndynValueError) as exc:
+        store.write_finished_runs([FinishedRun("r", {}, "completed", now(), seed=seed)])
+    assert "seed" in _one_line(exc)
+    assert store.runs().empty
+    for ok in (2**63 - 1, -(2**63), 0):
+        with store.start_run("r", {}, seed=ok) as run:
+            pass
+        assert store.run_info(run.id)["seed"] == ok
+
+
+def test_learndyn_run_with_a_huge_seed_is_one_line_exit_2(tmp_path):
+    from test_reliability_crash import TRAIN
+
+    path = tmp_path / "s.duckdb"
+    result = CliRunner().invoke(app, ["run", TRAIN, "--store", str(path), "--set", f"seed={2**64}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "seed" in result.stderr and "Conversion Error" not in result.stderr
+    assert RunStore(path).runs().empty
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [
+        ({"a": float("nan")}, "config['a']=nan"),
+        ({"lrs": [0.1, float("inf")]}, "config['lrs'][1]=inf"),
+        ({"deep": {"x": -float("inf")}}, "config['deep']['x']=-inf"),
+        ({"np": np.float32("nan")}, "config['np']=nan"),
+    ],
+)
+def test_non_finite_config_values_are_refused_naming_the_key(tmp_path, config, where):
+    from learndyn.store import FinishedRun
+    from learndyn.store.encoding import now
+    from learndyn.validation import LearndynValueError
+
+    store = RunStore(tmp_path / "s.duckdb")
+    with pytest.raises(LearndynValueError) as exc:
+        store.start_run("r", config)
+    assert _one_line(exc).startswith(f"{where} is not allowed; allowed: finite numbers")
+    with pytest.raises(LearndynValueError):
+        store.write_finished_runs([FinishedRun("r", config, "completed", now())])
+    assert store.runs().empty
+    with store.start_run("r", {"a": 1.5, "b": [1e308]}) as run:  # finite values: standard JSON
+        run.set_summary({"loss": float("nan")})  # summaries keep NaN (a diverged run's loss)
+    raw = store.sql("SELECT config FROM runs").iloc[0, 0]
+    assert raw == '{"a": 1.5, "b": [1e+308]}'

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from learndyn.validation import LearndynValueError, check_int
+
 
 def now() -> datetime:
     """The current time as the store keeps it: naive UTC."""
@@ -48,3 +50,38 @@ def loads(text: str | None) -> Any:
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return {}
     return json.loads(text)
+
+
+def finite_dumps(value: Any, what: str) -> str:
+    """``value`` as standard JSON text; a NaN or infinity anywhere in it is refused naming where (``what`` is
+    the name of the whole value, e.g. ``config``): JSON has no NaN or Infinity."""
+    plain = jsonable(value)
+    bad = _non_finite(plain, what)
+    if bad is not None:
+        raise LearndynValueError(
+            f"{bad[0]}={bad[1]!r} is not allowed; allowed: finite numbers (JSON has no NaN or Infinity)"
+        )
+    return json.dumps(plain, allow_nan=False)
+
+
+def _non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+BIGINT = (-(2**63), 2**63 - 1)
+"""The range of the store's integer columns (DuckDB BIGINT)."""
+
+
+def check_seed(seed: Any, owner: str) -> int | None:
+    """``seed`` as an int in the BIGINT range (None stays None), or a one-line error naming ``owner``."""
+    if seed is None:
+        return None
+    seed = int(seed) if isinstance(seed, np.integer) else seed
+    return check_int("seed", seed, low=BIGINT[0], high=BIGINT[1], owner=owner)

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from learndyn import __version__
 from learndyn.checkpoint import default_checkpoint_every
-from learndyn.store.encoding import dumps, loads, now
+from learndyn.store.encoding import check_seed, dumps, finite_dumps, loads, now
 from learndyn.store.errors import StoreError
 from learndyn.store.liveness import recover_dead_runs
 from learndyn.store.queries import RunQueries
@@ -90,16 +90,10 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def _check_seed(seed: Any, owner: str) -> int | None:
-    if seed is None:
-        return None
-    return check_int("seed", int(seed) if isinstance(seed, np.integer) else seed, owner=owner)
-
-
 def _config_json(config: Any) -> str:
     from learndyn.config import config_to_dict
 
-    return dumps(config_to_dict(config))
+    return finite_dumps(config_to_dict(config), "config")
 
 
 class RunWriting(RunQueries):
@@ -136,7 +130,7 @@ class RunWriting(RunQueries):
         ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none).
         """
         _check_name(name)
-        seed = _check_seed(seed, "start_run")
+        seed = check_seed(seed, "start_run")
         check_int("flush_every", flush_every, low=1, owner="start_run")  # checked before the run exists
         if flush_seconds is not None:
             check_real("flush_seconds", flush_seconds, low=0.0, owner="start_run")
@@ -269,7 +263,7 @@ class RunWriting(RunQueries):
                     end,
                     end,
                     commit,
-                    _check_seed(r.seed, "FinishedRun"),
+                    check_seed(r.seed, "FinishedRun"),
                     r.sweep_id,
                     host,
                     pid,
