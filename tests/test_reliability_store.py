@@ -402,3 +402,86 @@ def test_non_finite_config_values_are_refused_naming_the_key(tmp_path, config, w
         run.set_summary({"loss": float("nan")})  # summaries keep NaN (a diverged run's loss)
     raw = store.sql("SELECT config FROM runs").iloc[0, 0]
     assert raw == '{"a": 1.5, "b": [1e+308]}'
+
+
+# ---------------------------------------------------------------------------------------- closing
+def test_a_run_whose_close_raised_is_never_marked_completed_by_the_exit_flush(tmp_path, monkeypatch):
+    from learndyn.store.run import _flush_open_runs
+
+    store = RunStore(tmp_path / "s.duckdb")
+    run = store.start_run("r", {}, flush_every=1000)
+    run.log(0, {"loss": 1.0})
+    real_flush = store._flush
+
+    def busy(*args, **kwargs):
+        raise StoreError(f"run store {store.path}: could not take the exclusive lock (busy)")
+
+    monkeypatch.setattr(store, "_flush", busy)
+    with pytest.raises(StoreError):
+        run.close()
+    monkeypatch.setattr(store, "_flush", real_flush)  # the store works again before the process exits
+    _flush_open_runs()  # what the interpreter does at exit
+    info = store.run_info(run.id)
+    assert info["status"] == "running" and info["ended_at"] is None  # interrupted once this process is gone
+    assert store.metrics(run.id)["value"].tolist() == [1.0]  # the rows are kept
+
+
+KILLED_AFTER_COMMIT = """
+import os, sys
+from learndyn.checkpoint import RunCheckpointer
+from learndyn.store import RunStore
+store = RunStore(sys.argv[1])
+run = store.start_run("r", {}, checkpoint_every=5)
+run.checkpointer.save("main-0", {"step": 5})
+run.log(0, {"loss": 1.0})
+print(run.id, flush=True)
+RunCheckpointer.clear = lambda self: os._exit(0)  # killed between the completion commit and the clean-up
+run.close(sys.argv[2] if len(sys.argv) > 2 else None)
+"""
+
+
+@pytest.mark.parametrize("status", ["completed", "diverged", "interrupted"])
+def test_a_kill_between_completion_and_checkpoint_cleanup_is_repaired_on_open(tmp_path, status):
+    path = tmp_path / "s.duckdb"
+    RunStore(path)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_COMMIT, str(path), status],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[0]
+    ckpt_dir = path.with_name("s.arrays") / run_id / "checkpoints"
+    store = RunStore(path)  # opening repairs
+    assert store.run_info(run_id)["status"] == status
+    if status == "interrupted":
+        assert (ckpt_dir / "main-0.pt").exists()  # kept for `learndyn resume`
+    else:
+        assert not ckpt_dir.exists()  # nothing will resume a finished run
+    assert not list(path.with_name("s.arrays").glob(".finishing/*"))  # no markers left
+
+
+def test_a_full_disk_on_array_writes_is_one_clear_line(tmp_path, monkeypatch):
+    import errno
+
+    store = RunStore(tmp_path / "s.duckdb")
+    run = store.start_run("r", {}, flush_every=1000)
+    run.log(0, {"loss": 1.0})
+    run.log_array(0, "spectrum", np.arange(4.0))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(StoreError) as exc:
+        run.flush()
+    message = _one_line(exc)
+    assert str(store.arrays_dir) in message and "No space left on device" in message
+    assert not list(store.arrays_dir.rglob("*.tmp"))  # no half-written file left
+    with pytest.raises(StoreError):
+        run.close()
+    assert store.run_info(run.id)["status"] == "running"  # not acknowledged as completed
+    monkeypatch.undo()  # space freed: the buffered rows and arrays are written, nothing was lost
+    run.close()
+    assert store.run_info(run.id)["status"] == "completed"
+    assert store.metrics(run.id)["value"].tolist() == [1.0]
+    assert store.arrays(run.id, "spectrum")["array"][0].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -326,16 +326,18 @@ class RunCheckpointer(FileCheckpointer):
         self._claimed[key] += 1
         return f"{key}-{n}"
 
-    def clear(self) -> None:
-        """Delete every checkpoint file (the run finished; nothing will resume it)."""
-        if self.directory.is_dir():
-            for f in self.directory.iterdir():
-                if f.suffix in (".pt", ".tmp") and f.is_file():
-                    f.unlink(missing_ok=True)
-            try:
+    def clear(self) -> bool:
+        """Delete every checkpoint file (the run finished; nothing will resume it). Never raises: returns
+        whether the checkpoints are gone."""
+        try:
+            if self.directory.is_dir():
+                for f in self.directory.iterdir():
+                    if f.suffix in (".pt", ".tmp") and f.is_file():
+                        f.unlink(missing_ok=True)
                 self.directory.rmdir()
-            except OSError:
-                pass
+        except OSError:
+            return not any(self.directory.glob("*.pt")) if self.directory.is_dir() else True
+        return True
 
 
 class MemoryCheckpointer:

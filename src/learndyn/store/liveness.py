@@ -1,10 +1,15 @@
-"""Is the process that runs a stored run still alive? And marking the runs of dead processes ``interrupted``.
+"""Is the process that runs a stored run still alive? Repairing what killed processes left behind.
 
 A run records its host and pid. A process killed with SIGKILL (or a machine that lost power) cannot mark its
 run, so opening the store marks ``interrupted`` every ``running`` run of this host whose process is gone
 (:func:`recover_dead_runs`). A pid that now belongs to a younger process counts as gone: on Linux the
 process's start time (``/proc/<pid>/stat``) is compared with the run's last write. Runs of other hosts are
 left alone: this host cannot tell.
+
+A run that completes or diverges deletes its checkpoints after the commit that finishes it. So that a kill
+between the two leaves nothing behind, :func:`mark_finishing` leaves a marker
+(``<store>.arrays/.finishing/<run id>``) before the commit, removed after the deletion, and opening the store
+(:func:`clean_finished_checkpoints`) deletes the checkpoints of every marked run that finished.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import os
 import socket
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from learndyn.checkpoint import RunCheckpointer
 from learndyn.store.encoding import now
+from learndyn.store.schema import FINISHED
 
 if TYPE_CHECKING:
     from learndyn.store.connection import StoreConnections
@@ -106,3 +114,63 @@ def recover_dead_runs(store: StoreConnections) -> list[str]:
             ).fetchall()
             marked.extend(r[0] for r in changed)
     return marked
+
+
+# ------------------------------------------------------------------------------ checkpoints of finished runs
+FINISHING = ".finishing"
+
+
+def checkpoint_dir(store: StoreConnections, run_id: str) -> Path:
+    """Where the checkpoints of run ``run_id`` live: ``<store>.arrays/<run id>/checkpoints``."""
+    return store.arrays_dir / run_id / "checkpoints"
+
+
+def mark_finishing(store: StoreConnections, run_id: str) -> None:
+    """Note (best effort) that ``run_id`` is about to finish: its checkpoints are to go after the commit."""
+    folder = store.arrays_dir / FINISHING
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / run_id).touch()
+    except OSError:
+        pass  # without the marker a kill at the wrong moment leaves an orphan checkpoint; nothing worse
+
+
+def unmark_finishing(store: StoreConnections, run_id: str) -> None:
+    try:
+        (store.arrays_dir / FINISHING / run_id).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def clean_finished_checkpoints(store: StoreConnections) -> list[str]:
+    """Delete the checkpoints a killed process left behind for runs that finished; return those run ids.
+
+    For each marker: a completed or diverged run loses its checkpoints and the marker; a ``running`` run whose
+    process may be alive (finishing right now) keeps both; any other run (interrupted, failed) keeps its
+    checkpoints, for ``learndyn resume``, and loses the marker. Best effort (a read-only store is left as is).
+    """
+    folder = store.arrays_dir / FINISHING
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return []
+    if not names:
+        return []
+    with store._read() as con:
+        rows = con.execute(
+            "SELECT id, status, host, pid, coalesce(updated_at, started_at) FROM runs "
+            "WHERE list_contains(?, id)",
+            [names],
+        ).fetchall()
+    found = {r[0]: r[1:] for r in rows}
+    cleaned = []
+    for run_id in names:
+        status, host, pid, wrote = found.get(run_id, (None, None, None, None))
+        if status == "running" and run_process_alive(host, pid, wrote) is not False:
+            continue
+        if status in FINISHED:
+            if not RunCheckpointer(checkpoint_dir(store, run_id)).clear():
+                continue
+            cleaned.append(run_id)
+        unmark_finishing(store, run_id)
+    return cleaned

@@ -19,7 +19,8 @@ import numpy as np
 from learndyn.checkpoint import RunCheckpointer
 from learndyn.store.encoding import dumps, jsonable, now
 from learndyn.store.errors import StoreError, first_line
-from learndyn.store.schema import STATUSES
+from learndyn.store.liveness import checkpoint_dir, mark_finishing, unmark_finishing
+from learndyn.store.schema import FINISHED, STATUSES
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Run:
         self._closed = False
         self._pid = os.getpid()
         self._checkpointer = RunCheckpointer(
-            store.arrays_dir / run_id / "checkpoints", every=checkpoint_every
+            checkpoint_dir(store, run_id), every=checkpoint_every
         )  # validates checkpoint_every now, before any training
         # (step)s per name an earlier attempt of this run wrote (see RunStore.reopen_run); rows logged again
         # at those keys replace the old ones
@@ -195,7 +196,14 @@ class Run:
         self._diverged_reason = "diverged" if value else None
 
     def close(self, status: str | None = None, error: str | None = None, tb: str | None = None) -> None:
-        """Flush and mark the run finished (``completed``, or ``diverged`` if marked; or ``status``)."""
+        """Flush and mark the run finished (``completed``, or ``diverged`` if marked; or ``status``).
+
+        If the closing flush raises, the run is not marked: it stays ``running`` (its rows are flushed at
+        exit) and becomes ``interrupted`` once this process is gone; only a later ``close()`` that succeeds
+        finishes it. A completed or diverged run's checkpoints are deleted; a kill between the commit and the
+        deletion is repaired the next time the store is opened (:func:`~learndyn.store.liveness.
+        clean_finished_checkpoints`).
+        """
         if self._closed:
             return
         if status is None:
@@ -203,13 +211,24 @@ class Run:
         check_choice("status", status, STATUSES[1:], owner="Run.close")
         if status == "diverged" and error is None:
             error = self._diverged_reason
-        self._updates.update({"status": status, "ended_at": now(), "error": error, "traceback": tb})
-        self.flush()
+        marks = {"status": status, "ended_at": now(), "error": error, "traceback": tb}
+        finished = status in FINISHED and self._checkpointer.directory.exists()
+        if finished:
+            mark_finishing(self.store, self.id)
+        self._updates.update(marks)
+        try:
+            self.flush()
+        except BaseException:
+            for key in marks:  # a later flush (the one at exit) must not finish the run
+                self._updates.pop(key, None)
+            if finished:
+                unmark_finishing(self.store, self.id)
+            raise
         self._status = status
         self._closed = True
         _OPEN_RUNS.discard(self)
-        if status in ("completed", "diverged"):
-            self._checkpointer.clear()  # nothing will resume it
+        if finished and self._checkpointer.clear():  # nothing will resume it
+            unmark_finishing(self.store, self.id)
 
     def __enter__(self) -> Run:
         return self
@@ -278,17 +297,25 @@ class Run:
 
     def _write_array_file(self) -> list[tuple[int, str, str, str, str, str]]:
         folder = self.store.arrays_dir / self.id
-        folder.mkdir(parents=True, exist_ok=True)
         self._file_seq += 1
         relative = f"{self.id}/{self._file_seq:06d}-{uuid.uuid4().hex[:6]}.npz"
         payload = {f"a{i}": arr for i, (_, _, arr) in enumerate(self._arrays)}
         target = self.store.arrays_dir / relative
         tmp = target.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:  # a full disk, a lost mount: one line; the rows stay buffered for a retry
+            tmp.unlink(missing_ok=True)
+            self._file_seq -= 1
+            reason = exc.strerror or first_line(exc)
+            raise StoreError(
+                f"run store {self.store.path}: cannot write array file {tmp}: {reason}"
+            ) from None
         return [
             (step, name, relative, f"a{i}", "x".join(str(d) for d in arr.shape), str(arr.dtype))
             for i, (step, name, arr) in enumerate(self._arrays)

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 from learndyn.store.errors import RunNotFoundError, StoreError
-from learndyn.store.liveness import run_process_alive
+from learndyn.store.liveness import clean_finished_checkpoints, run_process_alive
 from learndyn.store.run import Run
 from learndyn.store.schema import RESUMABLE, SCHEMA_VERSION, STATUSES, STORE_FORMAT, open_or_create
 from learndyn.store.writer import FinishedRun, RunWriting
@@ -94,6 +94,7 @@ class RunStore(RunWriting):
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
         if open_or_create(self) and recover:
             self.recover_dead_runs()
+            clean_finished_checkpoints(self)
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
