@@ -7,6 +7,10 @@ class StoreError(Exception):
     """A run-store problem, explained in one line (bad file, missing run, lock timeout, ...)."""
 
 
+class StoreReadOnlyError(StoreError, PermissionError):
+    """A write to a store this process cannot write (read-only file system, no permission)."""
+
+
 class RunNotFoundError(StoreError, LookupError):
     """No run (or sweep) matches the reference, or a prefix matches several."""
 

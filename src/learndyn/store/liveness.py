@@ -96,7 +96,7 @@ def recover_dead_runs(store: StoreConnections) -> list[str]:
             [host],
         ).fetchall()
     dead = [(i, pid) for i, pid, wrote in rows if pid is not None and not process_alive(pid, wrote)]
-    if not dead:
+    if not dead or not store.writable:  # a read-only store stays as it is (reading it still works)
         return []
     marked = []
     with store._write() as con:
@@ -154,7 +154,7 @@ def clean_finished_checkpoints(store: StoreConnections) -> list[str]:
         names = [entry.name for entry in os.scandir(folder)]
     except OSError:
         return []
-    if not names:
+    if not names or not store.writable:
         return []
     with store._read() as con:
         rows = con.execute(
