@@ -58,13 +58,18 @@ def fingerprint(store: StoreConnections) -> bytes | None:
 
 
 def sealed(store: StoreConnections) -> bool:
-    """Whether the store file is exactly as the last sealed write left it (the cheap check)."""
+    """Whether the store file is exactly as the last sealed write left it (the cheap check).
+
+    Call it holding the store's exclusive lock and before opening a DuckDB connection: it opens and closes the
+    file, which would drop the POSIX lock a DuckDB connection of this process holds on it.
+    """
     now = fingerprint(store)
     return now is not None and read_payload(store._lock_path, len(now) + 1) == now
 
 
 def seal(store: StoreConnections) -> None:
-    """Record the store file's fingerprint after a successful write (best effort: no seal, a full check)."""
+    """Record the store file's fingerprint after a successful write, once DuckDB has closed the file (best
+    effort: without a seal the next write runs the full check)."""
     now = fingerprint(store)
     write_payload(store._lock_path, now if now is not None else b"")
 
@@ -89,11 +94,3 @@ def verify(store: StoreConnections, con: duckdb.DuckDBPyConnection) -> None:
             f"run store {store.path} is damaged ({first_line(exc)}); refusing to write to it "
             "(restore it from a backup, or copy what is still readable into a new store)"
         ) from None
-
-
-def check_before_write(store: StoreConnections, con: duckdb.DuckDBPyConnection) -> bool:
-    """The cheap check, and the full one when it fails; True if the full check ran."""
-    if sealed(store):
-        return False
-    verify(store, con)
-    return True

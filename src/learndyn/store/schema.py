@@ -74,8 +74,8 @@ def open_or_create(store: StoreConnections) -> bool:
     path = store.path
     fresh = not path.exists() or path.stat().st_size == 0
     if not fresh:
-        try:
-            with open(path, "rb") as fh:
+        try:  # under the lock: no DuckDB connection of this process has the file open (see integrity.sealed)
+            with store._locked(exclusive=False), open(path, "rb") as fh:
                 header = fh.read(12)
         except OSError as exc:
             raise StoreError(f"run store {path}: cannot read: {exc.strerror or exc}") from None
