@@ -231,3 +231,20 @@ def test_a_monitor_with_every_probe_resumes_through_file_checkpoints(tmp_path):
     assert got_scalars.keys() == want_scalars.keys() and got_arrays.keys() == want_arrays.keys()
     assert all(_same(got_scalars[k], v) for k, v in want_scalars.items())
     assert all(np.array_equal(got_arrays[k], v) for k, v in want_arrays.items())
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    ckpt = FileCheckpointer(tmp_path)
+    ckpt.save("k", {"step": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError) as exc:
+        ckpt.save("k", {"step": 2})
+    assert "No space left on device" in _one_line(exc) and str(ckpt.path("k")) in _one_line(exc)
+    monkeypatch.undo()
+    assert ckpt.load("k") == {"step": 1} and [p.name for p in tmp_path.iterdir()] == ["k.pt"]

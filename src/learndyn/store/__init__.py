@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         RunNotFoundError,
         RunStore,
         StoreError,
+        StoreReadOnlyError,
         default_store_path,
     )
 

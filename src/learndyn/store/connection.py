@@ -39,6 +39,7 @@ class StoreConnections:
         self.arrays_dir = path.with_name(path.stem + ".arrays")
         self._lock_path = path.with_name(path.name + ".lock")
         self._read_con: duckdb.DuckDBPyConnection | None = None
+        self._waited_for_duckdb = False
         self.full_checks = 0
         """How many times this store object ran the full integrity check before a write."""
 
@@ -71,6 +72,7 @@ class StoreConnections:
             )
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.005
+        self._waited_for_duckdb = False
         while True:
             with self._locked(exclusive=write):
                 try:
@@ -87,7 +89,8 @@ class StoreConnections:
                     finally:
                         con.close()
                     return
-            time.sleep(delay)  # outside the lock: whoever holds DuckDB's lock may need ours to finish
+            self._waited_for_duckdb = True
+            time.sleep(delay)  # (a reader sleeps outside the store's lock; _write keeps holding it)
             delay = min(delay * 2, 0.1)
 
     @contextmanager
@@ -106,7 +109,7 @@ class StoreConnections:
             sound = False
             try:
                 with self._connection(write=True) as con:
-                    if not trusted:
+                    if not trusted or self._waited_for_duckdb:  # someone wrote outside our lock meanwhile
                         integrity.verify(self, con)
                         self.full_checks += 1
                     sound = True

@@ -77,14 +77,14 @@ def _record_lock(fd: int, kind: int, start: int, length: int, *, query: bool = F
 
 
 class _Backoff:
-    """Sleeps for polling: 0.5 ms at first, growing by half each time to 5 ms."""
+    """Sleeps for polling: 0.5 ms at first, growing by half each time to ``cap`` seconds."""
 
-    def __init__(self) -> None:
-        self.delay = 0.0005
+    def __init__(self, cap: float = 0.005) -> None:
+        self.delay, self.cap = 0.0005, cap
 
     def sleep(self) -> None:
         time.sleep(self.delay)
-        self.delay = min(self.delay * 1.5, 0.005)
+        self.delay = min(self.delay * 1.5, self.cap)
 
 
 class StoreLock:
@@ -194,7 +194,7 @@ class StoreLock:
 
     def _flock(self, fd: int, exclusive: bool, deadline: float, timeout: float) -> None:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        backoff = _Backoff()
+        backoff = _Backoff(cap=0.002)  # the head of the queue (alone, normally): a short hand-over gap
         while True:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from learndyn.store.errors import RunNotFoundError, StoreError
+from learndyn.store.errors import RunNotFoundError, StoreError, StoreReadOnlyError
 from learndyn.store.liveness import clean_finished_checkpoints, run_process_alive
 from learndyn.store.run import Run
 from learndyn.store.schema import RESUMABLE, SCHEMA_VERSION, STATUSES, STORE_FORMAT, open_or_create
@@ -47,6 +47,7 @@ __all__ = [
     "RunNotFoundError",
     "RunStore",
     "StoreError",
+    "StoreReadOnlyError",
     "default_store_path",
     "run_process_alive",
 ]
