@@ -145,7 +145,7 @@ def test_a_deleted_lock_file_is_recreated_and_writers_wait_instead_of_failing(tm
     path = tmp_path / "s.duckdb"
     store = RunStore(path, lock_timeout=120)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path), "1.0"], stdout=subprocess.PIPE, text=True, env=_env()
+        [sys.executable, "-c", HOLDER, str(path), "0.5"], stdout=subprocess.PIPE, text=True, env=_env()
     )
     assert holder.stdout.readline().strip() == "holding"
     lock_path = Path(str(path) + ".lock")
@@ -162,7 +162,7 @@ import sys
 from learndyn.store import RunStore
 path, worker = sys.argv[1], int(sys.argv[2])
 store = RunStore(path, lock_timeout=300)
-for r in range(4):
+for r in range(2):
     with store.start_run(f"w{worker}", {"r": r}, flush_every=2, flush_seconds=None) as run:
         for t in range(6):
             run.log(t, {"v": float(t)})
@@ -191,5 +191,5 @@ def test_writers_survive_the_lock_file_being_deleted_over_and_over(tmp_path):
         out, err = p.communicate()
         assert p.returncode == 0 and out.strip() == "done", err
     store = RunStore(path)
-    assert len(store.runs()) == 12 and set(store.runs()["status"]) == {"completed"}
-    assert len(store.sql("SELECT * FROM metrics")) == 12 * 6
+    assert len(store.runs()) == 6 and set(store.runs()["status"]) == {"completed"}
+    assert len(store.sql("SELECT * FROM metrics")) == 6 * 6
