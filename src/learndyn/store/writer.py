@@ -137,6 +137,11 @@ class RunWriting(RunQueries):
         if checkpoint_every is None:
             checkpoint_every = default_checkpoint_every()  # a bad $LEARNDYN_CHECKPOINT_EVERY fails here
         check_int("checkpoint_every", checkpoint_every, low=0, owner="start_run")
+        buffering = {
+            "flush_every": flush_every,
+            "flush_seconds": flush_seconds,
+            "checkpoint_every": checkpoint_every,
+        }
         run_id = uuid.uuid4().hex
         config_json = _config_json(config)
         now_ = now()
@@ -160,14 +165,7 @@ class RunWriting(RunQueries):
                     __version__,
                 ],
             )
-        return Run(
-            self,
-            run_id,
-            name,
-            flush_every=flush_every,
-            flush_seconds=flush_seconds,
-            checkpoint_every=checkpoint_every,
-        )
+        return Run(self, run_id, name, **buffering)
 
     def reopen_run(
         self,
@@ -187,6 +185,11 @@ class RunWriting(RunQueries):
         if checkpoint_every is None:
             checkpoint_every = default_checkpoint_every()
         check_int("checkpoint_every", checkpoint_every, low=0, owner="reopen_run")
+        buffering = {
+            "flush_every": flush_every,
+            "flush_seconds": flush_seconds,
+            "checkpoint_every": checkpoint_every,
+        }
         run_id = self.resolve(ref)
         self.recover_dead_runs()
         host, pid = socket.gethostname(), os.getpid()
@@ -212,14 +215,7 @@ class RunWriting(RunQueries):
             array_keys = con.execute(
                 "SELECT name, list(DISTINCT step) FROM arrays WHERE run_id = ? GROUP BY name", [run_id]
             ).fetchall()
-        run = Run(
-            self,
-            run_id,
-            name,
-            flush_every=flush_every,
-            flush_seconds=flush_seconds,
-            checkpoint_every=checkpoint_every,
-        )
+        run = Run(self, run_id, name, **buffering)
         run._summary = dict(loads(summary) or {})
         run._old_rows = {n: set(steps) for n, steps in metric_keys}
         run._old_arrays = {n: set(steps) for n, steps in array_keys}
