@@ -407,7 +407,7 @@ def test_a_resumed_run_of_long_ago_is_alive_in_its_new_process(tmp_path):
 def test_a_reused_pid_does_not_keep_a_dead_run_alive():
     from datetime import UTC, datetime, timedelta
 
-    from learndyn.store.runstore import _process_alive
+    from learndyn.store.liveness import process_alive as _process_alive
 
     now = datetime.now(UTC).replace(tzinfo=None)
     assert _process_alive(os.getpid(), now - timedelta(seconds=1))

@@ -180,6 +180,66 @@ def test_bad_values_are_refused(store):
 
 
 # ------------------------------------------------------------------ batching
+def test_finished_runs_are_written_as_start_run_and_close_would(store):
+    """RunStore.write_finished_runs (an ensemble's members, one transaction) stores the same columns and
+    encodings as start_run + log + set_summary + close."""
+    from learndyn.store import FinishedRun
+
+    cfg = Cfg(steps=3)
+    with store.start_run("exp", cfg, seed=7, sweep_id="sw") as run:
+        for t in range(3):
+            run.log(t, {"loss": 1.0 / (t + 1)})
+        run.set_summary({"final": 0.25})
+    started = store.run_info(run.id)["started_at"]
+    ids = store.write_finished_runs(
+        [
+            FinishedRun(
+                "exp",
+                cfg,
+                "completed",
+                started,
+                summary={"final": 0.25},
+                seed=7,
+                sweep_id="sw",
+                series={"loss": (np.arange(3), 1.0 / (np.arange(3) + 1))},
+            ),
+            FinishedRun("exp", Cfg(), "failed", started, error="RuntimeError: boom", traceback="tb", seed=8),
+        ]
+    )
+    assert len(ids) == 2 and len(set(ids)) == 2 and run.id not in ids
+    live, bulk, failed = (store.run_info(i) for i in (run.id, *ids))
+    same = (
+        "name",
+        "experiment",
+        "status",
+        "config",
+        "summary",
+        "seed",
+        "sweep_id",
+        "git_commit",
+        "host",
+        "pid",
+        "error",
+        "traceback",
+        "learndyn_version",
+    )
+    assert {k: bulk[k] for k in same} == {k: live[k] for k in same}
+    assert bulk["ended_at"] is not None and bulk["updated_at"] == bulk["ended_at"]
+    assert store.metrics(ids[0]).values.tolist() == store.metrics(run.id).values.tolist()
+    assert (
+        failed["status"] == "failed"
+        and failed["error"] == "RuntimeError: boom"
+        and failed["traceback"] == "tb"
+    )
+    assert store.metrics(ids[1]).empty
+    with pytest.raises(LearndynValueError, match="status='done' is not allowed"):
+        store.write_finished_runs(
+            [FinishedRun("exp", cfg, "completed", started), FinishedRun("x", cfg, "done", started)]
+        )
+    assert len(store.runs()) == 3  # checked before anything was written
+    assert store.write_finished_runs([]) == []
+
+
 def test_flushes_every_n_steps_and_on_demand(store, tmp_path):
     reader = RunStore(store.path)  # a second handle sees only what was flushed
     run = store.start_run("exp", {}, flush_every=10, flush_seconds=None)

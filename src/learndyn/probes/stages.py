@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from learndyn.checkpoint import checkpoint_type
 from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.probes.representation import preserved_state
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
@@ -51,6 +52,7 @@ DIRECTIONS = ("decrease", "increase")
 MODES = ("eval", "train")
 
 
+@checkpoint_type
 @dataclass(frozen=True)
 class StageEvent:
     """A detected change.
@@ -67,6 +69,7 @@ class StageEvent:
     detected_at: int
 
 
+@checkpoint_type
 class StageDetector:
     """Online plateau / drop detector for one scalar series (see the module doc for the method).
 
@@ -251,6 +254,7 @@ class StageDetector:
         )
 
 
+@checkpoint_type
 class _LineFit:
     """Least-squares line through a sliding set of points ``(t, y)``: O(1) per point from running sums.
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from learndyn.checkpoint import checkpoint_type
 from learndyn.validation import LearndynValueError, check_choice, check_int
 
 KINDS = ("rescale", "linear", "translation", "scale")
@@ -99,6 +100,7 @@ _ACT_METHODS = {"relu", "relu_"}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 
+@checkpoint_type
 @dataclass(frozen=True)
 class Symmetry:
     """One symmetry of a model, named by module paths (as in ``model.named_modules()``).

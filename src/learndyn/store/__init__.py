@@ -13,14 +13,24 @@ from learndyn.store.recorder import MemoryRecorder, NullRecorder, Recorder
 if TYPE_CHECKING:
     from learndyn.store.runstore import (  # noqa: F401
         SCHEMA_VERSION,
+        FinishedRun,
         Run,
         RunNotFoundError,
         RunStore,
         StoreError,
+        StoreReadOnlyError,
         default_store_path,
     )
 
-_LAZY = {"RunStore", "Run", "StoreError", "RunNotFoundError", "default_store_path", "SCHEMA_VERSION"}
+_LAZY = {
+    "RunStore",
+    "Run",
+    "FinishedRun",
+    "StoreError",
+    "RunNotFoundError",
+    "default_store_path",
+    "SCHEMA_VERSION",
+}
 
 __all__ = ["Recorder", "MemoryRecorder", "NullRecorder", *sorted(_LAZY)]
 

@@ -22,15 +22,11 @@ import os
 import socket
 import time
 import traceback
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
-from learndyn import __version__
 from learndyn.config import config_from_dict
 from learndyn.config import seed_of as _seed_of
 from learndyn.phenomena import registry
@@ -190,71 +186,25 @@ def write_finished_runs(
     """Write finished runs (one per member: status, summary, scalar series) in one store transaction.
 
     ``members`` are :class:`~learndyn.phenomena.registry.MemberOutcome`. The rows are the ones
-    ``RunStore.start_run`` + logging + ``close`` would write (same columns and JSON encodings). Returns the
-    new run ids in order.
+    ``RunStore.start_run`` + logging + ``close`` would write (``RunStore.write_finished_runs``). Returns
+    the new run ids in order.
     """
-    import pyarrow as pa
+    from learndyn.store import FinishedRun
 
-    from learndyn.config import config_to_dict
-    from learndyn.store import runstore
-
-    ended = _now()
-    git = runstore._git_commit()
-    host, pid = socket.gethostname(), os.getpid()
-    ids = [uuid.uuid4().hex for _ in configs]
-    run_rows = []
-    run_col, step_col, name_col, value_col = [], [], [], []
-    for run_id, config, m in zip(ids, configs, members, strict=True):
-        error = m.error if m.status in ("failed", "diverged") else None
-        run_rows.append(
-            [
-                run_id,
-                experiment,
-                experiment,
-                m.status,
-                runstore._dumps(config_to_dict(config)),
-                runstore._dumps(m.summary),
-                error,
-                tb if m.status == "failed" else None,
-                started_at,
-                ended,
-                ended,
-                git,
-                _seed_of(config),
-                sweep_id,
-                host,
-                pid,
-                __version__,
-            ]
+    runs = [
+        FinishedRun(
+            name=experiment,
+            experiment=experiment,
+            config=config,
+            status=m.status,
+            started_at=started_at,
+            summary=m.summary,
+            series=m.series,
+            error=m.error if m.status in ("failed", "diverged") else None,
+            traceback=tb if m.status == "failed" else None,
+            seed=_seed_of(config),
+            sweep_id=sweep_id,
         )
-        for name, (steps, values) in m.series.items():
-            n = len(steps)
-            run_col.extend([run_id] * n)
-            step_col.append(np.asarray(steps, dtype=np.int64))
-            name_col.extend([name] * n)
-            value_col.append(np.asarray(values, dtype=np.float64))
-    metrics = pa.table(
-        {
-            "run_id": pa.array(run_col, pa.string()),
-            "step": pa.array(np.concatenate(step_col) if step_col else np.empty(0, np.int64), pa.int64()),
-            "name": pa.array(name_col, pa.string()),
-            "value": pa.array(np.concatenate(value_col) if value_col else np.empty(0), pa.float64()),
-        }
-    )
-    with store._write() as con:
-        con.execute("BEGIN")
-        con.executemany(
-            "INSERT INTO runs (id, name, experiment, status, config, summary, error, traceback, started_at, "
-            "ended_at, updated_at, git_commit, seed, sweep_id, host, pid, learndyn_version) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            run_rows,
-        )
-        if metrics.num_rows:
-            con.register("_ld_sweep_batch", metrics)
-            con.execute(
-                "INSERT INTO metrics (run_id, step, name, value) SELECT run_id, step, name, value "
-                "FROM _ld_sweep_batch"
-            )
-            con.unregister("_ld_sweep_batch")
-        con.execute("COMMIT")
-    return ids
+        for config, m in zip(configs, members, strict=True)
+    ]
+    return store.write_finished_runs(runs)
