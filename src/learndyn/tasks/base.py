@@ -7,7 +7,8 @@ A task bundles what an optimizer comparison needs and nothing else:
   (the only source of randomness during training, so a run is a pure function of its seeds);
 - ``loss_fn(outputs, targets)`` -- the minibatch loss with mean reduction (the same signature the probes'
   :class:`~learndyn.probes.base.ProbeContext` expects, so a task plugs straight into a ``Monitor``);
-- ``evaluate(model)`` -- the full-data (or exact population) loss used for curves and time-to-target;
+- ``evaluate(model)`` -- the full-data (or exact population, or a fixed held-out subset for a language model)
+  loss used for curves and time-to-target;
 - ``target_loss`` -- the level that defines "time to target": the first evaluation with
   ``evaluate(model) <= target_loss``;
 - ``steps`` -- the default training budget;
