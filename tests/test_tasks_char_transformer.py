@@ -33,6 +33,9 @@ def test_corpus_is_the_pydoc_text_with_a_sorted_vocabulary_and_a_contiguous_spli
     again = CharCorpus.from_text(text)
     assert again.vocab == corpus.vocab and torch.equal(again.val, corpus.val)
     assert again.sha256 == corpus.sha256 and len(corpus.sha256) == 64
+    assert torch.equal(corpus.encode(text[:50]), corpus.train[:50])
+    with pytest.raises(LearndynValueError, match=r"characters \['\\x00'\] are not in the vocabulary"):
+        corpus.encode("a\x00")
 
 
 def test_windows_are_non_overlapping_shifted_by_one():

@@ -42,8 +42,8 @@ from learndyn.tasks.base import Batch, Task
 from learndyn.validation import LearndynValueError, check_int, check_real
 
 LN2 = math.log(2.0)
-DEFAULT_TARGET_LOSS = 1.70
-"""Validation cross-entropy (nats, 2.45 bits/char) defining "steps to target"; see
+DEFAULT_TARGET_LOSS = 1.60
+"""Validation cross-entropy (nats, 2.31 bits/char) defining "steps to target"; see
 ``benchmarks/bench_tasks_published.py``."""
 
 
@@ -53,6 +53,18 @@ def pydoc_text() -> str:
     from pydoc_data.topics import topics
 
     return "".join(topics[key] for key in sorted(topics))
+
+
+def encode(vocab: str, text: str) -> torch.Tensor:
+    """Token ids (int64) of ``text``: the position of each character in ``vocab``."""
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = set(text) - index.keys()
+    if unknown:
+        raise LearndynValueError(
+            f"encode: characters {sorted(unknown)!r} are not in the vocabulary; allowed: the {len(vocab)} "
+            "characters of the corpus"
+        )
+    return torch.tensor([index[c] for c in text], dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -68,15 +80,13 @@ class CharCorpus:
     def from_text(cls, text: str, val_fraction: float = 0.1) -> CharCorpus:
         """Vocabulary from all of ``text``; the last ``val_fraction`` of it is the validation split."""
         vocab = "".join(sorted(set(text)))
-        index = {c: i for i, c in enumerate(vocab)}
-        ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+        ids = encode(vocab, text)
         n_train = len(text) - int(round(val_fraction * len(text)))
         return cls(vocab, ids[:n_train], ids[n_train:], hashlib.sha256(text.encode("utf-8")).hexdigest())
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of ``text`` (every character must be in the vocabulary)."""
-        index = {c: i for i, c in enumerate(self.vocab)}
-        return torch.tensor([index[c] for c in text], dtype=torch.int64)
+        return encode(self.vocab, text)
 
     def decode(self, ids: torch.Tensor) -> str:
         """The text of token ids."""
