@@ -7,10 +7,15 @@ A task bundles what an optimizer comparison needs and nothing else:
   (the only source of randomness during training, so a run is a pure function of its seeds);
 - ``loss_fn(outputs, targets)`` -- the minibatch loss with mean reduction (the same signature the probes'
   :class:`~learndyn.probes.base.ProbeContext` expects, so a task plugs straight into a ``Monitor``);
-- ``evaluate(model)`` -- the full-data (or exact population) loss used for curves and time-to-target;
+- ``evaluate(model)`` -- the full-data (or exact population, or a fixed held-out subset for a language model)
+  loss used for curves and time-to-target;
 - ``target_loss`` -- the level that defines "time to target": the first evaluation with
   ``evaluate(model) <= target_loss``;
-- ``steps`` -- the default training budget.
+- ``steps`` -- the default training budget;
+- optionally ``metrics(model)`` -- the task's final metrics as ``{name: value}`` (test accuracy of a
+  classifier, validation bits per character of a language model), with ``metric_name`` the headline key and
+  ``higher_is_better`` its direction. Tasks without them (``metrics=None``, the default) have no metric
+  beyond ``evaluate``; :meth:`Task.final_metrics` returns ``{}`` for them, so callers need no special case.
 
 Data that belongs to the task (a teacher matrix, an evaluation set) is drawn once from ``data_seed`` when the
 task is built, so two tasks built with the same arguments are identical.
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from learndyn.validation import check_int
+from learndyn.validation import LearndynValueError, check_int
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """``(inputs, targets)``, both with the batch dimension first."""
@@ -54,7 +59,9 @@ class Task:
     """A benchmark task: model factory, seeded batch sampler, loss, full-data loss and a target.
 
     ``build_model`` draws its initial weights from the global RNG; call :meth:`make_model` instead, which
-    seeds it (and leaves the caller's global RNG state untouched).
+    seeds it (and leaves the caller's global RNG state untouched). ``metrics``, ``metric_name`` and
+    ``higher_is_better`` are optional (keyword) fields: ``metrics`` and ``metric_name`` are given together,
+    and ``metric_name`` must be one of the keys ``metrics`` returns.
     """
 
     name: str
@@ -65,6 +72,15 @@ class Task:
     evaluate: Callable[[nn.Module], float]
     target_loss: float
     steps: int
+    metrics: Callable[[nn.Module], dict[str, float]] | None = None
+    metric_name: str | None = None
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.metrics is None) != (self.metric_name is None):
+            raise LearndynValueError(
+                f"Task[{self.name}]: metrics and metric_name go together; allowed: both set or both None"
+            )
 
     def make_model(self, seed: int) -> nn.Module:
         """A new model whose initial weights are a deterministic function of ``seed``."""
@@ -76,6 +92,30 @@ class Task:
         """Minibatch loss ``loss_fn(model(inputs), targets)`` (a scalar tensor with a graph)."""
         inputs, targets = batch
         return self.loss_fn(model(inputs), targets)
+
+    @torch.no_grad()
+    def final_metrics(self, model: nn.Module) -> dict[str, float]:
+        """``metrics(model)`` in eval mode without gradients (the model's mode is restored); ``{}`` if none.
+
+        Raises if the returned dict lacks ``metric_name``.
+        """
+        if self.metrics is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        try:
+            values = {k: float(v) for k, v in self.metrics(model).items()}
+        finally:
+            model.train(was_training)
+        if self.metric_name not in values:
+            raise LearndynValueError(
+                f"Task[{self.name}].metrics returned no {self.metric_name!r}; allowed: {sorted(values)}"
+            )
+        return values
+
+    def num_params(self) -> int:
+        """Number of trainable parameters of the task's model."""
+        return sum(p.numel() for p in self.make_model(0).parameters() if p.requires_grad)
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, bias: bool = True) -> nn.Sequential:
