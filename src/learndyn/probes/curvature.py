@@ -174,7 +174,7 @@ def lanczos(
     m = min(check_int("iters", iters, low=1, owner="lanczos"), dim)
     check_choice("reorth", reorth, REORTH, owner="lanczos")
     start = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    Q = torch.zeros(m, dim, dtype=dtype, device=device)
+    Q = torch.empty(m, dim, dtype=dtype, device=device)  # rows beyond the current step are never read
     q = start / start.norm()
     alphas: list[float] = []
     betas: list[float] = []
@@ -251,9 +251,15 @@ def _omega_step(
     return out
 
 
-def rademacher(n: int, dim: int, *, generator: torch.Generator) -> Tensor:
-    """``(n, dim)`` float64 matrix of independent ±1 entries from ``generator``."""
-    return torch.randint(0, 2, (n, dim), generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
+_BITS = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def rademacher(n: int, dim: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(n, dim)`` matrix of independent ±1 entries from ``generator`` (eight signs per random byte)."""
+    nbytes = -(-dim // 8)
+    raw = torch.randint(0, 256, (n, nbytes), generator=generator, dtype=torch.uint8)
+    bits = (raw.unsqueeze(-1) & _BITS).ne_(0).reshape(n, nbytes * 8)[:, :dim]
+    return bits.to(dtype).mul_(2).sub_(1)
 
 
 def hutchinson_trace(
@@ -267,7 +273,7 @@ def hutchinson_trace(
 ) -> tuple[float, float]:
     """``(estimate, standard error)`` of ``tr A`` from ``samples`` Rademacher quadratic forms ``vᵀ A v``."""
     samples = check_int("samples", samples, low=1, owner="hutchinson_trace")
-    V = rademacher(samples, dim, generator=generator).to(device=device, dtype=dtype)
+    V = rademacher(samples, dim, generator=generator, dtype=dtype).to(device=device)
     quad = torch.stack([v @ matvec(v) for v in V]).double()
     err = float(quad.std() / math.sqrt(samples)) if samples > 1 else math.nan
     return float(quad.mean()), err
@@ -341,12 +347,15 @@ class CurvatureProbe(Probe):
             "curvature/lambda_max": lam_max,
             "curvature/lambda_min": float(ritz[0]),
         }
-        if self.hutchinson_samples:
+        if self._want_ggn(ctx):
+            out.update(self._ggn(ctx, hvp.names))
+        if "curvature/ggn_trace" in out and piecewise_linear(ctx.model):  # tr ∇²L = tr G exactly
+            out["curvature/trace"] = out["curvature/ggn_trace"]
+            out["curvature/trace_stderr"] = 0.0
+        elif self.hutchinson_samples:
             tr, err = hutchinson_trace(hvp, hvp.dim, self.hutchinson_samples, **kw)
             out["curvature/trace"] = tr
             out["curvature/trace_stderr"] = err
-        if self._want_ggn(ctx):
-            out.update(self._ggn(ctx, hvp.names))
         if ctx.lr is not None:
             out["curvature/sharpness"] = ctx.lr * lam_max
             out["curvature/stability_ratio"] = ctx.lr * lam_max / 2
@@ -391,6 +400,25 @@ class CurvatureProbe(Probe):
             f"CurvatureProbe(every={self.every}, k={self.k}, lanczos_iters={self.lanczos_iters}, "
             f"hutchinson_samples={self.hutchinson_samples}, reorth={self.reorth!r})"
         )
+
+
+_PIECEWISE_LINEAR = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
+)  # fmt: skip
+
+
+def piecewise_linear(model: nn.Module) -> bool:
+    """Whether ``model`` is provably linear in each single parameter with the others held fixed: an
+    ``nn.Sequential`` (nested) of linear/convolutional layers, piecewise-linear activations, pooling,
+    reshaping, and dropout or batch normalisation in eval mode. Then ``∂²f/∂θ_k² = 0`` and the Hessian's
+    diagonal is the Gauss-Newton diagonal."""
+    if isinstance(model, nn.Sequential):
+        return all(piecewise_linear(m) for m in model)
+    if isinstance(model, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm):
+        return not model.training
+    return type(model) in _PIECEWISE_LINEAR
 
 
 def _batch_coupled(model: nn.Module) -> bool:

@@ -220,12 +220,16 @@ class Monitor:
                     ctx.providers[f"batch_loss/{mode}"] = self._batch_loss(batch, mode)
             if metrics is not None:
                 ctx.cache["metrics"] = dict(metrics)
+            per_probe: dict[int, dict[str, float | np.ndarray]] = {}
             try:
-                for probe in due:
+                # probes that only read the batch loss run last: a gradient pass computes it on the way
+                for k in sorted(range(len(due)), key=lambda k: due[k].needs == frozenset({"batch_loss"})):
                     t0 = time.perf_counter()
-                    measured = probe.measure(ctx)
-                    self.timings[probe.name] += time.perf_counter() - t0
-                    results.update({k: _to_metric(v) for k, v in measured.items()})
+                    measured = due[k].measure(ctx)
+                    self.timings[due[k].name] += time.perf_counter() - t0
+                    per_probe[k] = {key: _to_metric(v) for key, v in measured.items()}
+                for k in sorted(per_probe):  # metrics in the probes' order
+                    results.update(per_probe[k])
             finally:
                 ctx.cache.clear()
                 del ctx

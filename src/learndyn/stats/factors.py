@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -105,26 +106,41 @@ def rows_reduce(rows: Tensor, spec: Contraction, shape: torch.Size) -> dict[str,
     return out
 
 
+def _delta_gram(d: Tensor, gram: str) -> Tensor:
+    """``Σ_r δ_ri·δ_rj`` (``"trace"``, B × B) or ``δ_ri·δ_sj`` (``"full"``, rows ``i·R + r``) of ``d``."""
+    R, B, width = d.shape
+    D = (
+        d.permute(1, 0, 2).reshape(B, R * width)
+        if gram == "trace"
+        else d.permute(1, 0, 2).reshape(B * R, width)
+    )
+    return D @ D.T
+
+
 def _outer_t1(
-    A: Tensor,
+    A: Tensor | None,
     d: Tensor,
     spec: Contraction,
     sq_fn: Callable[[Tensor], Tensor],
     feat_sq: Tensor,
     shape: torch.Size,
+    DD: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Contractions of ``g_ri = δ_ri ⊗ φ_i`` (one position) from ``A_ij = φ_i·φ_j`` and ``d`` (R, B, d_out).
 
-    ``sq_fn(Σ_r w_r δ_r²)`` gives the weighted squares; ``feat_sq`` is ``(‖φ_i‖²)_i``.
+    ``sq_fn(Σ_r w_r δ_r²)`` gives the weighted squares; ``feat_sq`` is ``(‖φ_i‖²)_i``; ``A = None`` means
+    ``φ_i = 1`` (a bias); ``DD`` is :func:`_delta_gram` of ``d`` if already computed.
     """
-    R, B, d_out = d.shape
+    R, B, _ = d.shape
     out: dict[str, Tensor] = {}
-    if spec.gram == "trace":
-        D = d.permute(1, 0, 2).reshape(B, R * d_out)
-        out["gram"] = A * (D @ D.T)
-    elif spec.gram == "full":
-        D = d.permute(1, 0, 2).reshape(B * R, d_out)
-        out["gram"] = A.repeat_interleave(R, 0).repeat_interleave(R, 1) * (D @ D.T)
+    if spec.gram is not None:
+        DD = _delta_gram(d, spec.gram) if DD is None else DD
+        if A is None:
+            out["gram"] = DD
+        elif spec.gram == "trace":
+            out["gram"] = A * DD
+        else:
+            out["gram"] = A.repeat_interleave(R, 0).repeat_interleave(R, 1) * DD
     if spec.sq or spec.trace:
         w = _weights(spec, R, B, d)
         if spec.sq:
@@ -224,9 +240,11 @@ class LayerFactors:
 def _cat_positions(feats: list[Tensor], deltas: list[Tensor], width: int) -> tuple[Tensor, Tensor]:
     """Features ``(B, T, ·)`` and ``δ`` ``(R, B, T, width)`` of all calls, concatenated along ``T``."""
     R, B = deltas[0].shape[:2]
-    d = torch.cat([dl.reshape(R, B, -1, width) for dl in deltas], 2)
-    f = torch.cat([ft.reshape(B, -1, *ft.shape[2:]) for ft in feats], 1)
-    return f, d
+    ds = [dl.reshape(R, B, -1, width) for dl in deltas]
+    fs = [ft.reshape(B, -1, *ft.shape[2:]) for ft in feats]
+    if len(ds) == 1:
+        return fs[0], ds[0]
+    return torch.cat(fs, 1), torch.cat(ds, 2)
 
 
 class LinearFactors(LayerFactors):
@@ -240,15 +258,20 @@ class LinearFactors(LayerFactors):
         d_in = a.shape[-1]
         a = a.to(d.dtype)
         out: dict[str, dict[str, Tensor]] = {}
+        if T == 1:
+            a0, d0 = a[:, 0], d[:, :, 0]
+            a_sq = a0.square() if spec.sq or spec.trace else a0
+            DD = _delta_gram(d0, spec.gram) if spec.gram else None  # shared by weight and bias
+            A = a0 @ a0.T if spec.gram else None
+            out["weight"] = _outer_t1(
+                A, d0, spec, lambda s: s.T @ a_sq, a_sq.sum(-1) if spec.trace else a_sq, W.shape, DD
+            )
+            if "bias" in self.names:
+                shape = self.param("bias").shape
+                out["bias"] = _outer_t1(None, d0, spec, lambda s: s.sum(0), a0.new_ones(B), shape, DD)
+            return out
         if "bias" in self.names:
             out["bias"] = rows_reduce(d.sum(2), spec, self.param("bias").shape)
-        if T == 1:
-            a0 = a[:, 0]
-            a_sq = a0.square()
-            out["weight"] = _outer_t1(
-                a0 @ a0.T, d[:, :, 0], spec, lambda s: s.T @ a_sq, a_sq.sum(-1), W.shape
-            )
-            return out
         mat = R * B * T * d_in * d_out + R * B * B * d_in * d_out
         ghost_gram = B * B * T * T * (d_in + R * d_out)
         ghost_tr = B * T * T * (d_in + R * d_out)
@@ -462,6 +485,19 @@ class FactorCapture:
     def clear(self) -> None:
         for layer in self.layers:
             layer.clear()
+
+
+_CAPTURES: weakref.WeakKeyDictionary[nn.Module, FactorCapture] = weakref.WeakKeyDictionary()
+
+
+def capture_for(model: nn.Module) -> FactorCapture:
+    """The model's shared :class:`FactorCapture` (rebuilt when its trainable parameters change), so module
+    analysis and the verification of unbatched calls happen once per model."""
+    cap = _CAPTURES.get(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if cap is None or cap.names != names:
+        cap = _CAPTURES[model] = FactorCapture(model)
+    return cap
 
 
 def verify(layer: LayerFactors, got: dict[str, Tensor], ref: dict[str, Tensor]) -> bool:

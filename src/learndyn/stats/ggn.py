@@ -27,15 +27,17 @@ activations (not the weights), so it is cheap for few outputs (classes) and expe
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, BatchAdapter, as_single, batch_size, vmap_dims
-from learndyn.stats.factors import CHUNK_ELEMENTS, Contraction, FactorCapture, verify
+from learndyn.stats.factors import CHUNK_ELEMENTS, Contraction, FactorCapture, capture_for, verify
 from learndyn.stats.ntk import per_sample_jacobians
 
 
@@ -66,6 +68,50 @@ def output_hessians(adapter: BatchAdapter, outputs: Tensor, targets: object) -> 
     return vmap(single, in_dims=(dims,))(pair)
 
 
+def _is_plain_cross_entropy(fn: object) -> bool:
+    while isinstance(fn, functools.partial) and not fn.args and not fn.keywords:
+        fn = fn.func
+    if fn is F.cross_entropy:
+        return True
+    return (
+        isinstance(fn, nn.CrossEntropyLoss)
+        and fn.weight is None
+        and fn.label_smoothing == 0
+        and fn.reduction == "mean"
+    )
+
+
+def output_factors(adapter: BatchAdapter, outputs: Tensor, targets: object) -> tuple[Tensor, Tensor]:
+    """Cotangents ``U`` (``(R, B, *output shape)``) and signs ``W`` (``(R, B)``) with
+    ``(1/B) H_i = Σ_r W_ri U_ri U_riᵀ`` for every sample ``i`` (module docstring).
+
+    Cross-entropy with class-index targets (``F.cross_entropy`` or a plain ``nn.CrossEntropyLoss`` on
+    ``(B, C)`` logits) has the closed form ``H_i = diag(p_i) − p_i p_iᵀ = Σ_c u_ic u_icᵀ``,
+    ``u_ic = √p_ic (e_c − p_i)`` (``p_i`` the softmax): ``R = C``, no eigendecomposition. Any other loss:
+    ``H_i`` by ``vmap(jacrev(jacrev))`` and ``eigh``, ``R = O``.
+    """
+    B = outputs.shape[0]
+    with torch.no_grad():
+        if (
+            adapter.loss_fn is not None
+            and _is_plain_cross_entropy(adapter.loss_fn)
+            and outputs.dim() == 2
+            and isinstance(targets, Tensor)
+            and targets.shape == (B,)
+            and not targets.is_floating_point()
+            and bool((targets >= 0).all())
+        ):
+            p = torch.softmax(outputs, -1)
+            C = p.shape[1]
+            eye = torch.eye(C, dtype=p.dtype, device=p.device)
+            U = (p.T.sqrt() / B**0.5).unsqueeze(-1) * (eye.unsqueeze(1) - p.unsqueeze(0))  # (C, B, C)
+            return U, torch.ones(C, B, dtype=p.dtype, device=p.device)
+        lam, vec = torch.linalg.eigh(output_hessians(adapter, outputs, targets))  # (B, O), (B, O, O)
+        scale = (lam.abs() / B).sqrt()
+        U = (vec * scale.unsqueeze(1)).permute(2, 0, 1).reshape(lam.shape[1], B, *outputs.shape[1:])
+        return U, lam.sign().T
+
+
 def gauss_newton_diagonal(
     model: nn.Module,
     adapter: BatchAdapter,
@@ -81,7 +127,7 @@ def gauss_newton_diagonal(
     """
     if not adapter.has_split:
         raise ValueError("gauss_newton_diagonal needs BatchAdapter(loss_fn=...) or per_sample_loss=")
-    cap = FactorCapture(model) if capture is None else capture
+    cap = capture_for(model) if capture is None else capture
     B = batch_size(batch)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     targets = adapter.targets(batch)
@@ -89,19 +135,15 @@ def gauss_newton_diagonal(
         with cap.recording(B), torch.enable_grad(), math_attention():
             out = adapter.outputs(model, batch)
             loss = float(adapter.loss_of_outputs(out, targets).detach())
-        with torch.no_grad():
-            lam, vec = torch.linalg.eigh(output_hessians(adapter, out, targets))  # (B, O), (B, O, O)
-        O = lam.shape[1]
-        scale = (lam.abs() / B).sqrt()  # (B, O)
-        U_all = (vec * scale.unsqueeze(1)).permute(2, 0, 1)  # (O, B, O): cotangent c of sample i
-        W_all = lam.sign().T  # (O, B)
+        U_all, W_all = output_factors(adapter, out.detach(), targets)  # (R, B, *shape), (R, B)
+        R = U_all.shape[0]
         layers = cap.active()
         outs = cap.outputs(layers)
         acc: dict[str, dict[str, Tensor]] = {}
         if layers:
             chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(sum(t.numel() for t in outs), 1))
-            for start in range(0, O, chunk):
-                U = U_all[start : start + chunk].reshape(-1, *out.shape)
+            for start in range(0, R, chunk):
+                U = U_all[start : start + chunk]
                 spec = Contraction(None, sq=True, trace=True, weights=W_all[start : start + chunk])
                 with math_attention():
                     grads = torch.autograd.grad(
@@ -121,8 +163,8 @@ def gauss_newton_diagonal(
         jac = per_sample_jacobians(model, adapter.outputs, batch, rest + check)
         ref = {}
         for name, J in jac.items():  # J: (B, O, *shape); rows u_ci = J_iᵀ U[c, i]
-            rows = torch.einsum("bo...,cbo->cb...", J, U_all.reshape(O, B, -1))
-            w = W_all.reshape(O, B, *([1] * (rows.dim() - 2)))
+            rows = torch.einsum("bo...,cbo->cb...", J, U_all.reshape(R, B, -1))
+            w = W_all.reshape(R, B, *([1] * (rows.dim() - 2)))
             sq = (w * rows.square()).sum((0, 1))
             ref[name] = {"sq": sq, "trace": sq.sum()}
         for layer in pending:

@@ -28,7 +28,7 @@ from torch.func import jacrev, vmap
 
 from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, as_single, batch_size, functional, vmap_dims
-from learndyn.stats.factors import CHUNK_ELEMENTS, Contraction, FactorCapture, verify
+from learndyn.stats.factors import CHUNK_ELEMENTS, Contraction, FactorCapture, capture_for, verify
 
 Forward = Callable[[nn.Module, Batch], Tensor]
 """``forward(model, batch) -> outputs`` of shape ``(n, ...)``."""
@@ -101,45 +101,48 @@ def structured_ntk(
     :class:`~learndyn.stats.factors.FactorCapture` of ``model`` (its verification of unbatched calls carries
     over between calls).
     """
-    cap = FactorCapture(model) if capture is None else capture
+    cap = capture_for(model) if capture is None else capture
     n = batch_size(batch)
-    theta = {k: v.requires_grad_(True) for k, v in _params(model, params).items()}
-    f = functional(model, forward)
+    names = cap.names
+    grams: dict[str, Tensor] = {}
     try:
         with cap.recording(n), torch.enable_grad(), math_attention():
-            out = f(theta, batch)
-        flat = out.reshape(n, -1)
-        if select is not None:
-            flat = flat[:, select]
-        O = flat.shape[1]
-        layers = cap.active()
-        outs = cap.outputs(layers)
-        grams: dict[str, Tensor] = {}
-        if layers:
-            per_cotangent = sum(t.numel() for t in outs)
-            if outputs == "full":
-                chunk = O
+            if params is None:  # the model as it is: its trainable parameters carry the graph
+                out = forward(model, batch)
             else:
-                chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(per_cotangent, 1))
-            spec = Contraction(outputs)
-            eye = torch.eye(O, dtype=flat.dtype, device=flat.device)
-            for start in range(0, O, chunk):
-                c = min(chunk, O - start)
-                U = eye[start : start + c].unsqueeze(1).expand(c, n, O)
-                with math_attention():
+                theta = {k: v.requires_grad_(True) for k, v in _params(model, params).items()}
+                out = functional(model, forward)(theta, batch)
+            flat = out.reshape(n, -1)
+            if select is not None:
+                flat = flat[:, select]
+            O = flat.shape[1]
+            layers = cap.active()
+            outs = cap.outputs(layers)
+            if layers:
+                per_cotangent = sum(t.numel() for t in outs)
+                chunk = (
+                    O if outputs == "full" else chunk_size or max(1, CHUNK_ELEMENTS // max(per_cotangent, 1))
+                )
+                spec = Contraction(outputs)
+                for start in range(0, O, chunk):
+                    c = min(chunk, O - start)
                     if O == 1:
-                        grads = torch.autograd.grad(flat, outs, U[0], retain_graph=True, allow_unused=True)
+                        grads = torch.autograd.grad(
+                            flat, outs, torch.ones_like(flat), retain_graph=True, allow_unused=True
+                        )
                         grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
                     else:
+                        eye = torch.eye(O, dtype=flat.dtype, device=flat.device)
+                        U = eye[start : start + c].unsqueeze(1).expand(c, n, O)
                         grads = torch.autograd.grad(
                             flat, outs, U, retain_graph=True, allow_unused=True, is_grads_batched=True
                         )
-                for name, r in cap.contract(layers, list(grads), spec).items():
-                    grams[name] = r["gram"] if name not in grams else grams[name] + r["gram"]
+                    for name, r in cap.contract(layers, list(grads), spec).items():
+                        grams[name] = r["gram"] if name not in grams else grams[name] + r["gram"]
     finally:
         cap.clear()
     pending = [layer for layer in layers if layer.unverified]
-    rest = [k for k in theta if k not in grams]
+    rest = [k for k in names if k not in grams]
     check = [k for layer in pending for k in layer.names.values()]
     if rest or check:
         jac = per_sample_jacobians(model, forward, batch, rest + check, params=params, select=select)
@@ -149,4 +152,4 @@ def structured_ntk(
             if not verify(layer, {k: grams[k] for k in mine}, ref):
                 rest += mine
         grams.update({k: ref[k] for k in rest})
-    return {k: grams[k].detach() for k in theta}
+    return {k: grams[k].detach() for k in names}
