@@ -32,7 +32,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """``GPT(vocab, d, layers, heads, context)(tokens (B, T)) -> logits (B, T, vocab)``."""
 
-    def __init__(self, vocab: int = 16, d: int = 32, layers: int = 2, heads: int = 2, context: int = 8) -> None:
+    def __init__(
+        self, vocab: int = 16, d: int = 32, layers: int = 2, heads: int = 2, context: int = 8
+    ) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(context, d)

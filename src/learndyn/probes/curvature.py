@@ -193,10 +193,10 @@ def lanczos(
             beta = float(w.norm())
         else:
             if j > 0:
-                w = w - betas[-1] * Q[j - 1]
-            alpha = float(w @ q)
-            w = w - alpha * q
-            beta = float(w.norm())
+                w = torch.sub(w, Q[j - 1], alpha=betas[-1])
+            alpha = float(torch.dot(w, q))
+            w = torch.sub(w, q, alpha=alpha)
+            beta = float(torch.linalg.vector_norm(w))
             scale = max(scale, abs(alpha), beta)
             omega_next = _omega_step(omega_prev, omega, alphas, betas, alpha, beta, eps * scale)
             if force or (j > 0 and np.abs(omega_next[:j]).max() > math.sqrt(eps)):
