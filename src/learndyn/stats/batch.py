@@ -198,13 +198,15 @@ class BatchAdapter:
             return batch[1]
         return None
 
+    def raw_outputs(self, model: nn.Module, batch: Batch) -> Any:
+        """What ``outputs`` gives, of any type (what ``loss_fn`` receives)."""
+        if self._outputs is not None:
+            return self._outputs(model, batch)
+        return call_model(model, self.inputs(batch))
+
     def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        """Network outputs ``f(batch)``, shape ``(B, ...)``."""
-        out = (
-            self._outputs(model, batch)
-            if self._outputs is not None
-            else call_model(model, self.inputs(batch))
-        )
+        """Network outputs ``f(batch)``, a tensor of shape ``(B, ...)``."""
+        out = self.raw_outputs(model, batch)
         if not isinstance(out, Tensor):
             raise LearndynValueError(
                 f"the model returned a {type(out).__name__}; allowed: a tensor -- give "
@@ -230,20 +232,22 @@ class BatchAdapter:
         """The mean loss ``L`` of the batch (a scalar tensor with its graph)."""
         if self._loss is not None:
             return self._loss(model, batch)
-        return self.loss_of_outputs(self.outputs(model, batch), self.targets(batch))
+        return self.loss_of_outputs(self.raw_outputs(model, batch), self.targets(batch))
 
-    def per_sample_losses(self, model: nn.Module, batch: Batch, outputs: Tensor | None = None) -> Tensor:
+    def per_sample_losses(self, model: nn.Module, batch: Batch, outputs: Any = None) -> Tensor:
         """``(B,)`` per-sample losses ``ℓ_i`` (the loss of each sample as a batch of one), no graph.
 
-        With the loss a function of the outputs, ``outputs`` (default: computed) are reused.
+        With the loss a function of tensor outputs, ``outputs`` (default: computed) are reused and the
+        per-sample losses come from one ``vmap``; otherwise from one call per sample.
         """
         B = batch_size(batch)
         with torch.no_grad():
-            if not self.has_split:
+            if self.has_split:
+                outputs = self.raw_outputs(model, batch) if outputs is None else outputs
+            if not self.has_split or not isinstance(outputs, Tensor):
                 return torch.stack(
                     [self.loss(model, select(batch, slice(i, i + 1), B)).detach() for i in range(B)]
                 )
-            outputs = self.outputs(model, batch) if outputs is None else outputs
             targets = self.targets(batch)
             if self.per_sample_loss is not None:
                 return self.per_sample_loss(outputs, targets).detach()
@@ -266,7 +270,7 @@ class BatchAdapter:
             return  # the mean is taken here: nothing to get wrong
         with torch.no_grad():
             if self.has_split:  # one forward pass: the same outputs (and dropout draws) for both
-                outputs = self.outputs(model, batch)
+                outputs = self.raw_outputs(model, batch)
                 total = float(self.loss_of_outputs(outputs, self.targets(batch)))
                 per = self.per_sample_losses(model, batch, outputs)
             else:

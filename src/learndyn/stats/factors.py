@@ -51,6 +51,7 @@ import math
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,8 @@ from torch import Tensor, nn
 
 CHUNK_ELEMENTS = 1 << 26
 """Default cotangent chunk of batched backward passes: keep the output gradients under this many numbers."""
+
+T_ = TypeVar("T_")
 
 GHOST_MAX = 1 << 24
 """Largest ``(B·T)²`` ghost-form matrix (elements) before a layer's gradients are materialised instead."""
@@ -184,6 +187,7 @@ class LayerFactors:
         self.names = names  # role ("weight", "bias") -> parameter name
         self.calls: list[_Call] = []
         self.bad = False  # this pass: a call could not be factored
+        self.expanded = False  # this pass: an unbatched call's output was expanded to the batch
         self.unverified = False  # expanded or ambiguous calls not yet compared with a reference
         self.verified = False
         self.dropped = False  # failed verification: always left to the fallback
@@ -212,6 +216,7 @@ class LayerFactors:
             if expand:
                 x = x.expand(B, *x.shape)
                 output = output.expand(B, *output.shape)
+                self.expanded = True
             if batched is not True and not self.verified:
                 self.unverified = True
             self.calls.append(_Call(self.features(x.detach()), output))
@@ -222,6 +227,7 @@ class LayerFactors:
     def clear(self) -> None:
         self.calls.clear()
         self.bad = False
+        self.expanded = False
 
     def usable(self) -> bool:
         if self.bad or self.dropped or not self.calls:
@@ -457,6 +463,22 @@ class FactorCapture:
         finally:
             for h in handles:
                 h.remove()
+
+    def run(self, batch: int, forward: Callable[[], T_]) -> T_:
+        """``forward()`` (one forward pass of ``batch`` samples) with the capture hooks. A pass that fails
+        after an unverified unbatched call was expanded (the model did not broadcast it) runs again with
+        those layers dropped, i.e. left to the fallback."""
+        try:
+            with self.recording(batch):
+                return forward()
+        except Exception:
+            expanded = [layer for layer in self.layers if layer.expanded and not layer.verified]
+            if not expanded:
+                raise
+            for layer in expanded:
+                layer.dropped, layer.unverified = True, False
+            with self.recording(batch):
+                return forward()
 
     def active(self) -> list[LayerFactors]:
         """Layers whose calls of the last pass can be contracted."""

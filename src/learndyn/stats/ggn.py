@@ -132,8 +132,8 @@ def gauss_newton_diagonal(
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     targets = adapter.targets(batch)
     try:
-        with cap.recording(B), torch.enable_grad(), math_attention():
-            out = adapter.outputs(model, batch)
+        with torch.enable_grad(), math_attention():
+            out = cap.run(B, lambda: adapter.outputs(model, batch))
             loss = float(adapter.loss_of_outputs(out, targets).detach())
         U_all, W_all = output_factors(adapter, out.detach(), targets)  # (R, B, *shape), (R, B)
         R = U_all.shape[0]

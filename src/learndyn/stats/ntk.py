@@ -106,12 +106,12 @@ def structured_ntk(
     names = cap.names
     grams: dict[str, Tensor] = {}
     try:
-        with cap.recording(n), torch.enable_grad(), math_attention():
+        with torch.enable_grad(), math_attention():
             if params is None:  # the model as it is: its trainable parameters carry the graph
-                out = forward(model, batch)
+                out = cap.run(n, lambda: forward(model, batch))
             else:
                 theta = {k: v.requires_grad_(True) for k, v in _params(model, params).items()}
-                out = functional(model, forward)(theta, batch)
+                out = cap.run(n, lambda: functional(model, forward)(theta, batch))
             flat = out.reshape(n, -1)
             if select is not None:
                 flat = flat[:, select]

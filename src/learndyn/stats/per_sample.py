@@ -219,8 +219,8 @@ class HookGramCollector:
         cap = self.capture
         params = list(trainable.values())
         try:
-            with cap.recording(B), torch.enable_grad():
-                loss = adapter.loss(model, batch)
+            with torch.enable_grad():
+                loss = cap.run(B, lambda: adapter.loss(model, batch))
             layers = cap.active()
             outs = cap.outputs(layers)
             grads = torch.autograd.grad(loss, params + outs, allow_unused=True)
