@@ -55,37 +55,48 @@ def _seeded(build):
         torch.random.set_rng_state(state)
 
 
-def _mlp() -> nn.Module:
-    return _seeded(lambda: nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)))
+def _mlp(device: str = "cpu") -> nn.Module:
+    return _seeded(lambda: nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))).to(device)
 
 
-def _medians(fns: dict[str, Any], reps: int) -> dict[str, float]:
+def clock(device: str) -> float:
+    """``time.perf_counter()`` after the device's queued work is done."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def medians(fns: dict[str, Any], reps: int, device: str = "cpu") -> dict[str, float]:
     """Interleaved calls (one warm-up round), median seconds per function."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for rep in range(reps + 1):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock(device)
             fn()
             if rep:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock(device) - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------- A: MLP
 
 
-def _every_step(reps: int) -> tuple[list[dict], dict[str, float]]:
+def every_step(reps: int, device: str = "cpu") -> tuple[list[dict], dict[str, float]]:
+    """Part A: every probe of each preset at every step, ratios to plain training windows."""
     from learndyn.probes import Monitor
     from learndyn.probes.presets import preset_probes
 
     gen = torch.Generator().manual_seed(0)
     batches = [
-        (torch.randn(128, 784, generator=gen), torch.randint(0, 10, (128,), generator=gen))
+        (
+            torch.randn(128, 784, generator=gen).to(device),
+            torch.randint(0, 10, (128,), generator=gen).to(device),
+        )
         for _ in range(WINDOW)
     ]
     configs: dict[str, tuple] = {}
     for label in ("plain", "light", "standard", "full"):
-        model = _mlp()
+        model = _mlp(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         mon = None
         if label != "plain":
@@ -97,7 +108,7 @@ def _every_step(reps: int) -> tuple[list[dict], dict[str, float]]:
 
     def window(label: str) -> float:
         model, opt, mon, step = configs[label]
-        t0 = time.perf_counter()
+        t0 = clock(device)
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
@@ -105,7 +116,7 @@ def _every_step(reps: int) -> tuple[list[dict], dict[str, float]]:
             if mon is not None:
                 mon.after_step(step[0], (x, y))
             step[0] += 1
-        return time.perf_counter() - t0
+        return clock(device) - t0
 
     labels = list(configs)
     for label in labels:
@@ -150,16 +161,18 @@ def _backpack():
     return backpack
 
 
-def _costs(reps: int) -> tuple[list[dict], list[str]]:
+def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
+    """Part B: one measurement of each kind in plain-step units."""
     from learndyn.probes.curvature import HessianVectorProduct, hutchinson_trace, lanczos
     from learndyn.probes.kernel import empirical_ntk
     from learndyn.stats import BatchAdapter
     from learndyn.stats.ggn import gauss_newton_diagonal
     from learndyn.stats.per_sample import HookGramCollector, gradient_gram
 
-    model = _mlp()
+    model = _mlp(device)
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(128, 784, generator=gen), torch.randint(0, 10, (128,), generator=gen)
+    x = torch.randn(128, 784, generator=gen).to(device)
+    y = torch.randint(0, 10, (128,), generator=gen).to(device)
     params = list(model.parameters())
     hvp = HessianVectorProduct(model, F.cross_entropy, x, y)
     collector = HookGramCollector(model)
@@ -170,7 +183,7 @@ def _costs(reps: int) -> tuple[list[dict], list[str]]:
         "plain step": lambda: torch.autograd.grad(F.cross_entropy(model(x), y), params),
         "noise Gram: hooks": lambda: collector(F.cross_entropy, x, y),
         "noise Gram: vmap": lambda: gradient_gram(model, F.cross_entropy, x, y, route="vmap"),
-        "Hessian-vector product (one)": lambda: hvp(torch.ones(hvp.dim)),
+        "Hessian-vector product (one)": lambda: hvp(torch.ones(hvp.dim, device=device)),
         "Lanczos 20, partial reorth.": lambda: lanczos(hvp, hvp.dim, 20, **kw),
         "Lanczos 20, full reorth.": lambda: lanczos(hvp, hvp.dim, 20, reorth="full", **kw),
         "trace: Hutchinson 10": lambda: hutchinson_trace(hvp, hvp.dim, 10, **kw),
@@ -183,7 +196,7 @@ def _costs(reps: int) -> tuple[list[dict], list[str]]:
     if bp is not None:
         from backpack.extensions import DiagGGNExact, DiagHessian
 
-        bp_model = bp.extend(_mlp())
+        bp_model = bp.extend(_mlp(device))
         bp_loss = bp.extend(nn.CrossEntropyLoss())
 
         def bp_run(ext):
@@ -201,7 +214,7 @@ def _costs(reps: int) -> tuple[list[dict], list[str]]:
         notes.append(f"BackPACK {getattr(bp, '__version__', '?')} from {Path(bp.__file__).parent.parent}")
     else:
         notes.append("BackPACK not importable (LEARNDYN_BACKPACK_PATH may name a directory holding it)")
-    med = _medians(fns, reps)
+    med = medians(fns, reps, device)
     base = med["plain step"]
     rows = [
         {"model": "MLP 784-128-10", "config": k, "ratio": v / base, "step_ms": 1e3 * v}
@@ -229,7 +242,8 @@ def _costs(reps: int) -> tuple[list[dict], list[str]]:
 # ---------------------------------------------------------------------------------------------- C: GPT
 
 
-def _gpt(quick: bool) -> tuple[list[dict], dict[str, float], list[str]]:
+def gpt_presets(quick: bool, device: str = "cpu") -> tuple[list[dict], dict[str, float], list[str]]:
+    """Part C: the default presets on a GPT, amortised over their schedule."""
     from learndyn.probes import Monitor
     from learndyn.stats.per_sample import HookGramCollector, gradient_gram
 
@@ -238,13 +252,13 @@ def _gpt(quick: bool) -> tuple[list[dict], dict[str, float], list[str]]:
     gen = torch.Generator().manual_seed(2)
 
     def batch():
-        seq = torch.randint(0, V, (B, T + 1), generator=gen)
+        seq = torch.randint(0, V, (B, T + 1), generator=gen).to(device)
         return seq[:, :-1], seq[:, 1:]
 
     data = [batch() for _ in range(4)]
     models = {}
     for label in ("plain", "light", "standard", "full"):
-        models[label] = _seeded(lambda: gpt.GPT(vocab=V, d=d, layers=2, heads=4, context=T))
+        models[label] = _seeded(lambda: gpt.GPT(vocab=V, d=d, layers=2, heads=4, context=T)).to(device)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=3e-4) for k, m in models.items()}
 
     def train_step(label: str, x, y) -> None:
@@ -263,16 +277,16 @@ def _gpt(quick: bool) -> tuple[list[dict], dict[str, float], list[str]]:
     for r in range(2 if quick else 3):
         x, y = data[r % len(data)]
         for _ in range(3):
-            t0 = time.perf_counter()
+            t0 = clock(device)
             train_step("plain", x, y)
-            plain.append(time.perf_counter() - t0)
+            plain.append(clock(device) - t0)
         for label, mon in monitors.items():
             total = 0.0
             for s in due_steps:
                 train_step(label, x, y)
-                t0 = time.perf_counter()
+                t0 = clock(device)
                 mon.after_step(200 * (r + 1) + s, (x, y))
-                total += time.perf_counter() - t0
+                total += clock(device) - t0
             cost[label].append(total)
     t_plain = statistics.median(plain)
     rows, ratios = [], {}
@@ -294,13 +308,14 @@ def _gpt(quick: bool) -> tuple[list[dict], dict[str, float], list[str]]:
     x, y = data[0]
     collector = HookGramCollector(m)
     params = list(m.parameters())
-    med = _medians(
+    med = medians(
         {
             "plain step": lambda: torch.autograd.grad(gpt.lm_loss(m(x), y), params),
             "noise Gram: hooks": lambda: collector(gpt.lm_loss, x, y),
             "noise Gram: vmap": lambda: gradient_gram(m, gpt.lm_loss, x, y, route="vmap"),
         },
         2 if quick else 4,
+        device,
     )
     for k in ("noise Gram: hooks", "noise Gram: vmap"):
         rows.append(
@@ -324,9 +339,9 @@ def run(quick: bool) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows_a, ratios_a = _every_step(3 if quick else 9)
-        rows_b, notes_b = _costs(3 if quick else 15)
-        rows_c, ratios_c, notes_c = _gpt(quick)
+        rows_a, ratios_a = every_step(3 if quick else 9)
+        rows_b, notes_b = costs(3 if quick else 15)
+        rows_c, ratios_c, notes_c = gpt_presets(quick)
         checks = [
             {
                 "check": "MLP every probe every step: standard / plain",
