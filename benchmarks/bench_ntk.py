@@ -33,12 +33,13 @@ NAME = "ntk"
 HERE = Path(__file__).resolve().parent
 N, WIDTH = 128, 512
 RECORDED = {
-    "when": "2026-12-06, this 2-core shared container (load average ~6), jax 0.4.23, neural-tangents 0.6.5",
+    "when": "2026-12-06, 2-core shared container (load average 9-12), jax 0.4.23, neural-tangents 0.6.5; "
+    "learndyn structured 7.5 ms in the same run (0.96x-1.45x neural-tangents' best over two runs)",
     "ms": {
-        "structured_derivatives, vmap_axes=0": 2.28,
-        "ntk_vector_products, vmap_axes=0": 361.0,
-        "jacobian_contraction, vmap_axes=0": 1261.0,
-        "structured_derivatives, vmap_axes=None": 452.0,
+        "structured_derivatives, vmap_axes=0": 6.49,
+        "structured_derivatives, vmap_axes=None": 558.0,
+        "ntk_vector_products, vmap_axes=0": 688.0,
+        "jacobian_contraction, vmap_axes=0": 2278.0,
     },
 }
 """neural-tangents' medians from an earlier run (printed when jax is not installed)."""

@@ -10,3 +10,12 @@ def _deterministic_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def float64():
+    """Default dtype float64 for a test (request it, or ``pytest.mark.usefixtures("float64")``)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

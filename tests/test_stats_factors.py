@@ -18,14 +18,7 @@ from learndyn.stats.ntk import per_sample_jacobians, structured_ntk
 from learndyn.validation import LearndynValueError
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class Seq(nn.Module):

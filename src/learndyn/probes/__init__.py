@@ -9,6 +9,7 @@ One class per measured quantity family, each returning ``{"<probe>/<quantity>": 
 
 ``Monitor(model, loss_fn, probes="light" | "standard" | "full" | [...])`` runs them after optimizer steps;
 presets are described in :mod:`learndyn.probes.presets`.
+``Monitor(model, adapter=BatchAdapter(...))`` reads any batch (dicts, custom losses; see ``docs/probes.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from learndyn.probes.kernel import KernelProbe
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.noise import NoiseProbe
 from learndyn.probes.presets import PRESETS, PROBES, TARGET_OVERHEAD, make_probe, preset_probes
+from learndyn.stats.batch import BatchAdapter
 
 _LAZY = {
     "SymmetryProbe": "learndyn.probes.symmetry",
@@ -42,6 +44,7 @@ __all__ = [
     "PRESETS",
     "PROBES",
     "TARGET_OVERHEAD",
+    "BatchAdapter",
     "CurvatureProbe",
     "KernelProbe",
     "LossFn",

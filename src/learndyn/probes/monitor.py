@@ -89,6 +89,21 @@ def resolve_probes(probes: str | Sequence[Probe | str]) -> list[Probe]:
     return out
 
 
+@contextlib.contextmanager
+def _modes_and_buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's ``training`` flag and every buffer (BatchNorm statistics) as found, afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
 def _to_metric(value: Any) -> float | np.ndarray:
     if isinstance(value, Tensor):
         value = value.detach().cpu()
@@ -245,19 +260,9 @@ class Monitor:
         """The adapter's batch loss in ``mode`` without a trace (what ``stages.batch_loss`` computes)."""
 
         def compute() -> float:
-            model = self.model
-            modes = [(m, m.training) for m in model.modules()]
-            buffers = [(b, b.detach().clone()) for b in model.buffers()]
-            try:
-                with torch.no_grad():
-                    model.train(mode == "train")
-                    return float(self.adapter.loss(model, batch))
-            finally:
-                for m, training in modes:
-                    m.training = training
-                with torch.no_grad():
-                    for b, saved in buffers:
-                        b.copy_(saved)
+            with _modes_and_buffers_kept(self.model), torch.no_grad():
+                self.model.train(mode == "train")
+                return float(self.adapter.loss(self.model, batch))
 
         return compute
 
@@ -268,22 +273,15 @@ class Monitor:
         params = list(model.parameters())
         grads = [p.grad for p in params]
         flags = [(p, p.requires_grad) for p in params]
-        modes = [(m, m.training) for m in model.modules()]
-        buffers = [(b, b.detach().clone()) for b in model.buffers()]
         devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         try:
-            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            with _modes_and_buffers_kept(model), torch.random.fork_rng(devices=devices), torch.enable_grad():
                 for p in params:
                     p.grad = None
                 if self.mode != "keep":
                     model.train(self.mode == "train")
                 yield
         finally:
-            for m, training in modes:
-                m.training = training
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad
             for p, flag in flags:
