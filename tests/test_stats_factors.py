@@ -13,7 +13,13 @@ from torch.func import functional_call
 from learndyn.probes import Monitor
 from learndyn.probes.base import ProbeContext
 from learndyn.probes.curvature import CurvatureProbe, lanczos, piecewise_linear
-from learndyn.stats import BatchAdapter, gauss_newton_diagonal, gradient_gram, gradient_gram_of
+from learndyn.stats import (
+    BatchAdapter,
+    HookGramCollector,
+    gauss_newton_diagonal,
+    gradient_gram,
+    gradient_gram_of,
+)
 from learndyn.stats.ntk import per_sample_jacobians, structured_ntk
 from learndyn.validation import LearndynValueError
 
@@ -209,6 +215,13 @@ def test_position_embedding_with_as_many_positions_as_samples():
     y = torch.randn(4, 2)
     hooks = gradient_gram(model, F.mse_loss, x, y)
     torch.testing.assert_close(hooks.grams, gradient_gram(model, F.mse_loss, x, y, route="vmap").grams, **TOL)
+    assert hooks.route["pos.weight"] == "vmap"  # taken for one token per sample, failed verification
+    model = Pos()  # afresh: first B = 3 ≠ T (verified as unbatched), then B = T = 4
+    collector = HookGramCollector(model)
+    collector(F.mse_loss, x[:3], y[:3])
+    again = collector(F.mse_loss, x, y)
+    assert again.route["pos.weight"] == "hooks"
+    torch.testing.assert_close(again.grams, gradient_gram(model, F.mse_loss, x, y, route="vmap").grams, **TOL)
     J = explicit_jacobian(model, x)
     torch.testing.assert_close(
         sum(structured_ntk(model, _call, x).values()), J.reshape(4, -1) @ J.reshape(4, -1).T, **TOL

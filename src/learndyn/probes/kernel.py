@@ -250,6 +250,7 @@ class KernelProbe(Probe):
         self._prev: tuple[int, Tensor] | None = None
         self._n_out: int | None = None
         self._select: Tensor | None = None
+        self._out_shape: tuple[int, ...] | None = None
 
     def _kernel(self, ctx: ProbeContext, params: Mapping[str, Tensor] | None = None) -> Tensor:
         model = ctx.model
@@ -271,13 +272,19 @@ class KernelProbe(Probe):
         return K
 
     def _outputs_once(self, ctx: ProbeContext) -> tuple[int, ...]:
-        """Output shape of one sample; draws the output subset when there are too many outputs."""
-        one = select(self._x, slice(0, 1), batch_size(self._x))
+        """Output shape of one sample (one forward pass of the probe batch, the first time); draws the output
+        subset when there are too many outputs."""
+        if self._out_shape is not None:
+            return self._out_shape
         with torch.no_grad():
-            out = ctx.adapter.outputs(ctx.model, one) if self._from_batch else _model_call(ctx.model, one)
+            out = (
+                ctx.adapter.outputs(ctx.model, self._x)
+                if self._from_batch
+                else _model_call(ctx.model, self._x)
+            )
         shape = tuple(out.shape[1:])
         n_out = int(np.prod(shape, dtype=np.int64))
-        if self._n_out is None and n_out > self.max_outputs:
+        if self._select is None and n_out > self.max_outputs:
             if self.outputs == "full":
                 raise LearndynValueError(
                     f"KernelProbe.outputs='full' with {n_out} outputs per sample (n·O = "
@@ -288,6 +295,7 @@ class KernelProbe(Probe):
             pick = torch.randperm(n_out, generator=gen)[: self.max_outputs].sort().values
             self._select = pick.to(out.device)
         self._n_out = n_out
+        self._out_shape = shape
         return shape
 
     def measure(self, ctx: ProbeContext) -> Measurement:

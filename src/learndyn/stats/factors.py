@@ -188,8 +188,8 @@ class LayerFactors:
         self.calls: list[_Call] = []
         self.bad = False  # this pass: a call could not be factored
         self.expanded = False  # this pass: an unbatched call's output was expanded to the batch
-        self.unverified = False  # expanded or ambiguous calls not yet compared with a reference
-        self.verified = False
+        self.trusted: set[str] = set()  # kinds of non-batched calls ("expand", "ambiguous") verified so far
+        self.pending: set[str] = set()  # kinds seen since, not yet compared with a reference
         self.dropped = False  # failed verification: always left to the fallback
 
     # -- capture
@@ -212,17 +212,26 @@ class LayerFactors:
                 self.bad = True
                 return None
             batched = self.batched(x, B)
+            if batched is None and "expand" in self.trusted and "ambiguous" not in self.trusted:
+                batched = False  # known to be unbatched (e.g. arange(T)); now T happens to equal B
             expand = batched is False
             if expand:
                 x = x.expand(B, *x.shape)
                 output = output.expand(B, *output.shape)
                 self.expanded = True
-            if batched is not True and not self.verified:
-                self.unverified = True
+            if batched is not True:
+                kind = "expand" if expand else "ambiguous"
+                if kind not in self.trusted:
+                    self.pending.add(kind)
             self.calls.append(_Call(self.features(x.detach()), output))
             return output if expand else None
 
         return forward_hook
+
+    @property
+    def unverified(self) -> bool:
+        """Whether this layer's last pass had non-batched calls of a kind not yet verified."""
+        return bool(self.pending)
 
     def clear(self) -> None:
         self.calls.clear()
@@ -472,11 +481,12 @@ class FactorCapture:
             with self.recording(batch):
                 return forward()
         except Exception:
-            expanded = [layer for layer in self.layers if layer.expanded and not layer.verified]
+            expanded = [layer for layer in self.layers if layer.expanded and "expand" not in layer.trusted]
             if not expanded:
                 raise
             for layer in expanded:
-                layer.dropped, layer.unverified = True, False
+                layer.dropped = True
+                layer.pending.clear()
             with self.recording(batch):
                 return forward()
 
@@ -529,7 +539,8 @@ def verify(layer: LayerFactors, got: dict[str, Tensor], ref: dict[str, Tensor]) 
         r = ref[name].to(value)
         tol = 1e3 * torch.finfo(value.dtype).eps * max(float(r.abs().max()), 1e-30)
         ok &= bool(((value - r).abs() <= tol).all())
-    layer.verified = ok
+    if ok:
+        layer.trusted |= layer.pending
     layer.dropped = not ok
-    layer.unverified = False
+    layer.pending.clear()
     return ok

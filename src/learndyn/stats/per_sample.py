@@ -56,7 +56,7 @@ from learndyn.stats.batch import (
     reduction_problem,
     vmap_dims,
 )
-from learndyn.stats.factors import Contraction, FactorCapture, verify
+from learndyn.stats.factors import Contraction, capture_for, verify
 from learndyn.validation import LearndynValueError, check_choice
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -187,7 +187,7 @@ class HookGramCollector:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.capture = FactorCapture(model)
+        self.capture = capture_for(model)
         self.names = self.capture.names
         self._checked = False
 
