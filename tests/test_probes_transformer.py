@@ -78,6 +78,10 @@ def test_kernel_matches_explicit_jacobian(ref, method):
     K = empirical_ntk(ref["model"], ref["x"][:n], method=method)
     Jf = J.reshape(n, -1)
     torch.testing.assert_close(K, Jf @ Jf.T, **TOL)
+    if method == "structured":  # and the Jacobian method, to 1e-10
+        torch.testing.assert_close(
+            K, empirical_ntk(ref["model"], ref["x"], method="jacobian"), rtol=1e-10, atol=0
+        )
     if method != "ntvp":
         full = empirical_ntk(ref["model"], ref["x"][:2], outputs="full", method=method)
         rows = ref["J"][:2].reshape(2 * T * V, -1)
