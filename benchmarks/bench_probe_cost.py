@@ -21,6 +21,7 @@ Targets: A standard ≤ 5×, full ≤ 30×; C light ≤ 1.1×, standard ≤ 1.5�
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import statistics
@@ -211,7 +212,11 @@ def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
 
         fns["BackPACK DiagHessian"] = bp_run(DiagHessian)
         fns["BackPACK DiagGGNExact"] = bp_run(DiagGGNExact)
-        notes.append(f"BackPACK {getattr(bp, '__version__', '?')} from {Path(bp.__file__).parent.parent}")
+        try:
+            version = importlib.metadata.version("backpack-for-pytorch")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        notes.append(f"BackPACK {version} from {Path(bp.__file__).parent.parent}")
     else:
         notes.append("BackPACK not importable (LEARNDYN_BACKPACK_PATH may name a directory holding it)")
     med = medians(fns, reps, device)
