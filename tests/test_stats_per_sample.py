@@ -139,15 +139,15 @@ def test_gram_matches_reference(case, route):
     assert stats.loss == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
 
 
-def test_hook_route_covers_linear_and_conv_and_falls_back_for_the_rest():
+def test_hook_route_covers_linear_conv_and_norms_and_falls_back_for_the_rest():
     model, loss_fn, x, y = _case("reuse")
     stats = gradient_gram(model, loss_fn, x, y)
     assert stats.route == {
         "sq.weight": "hooks",
         "sq.bias": "hooks",
         "head.weight": "hooks",
-        "norm.weight": "vmap",
-        "norm.bias": "vmap",
+        "norm.weight": "hooks",
+        "norm.bias": "hooks",
         "scale": "vmap",
     }
     cnn, loss_fn, x, y = _case("cnn")

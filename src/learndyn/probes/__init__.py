@@ -9,6 +9,7 @@ One class per measured quantity family, each returning ``{"<probe>/<quantity>": 
 
 ``Monitor(model, loss_fn, probes="light" | "standard" | "full" | [...])`` runs them after optimizer steps;
 presets are described in :mod:`learndyn.probes.presets`.
+``Monitor(model, adapter=BatchAdapter(...))`` reads any batch (dicts, custom losses; see ``docs/probes.md``).
 """
 
 from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
@@ -20,11 +21,13 @@ from learndyn.probes.presets import PRESETS, PROBES, TARGET_OVERHEAD, make_probe
 from learndyn.probes.representation import ParameterDistanceProbe, RepresentationProbe
 from learndyn.probes.stages import StageDetector, StageProbe
 from learndyn.probes.symmetry import SymmetryProbe
+from learndyn.stats.batch import BatchAdapter
 
 __all__ = [
     "PRESETS",
     "PROBES",
     "TARGET_OVERHEAD",
+    "BatchAdapter",
     "CurvatureProbe",
     "KernelProbe",
     "LossFn",

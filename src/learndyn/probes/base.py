@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from learndyn.stats.batch import Batch, BatchAdapter
 from learndyn.validation import check_int
 
 Measurement = Mapping[str, float | np.ndarray]
@@ -35,24 +36,43 @@ class ProbeContext:
     """Everything a probe may look at for one measurement.
 
     ``inputs`` has shape ``(B, ...)`` and ``targets`` ``(B, ...)``; ``loss_fn`` must use mean reduction.
+    ``batch`` is the training loop's batch as given (default ``(inputs, targets)``) and ``adapter`` the
+    :class:`~learndyn.stats.batch.BatchAdapter` that reads it (default: ``(inputs, targets)`` pairs with
+    ``loss_fn``): probes that differentiate the loss or the outputs go through ``adapter.loss(model, batch)``
+    and ``adapter.outputs(model, batch)``, so dict batches and custom losses work; ``inputs``, ``targets``
+    and ``loss_fn`` are what the adapter reads from the batch (``loss_fn`` may be ``None`` for an adapter
+    given ``loss(model, batch)``).
     ``shared(key, fn)`` memoises intermediates for this step, so per-sample gradients (or a Hessian-vector
-    product closure, or hidden activations) are computed once and read by every probe that needs them.
+    product closure, or hidden activations) are computed once and read by every probe that needs them;
+    ``providers`` maps cache keys to functions that compute them instead of the probe's own (the Monitor
+    provides ``batch_loss/<mode>`` through the adapter).
     """
 
     model: nn.Module
-    loss_fn: LossFn
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    loss_fn: LossFn | None
+    inputs: Any
+    targets: Any
     step: int
     lr: float | None = None
     optimizer: torch.optim.Optimizer | None = None
     init_params: Mapping[str, torch.Tensor] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    batch: Batch = None
+    adapter: BatchAdapter = None  # type: ignore[assignment]
+    providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.adapter is None:
+            if self.loss_fn is None:
+                raise ValueError("ProbeContext needs loss_fn or adapter")
+            self.adapter = BatchAdapter(self.loss_fn)
+        if self.batch is None:
+            self.batch = (self.inputs, self.targets)
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
         """Return the cached value for ``key``, computing it with ``compute()`` on first use."""
         if key not in self.cache:
-            self.cache[key] = compute()
+            self.cache[key] = self.providers.get(key, compute)()
         return self.cache[key]
 
     @property

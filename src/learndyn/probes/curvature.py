@@ -10,28 +10,48 @@ point, where reusing the graph measured ~4× faster per product on a small MLP (
 thread; the plain training step was 0.33 ms). The cost is keeping that graph alive for the duration of one
 measurement; it is dropped with the step's :class:`~learndyn.probes.base.ProbeContext`.
 
+Attention runs on the math backend while the gradient graph is built (fused attention kernels have no
+double backward; :mod:`learndyn.stats.attention`).
+
 Estimators
 ----------
-- Lanczos with full reorthogonalisation: ``m`` steps from a random unit vector build an orthonormal basis
-  ``Q`` (m × P) of the Krylov space and the tridiagonal ``T = Q H Qᵀ``; the extreme eigenvalues of ``T``
-  (Ritz values) converge first to the extreme eigenvalues of ``H``. With ``m ≥ P`` they are exact.
+- Lanczos: ``m`` steps from a random unit vector build an orthonormal basis ``Q`` (m × P) of the Krylov space
+  and the tridiagonal ``T = Q H Qᵀ``; the extreme eigenvalues of ``T`` (Ritz values) converge first to the
+  extreme eigenvalues of ``H``. With ``m ≥ P`` they are exact. In floating point the Lanczos vectors lose
+  orthogonality as Ritz values converge, which creates spurious copies of them; ``reorth="full"``
+  orthogonalises every new vector against all previous ones (twice, classical Gram-Schmidt: ``4 j P`` flops
+  at step ``j``, ~40% of the run on a small MLP), ``reorth="partial"`` (default, Simon's partial
+  reorthogonalisation) tracks estimates ``ω_{j+1,k} ≈ q_{j+1}·q_k`` by the recurrence
+
+      β_j ω_{j+1,k} = β_k ω_{j,k+1} + (α_k − α_j) ω_{j,k} + β_{k−1} ω_{j,k−1} − β_{j−1} ω_{j−1,k} ± ε‖H‖
+
+  (``O(j)`` scalar work) and orthogonalises against all previous vectors only on the two steps after some
+  ``|ω| > √ε`` -- semi-orthogonality, which keeps the Ritz values accurate to working precision.
 - Hutchinson: ``tr H = E[vᵀ H v]`` for Rademacher ``v`` (entries ±1), averaged over ``n`` draws; the reported
   standard error is ``std(vᵀHv)/√n``.
+- Exact Gauss-Newton trace (``ggn``): ``tr G`` of ``G = (1/B) Σ_i J_iᵀ H_i J_i`` and its per-module parts by
+  structured backpropagation (:mod:`learndyn.stats.ggn`, ``O`` batched backward passes for ``O`` outputs per
+  sample, no Hessian-vector product). ``diag G = diag ∇²L`` -- and ``tr G = tr ∇²L`` -- for networks that are
+  linear in each single parameter (ReLU MLPs and CNNs); elsewhere ``G`` is the positive semi-definite part
+  of the Hessian that second-order methods use. ``ggn=None`` (default) computes it when the loss is a
+  function of the outputs and there are at most ``ggn_max_outputs`` outputs per sample.
 
 Random vectors come from a private ``torch.Generator`` seeded at construction: the global RNG is never
-touched, and the sequence of measurements is reproducible.
+touched, and the sequence of measurements is reproducible. ``params`` restricts everything to a block of
+the Hessian: the named parameters (or every parameter under the named modules).
 
 Metrics (prefix ``curvature/``): ``top_eigenvalues`` (array, descending), ``lambda_max``, ``lambda_min``
 (the smallest Ritz value: exact only once Lanczos has converged; negative values flag saddle directions),
-``trace``, ``trace_stderr``, and with a learning rate ``sharpness = lr · λ_max`` -- gradient descent on the
-local quadratic is stable while ``lr · λ_max < 2`` -- and ``stability_ratio = lr · λ_max / 2`` (≥ 1: past
-the edge of stability).
+``trace``, ``trace_stderr``, ``ggn_trace`` and ``ggn_trace/<module>``, and with a learning rate
+``sharpness = lr · λ_max`` -- gradient descent on the local quadratic is stable while ``lr · λ_max < 2`` --
+and ``stability_ratio = lr · λ_max / 2`` (≥ 1: past the edge of stability).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,26 +59,66 @@ from torch import Tensor, nn
 
 from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
 from learndyn.probes.noise import share_batch_loss
-from learndyn.validation import check_int
+from learndyn.stats.attention import math_attention
+from learndyn.stats.batch import Batch, BatchAdapter
+from learndyn.stats.factors import FactorCapture
+from learndyn.stats.ggn import gauss_newton_diagonal
+from learndyn.validation import LearndynValueError, check_choice, check_int
 
 MatVec = Callable[[Tensor], Tensor]
 
+REORTH = ("partial", "full")
+
+
+def resolve_params(model: nn.Module, params: Sequence[str] | None, owner: str) -> list[str]:
+    """Trainable parameter names selected by ``params`` (names or module prefixes; ``None``: all)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if params is None:
+        return names
+    chosen: list[str] = []
+    for key in params:
+        hit = [n for n in names if n == key or n.startswith(f"{key}.")]
+        if not hit:
+            raise LearndynValueError(
+                f"{owner}.params contains {key!r}, which names no trainable parameter of "
+                f"{type(model).__name__}; allowed: names or module prefixes from named_parameters()"
+            )
+        chosen += [n for n in hit if n not in chosen]
+    return [n for n in names if n in chosen]
+
 
 class HessianVectorProduct:
-    """``v ↦ H v`` on flat vectors of length ``dim`` (all trainable parameters, in model order).
+    """``v ↦ H v`` on flat vectors of length ``dim`` (the trainable parameters in ``names``, default all,
+    in model order).
 
     Builds ``∇L`` with ``create_graph=True`` once; each call is one backward pass through it (double
-    backward). Does not touch ``param.grad``.
+    backward). Does not touch ``param.grad``. ``adapter``/``batch`` read any batch (default: the
+    ``(inputs, targets)`` pair with ``loss_fn``).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn | None,
+        inputs: Any = None,
+        targets: Any = None,
+        *,
+        names: Sequence[str] | None = None,
+        adapter: BatchAdapter | None = None,
+        batch: Batch = None,
+    ) -> None:
+        adapter = BatchAdapter(loss_fn) if adapter is None else adapter
+        batch = (inputs, targets) if batch is None else batch
+        named = dict(model.named_parameters())
+        chosen = resolve_params(model, names, "HessianVectorProduct")
+        self.names = chosen
+        self.params = [named[n] for n in chosen]
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
-        first = self.params[0] if self.params else inputs
+        first = self.params[0] if self.params else next(iter(named.values()), torch.zeros(()))
         self.dtype, self.device = first.dtype, first.device
-        with torch.enable_grad():
-            loss = loss_fn(model(inputs), targets)
+        with torch.enable_grad(), math_attention():
+            loss = adapter.loss(model, batch)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self.loss = float(loss.detach())
         # only gradients that still depend on the parameters contribute to H v
@@ -79,9 +139,15 @@ class HessianVectorProduct:
         )
 
 
-def shared_hvp(ctx: ProbeContext) -> HessianVectorProduct:
-    """The step's Hessian-vector product (the gradient graph is built once per step, key ``hvp``)."""
-    hvp = ctx.shared("hvp", lambda: HessianVectorProduct(ctx.model, ctx.loss_fn, ctx.inputs, ctx.targets))
+def shared_hvp(ctx: ProbeContext, names: Sequence[str] | None = None) -> HessianVectorProduct:
+    """The step's Hessian-vector product (the gradient graph is built once per step and parameter block,
+    key ``hvp`` or ``hvp/<names>``)."""
+    key = "hvp" if names is None else "hvp/" + ",".join(names)
+
+    def build() -> HessianVectorProduct:
+        return HessianVectorProduct(ctx.model, ctx.loss_fn, names=names, adapter=ctx.adapter, batch=ctx.batch)
+
+    hvp = ctx.shared(key, build)
     share_batch_loss(ctx, hvp.loss)
     return hvp
 
@@ -94,31 +160,56 @@ def lanczos(
     generator: torch.Generator,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    reorth: str = "partial",
 ) -> Tensor:
     """Ritz values (ascending, float64) of a symmetric operator after ``min(iters, dim)`` Lanczos steps.
 
-    Full reorthogonalisation (twice, classical Gram-Schmidt against all previous vectors) keeps ``Q``
-    orthonormal to working precision, so no spurious copies of converged eigenvalues appear. Stops early on an
-    invariant subspace (``β_j ≈ 0``), in which case the Ritz values are exact eigenvalues.
+    ``reorth="full"`` orthogonalises every new Lanczos vector against all previous ones (twice, classical
+    Gram-Schmidt), keeping ``Q`` orthonormal to working precision; ``"partial"`` (default) does so only when
+    the estimated loss of orthogonality exceeds ``√ε`` (module docstring), keeping ``Q`` semi-orthogonal:
+    same Ritz values to working precision, a fraction of the cost. Either way no spurious copies of
+    converged eigenvalues appear. Stops early on an invariant subspace (``β_j ≈ 0``), in which case the Ritz
+    values are exact eigenvalues.
     """
     m = min(check_int("iters", iters, low=1, owner="lanczos"), dim)
+    check_choice("reorth", reorth, REORTH, owner="lanczos")
     start = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    Q = torch.zeros(m, dim, dtype=dtype, device=device)
+    Q = torch.empty(m, dim, dtype=dtype, device=device)  # rows beyond the current step are never read
     q = start / start.norm()
     alphas: list[float] = []
     betas: list[float] = []
     scale = 0.0
+    eps = torch.finfo(dtype).eps
+    omega_prev, omega = np.zeros(0), np.ones(1)  # ω_{j-1,·}, ω_{j,·} (estimated q_j·q_k, k ≤ j)
+    force = False  # reorthogonalise this step too (the step after a triggered one)
     for j in range(m):
         Q[j] = q
         w = matvec(q)
-        alpha = float(w @ q)
+        if reorth == "full":
+            alpha = float(w @ q)
+            basis = Q[: j + 1]
+            for _ in range(2):
+                w = w - basis.T @ (basis @ w)
+            beta = float(w.norm())
+        else:
+            if j > 0:
+                w = torch.sub(w, Q[j - 1], alpha=betas[-1])
+            alpha = float(torch.dot(w, q))
+            w = torch.sub(w, q, alpha=alpha)
+            beta = float(torch.linalg.vector_norm(w))
+            scale = max(scale, abs(alpha), beta)
+            omega_next = _omega_step(omega_prev, omega, alphas, betas, alpha, beta, eps * scale)
+            if force or (j > 0 and np.abs(omega_next[:j]).max() > math.sqrt(eps)):
+                basis = Q[: j + 1]
+                for _ in range(2):
+                    w = w - basis.T @ (basis @ w)
+                beta = float(w.norm())
+                omega_next[: j + 1] = eps
+                force = not force
+            omega_prev, omega = omega, omega_next
         alphas.append(alpha)
-        basis = Q[: j + 1]
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
-        beta = float(w.norm())
         scale = max(scale, abs(alpha), beta)
-        if j == m - 1 or beta <= 1e3 * torch.finfo(dtype).eps * max(scale, 1e-300):
+        if j == m - 1 or beta <= 1e3 * eps * max(scale, 1e-300):
             break
         betas.append(beta)
         q = w / beta
@@ -130,9 +221,45 @@ def lanczos(
     return torch.linalg.eigvalsh(T)
 
 
-def rademacher(n: int, dim: int, *, generator: torch.Generator) -> Tensor:
-    """``(n, dim)`` float64 matrix of independent ±1 entries from ``generator``."""
-    return torch.randint(0, 2, (n, dim), generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
+def _omega_step(
+    omega_prev: np.ndarray,
+    omega: np.ndarray,
+    alphas: list[float],
+    betas: list[float],
+    alpha: float,
+    beta: float,
+    noise: float,
+) -> np.ndarray:
+    """``ω_{j+1,·}`` from ``ω_{j−1,·}`` and ``ω_{j,·}`` by Simon's recurrence (module docstring).
+
+    ``alphas``/``betas`` hold ``α_0..α_{j−1}``/``β_0..β_{j−1}`` (``j = len(alphas)``); ``alpha, beta`` are
+    ``α_j, β_j``; ``noise``
+    models the rounding error of one step (``ε‖H‖``).
+    """
+    j = len(alphas)
+    out = np.empty(j + 2)
+    out[j] = np.finfo(np.float64).eps if noise == 0 else noise / max(beta, 1e-300)
+    out[j + 1] = 1.0
+    if j == 0 or beta == 0:
+        out[:j] = 0.0
+        return out
+    a = np.asarray(alphas)
+    b = np.asarray(betas)
+    t = b * omega[1 : j + 1] + (a - alpha) * omega[:j] - b[-1] * omega_prev[:j]
+    t[1:] += b[:-1] * omega[: j - 1]
+    out[:j] = (t + np.where(t >= 0, noise, -noise)) / beta
+    return out
+
+
+_BITS = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def rademacher(n: int, dim: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(n, dim)`` matrix of independent ±1 entries from ``generator`` (eight signs per random byte)."""
+    nbytes = -(-dim // 8)
+    raw = torch.randint(0, 256, (n, nbytes), generator=generator, dtype=torch.uint8)
+    bits = (raw.unsqueeze(-1) & _BITS).ne_(0).reshape(n, nbytes * 8)[:, :dim]
+    return bits.to(dtype).mul_(2).sub_(1)
 
 
 def hutchinson_trace(
@@ -141,7 +268,7 @@ def hutchinson_trace(
 ) -> tuple[float, float]:
     """``(estimate, standard error)`` of ``tr A`` from ``samples`` Rademacher quadratic forms ``vᵀ A v``."""
     samples = check_int("samples", samples, low=1, owner="hutchinson_trace")
-    V = rademacher(samples, dim, generator=generator).to(device=device, dtype=dtype)
+    V = rademacher(samples, dim, generator=generator, dtype=dtype).to(device=device)
     quad = torch.stack([v @ matvec(v) for v in V]).double()
     err = float(quad.std() / math.sqrt(samples)) if samples > 1 else math.nan
     return float(quad.mean()), err
@@ -151,7 +278,11 @@ class CurvatureProbe(Probe):
     """Hessian spectrum edge, trace and sharpness of the batch loss (see module docstring).
 
     ``k``: top eigenvalues reported; ``lanczos_iters``: Krylov dimension (≥ k; more is more accurate);
-    ``hutchinson_samples``: Rademacher draws for the trace (0 disables it); ``seed``: the private generator.
+    ``hutchinson_samples``: Rademacher draws for the trace (0 disables it); ``seed``: the private generator;
+    ``reorth``: Lanczos reorthogonalisation, ``"partial"`` (default) or ``"full"``; ``params``: parameter
+    names or module prefixes spanning the Hessian block measured (default: all trainable parameters);
+    ``ggn``: the exact Gauss-Newton trace, ``True``/``False``, or ``None`` (default) for "when the loss is a
+    function of at most ``ggn_max_outputs`` outputs per sample".
     """
 
     name = "curvature"
@@ -159,7 +290,17 @@ class CurvatureProbe(Probe):
     needs = frozenset({"hvp"})
 
     def __init__(
-        self, every: int = 1, k: int = 3, lanczos_iters: int = 20, hutchinson_samples: int = 10, seed: int = 0
+        self,
+        every: int = 1,
+        k: int = 3,
+        lanczos_iters: int = 20,
+        hutchinson_samples: int = 10,
+        seed: int = 0,
+        *,
+        reorth: str = "partial",
+        params: Sequence[str] | None = None,
+        ggn: bool | None = None,
+        ggn_max_outputs: int = 64,
     ) -> None:
         super().__init__(every)
         self.k = check_int("k", k, low=1, owner="CurvatureProbe")
@@ -168,17 +309,32 @@ class CurvatureProbe(Probe):
             "hutchinson_samples", hutchinson_samples, low=0, owner="CurvatureProbe"
         )
         self.seed = check_int("seed", seed, low=0, owner="CurvatureProbe")
+        self.reorth = check_choice("reorth", reorth, REORTH, owner="CurvatureProbe")
+        if isinstance(params, str):
+            params = [params]
+        if params is not None and not all(isinstance(n, str) for n in params):
+            raise LearndynValueError(
+                f"CurvatureProbe.params={params!r} is not allowed; allowed: parameter names or module "
+                "prefixes"
+            )
+        self.params = None if params is None else list(params)
+        self.ggn = check_choice("ggn", ggn, (None, True, False), owner="CurvatureProbe")
+        self.ggn_max_outputs = check_int("ggn_max_outputs", ggn_max_outputs, low=1, owner="CurvatureProbe")
+        self._capture: FactorCapture | None = None
+        self._checked = False
+        self._n_out: int | None = None
         self.reset()
 
     def reset(self) -> None:
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def measure(self, ctx: ProbeContext) -> Measurement:
-        hvp = shared_hvp(ctx)
+        names = None if self.params is None else resolve_params(ctx.model, self.params, "CurvatureProbe")
+        hvp = shared_hvp(ctx, names)
         if hvp.dim == 0:
             return {}
         kw = {"generator": self._gen, "dtype": hvp.dtype, "device": hvp.device}
-        ritz = lanczos(hvp, hvp.dim, self.lanczos_iters, **kw)
+        ritz = lanczos(hvp, hvp.dim, self.lanczos_iters, reorth=self.reorth, **kw)
         top = ritz.flip(0)[: self.k]
         lam_max = float(top[0])
         out: dict[str, float | np.ndarray] = {
@@ -186,7 +342,12 @@ class CurvatureProbe(Probe):
             "curvature/lambda_max": lam_max,
             "curvature/lambda_min": float(ritz[0]),
         }
-        if self.hutchinson_samples:
+        if self._want_ggn(ctx):
+            out.update(self._ggn(ctx, hvp.names))
+        if "curvature/ggn_trace" in out and piecewise_linear(ctx.model):  # tr ∇²L = tr G exactly
+            out["curvature/trace"] = out["curvature/ggn_trace"]
+            out["curvature/trace_stderr"] = 0.0
+        elif self.hutchinson_samples:
             tr, err = hutchinson_trace(hvp, hvp.dim, self.hutchinson_samples, **kw)
             out["curvature/trace"] = tr
             out["curvature/trace_stderr"] = err
@@ -195,8 +356,66 @@ class CurvatureProbe(Probe):
             out["curvature/stability_ratio"] = ctx.lr * lam_max / 2
         return out
 
+    def _want_ggn(self, ctx: ProbeContext) -> bool:
+        if self.ggn is not None:
+            if self.ggn and not ctx.adapter.has_split:
+                raise LearndynValueError(
+                    "CurvatureProbe.ggn=True needs the loss as a function of the outputs; allowed: a Monitor "
+                    "loss_fn, or BatchAdapter(loss_fn=...) / per_sample_loss=..."
+                )
+            return self.ggn
+        if not ctx.adapter.has_split or _batch_coupled(ctx.model):
+            return False
+        if self._n_out is None:
+            with torch.no_grad():
+                self._n_out = int(ctx.adapter.outputs(ctx.model, ctx.batch)[0].numel())
+        return self._n_out <= self.ggn_max_outputs
+
+    def _ggn(self, ctx: ProbeContext, names: list[str]) -> dict[str, float]:
+        """``ggn_trace`` (over ``names``) and ``ggn_trace/<module>``, exact (module docstring)."""
+        if not self._checked:
+            ctx.adapter.check_reduction(ctx.model, ctx.batch, owner="CurvatureProbe.ggn")
+            self._checked = True
+        if self._capture is None or self._capture.model is not ctx.model:
+            self._capture = FactorCapture(ctx.model)
+        got = ctx.shared(
+            "ggn_diagonal",
+            lambda: gauss_newton_diagonal(ctx.model, ctx.adapter, ctx.batch, capture=self._capture),
+        )
+        out = {"curvature/ggn_trace": sum(got.traces[n] for n in names)}
+        modules: dict[str, float] = {}
+        for n in names:
+            mod = n.rpartition(".")[0] or n
+            modules[mod] = modules.get(mod, 0.0) + got.traces[n]
+        out.update({f"curvature/ggn_trace/{m}": v for m, v in modules.items()})
+        return out
+
     def __repr__(self) -> str:
         return (
             f"CurvatureProbe(every={self.every}, k={self.k}, lanczos_iters={self.lanczos_iters}, "
-            f"hutchinson_samples={self.hutchinson_samples})"
+            f"hutchinson_samples={self.hutchinson_samples}, reorth={self.reorth!r})"
         )
+
+
+_PIECEWISE_LINEAR = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
+)  # fmt: skip
+
+
+def piecewise_linear(model: nn.Module) -> bool:
+    """Whether ``model`` is provably linear in each single parameter with the others held fixed: an
+    ``nn.Sequential`` (nested) of linear/convolutional layers, piecewise-linear activations, pooling,
+    reshaping, and dropout or batch normalisation in eval mode. Then ``∂²f/∂θ_k² = 0`` and the Hessian's
+    diagonal is the Gauss-Newton diagonal."""
+    if isinstance(model, nn.Sequential):
+        return all(piecewise_linear(m) for m in model)
+    if isinstance(model, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm):
+        return not model.training
+    return type(model) in _PIECEWISE_LINEAR
+
+
+def _batch_coupled(model: nn.Module) -> bool:
+    """Whether samples interact in the forward pass (batch normalisation in training mode)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())

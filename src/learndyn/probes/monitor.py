@@ -23,6 +23,18 @@ A Monitor never changes the training trajectory. Around the probes it
   per-sample gradients are well defined) or train mode (``"train"``) or leaves it (``"keep"``), and restores
   each module's own ``training`` flag afterwards; buffers (BatchNorm running statistics) are restored too;
 - keeps no autograd graph: the context and everything cached in it is dropped after the step.
+
+Any batch and any loss: by default a batch is an ``(inputs, targets)`` pair and ``loss_fn(model(inputs),
+targets)`` the mean loss. For dict batches (Hugging Face style), several inputs or a custom loss, pass a
+:class:`~learndyn.stats.batch.BatchAdapter` instead of ``loss_fn``::
+
+    adapter = BatchAdapter(loss=lambda m, b: m(**b).loss, inputs_of=lambda b: b["input_ids"],
+                           outputs=lambda m, b: m(**b).logits)
+    monitor = Monitor(model, adapter=adapter, probes="full")
+    monitor.after_step(step, batch)          # the dict the loop trained on
+
+The loss must be the mean over samples of per-sample losses: the noise and Gauss-Newton measurements check
+this on their first batch and name a summed loss (``reduction="sum"``) as such.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +51,7 @@ from torch import Tensor, nn
 
 from learndyn.probes.base import LossFn, Probe, ProbeContext
 from learndyn.probes.presets import PRESETS, PROBES, make_probe, preset_probes
+from learndyn.stats.batch import Batch, BatchAdapter, detach
 from learndyn.store.recorder import NullRecorder, Recorder
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
@@ -76,6 +89,21 @@ def resolve_probes(probes: str | Sequence[Probe | str]) -> list[Probe]:
     return out
 
 
+@contextlib.contextmanager
+def _modes_and_buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's ``training`` flag and every buffer (BatchNorm statistics) as found, afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
 def _to_metric(value: Any) -> float | np.ndarray:
     if isinstance(value, Tensor):
         value = value.detach().cpu()
@@ -90,7 +118,8 @@ class Monitor:
 
     Args:
         model: the trained module.
-        loss_fn: ``loss_fn(outputs, targets)`` with mean reduction over the batch.
+        loss_fn: ``loss_fn(outputs, targets)`` with mean reduction over the batch, for ``(inputs, targets)``
+            batches; or ``None`` with ``adapter``.
         probes: a preset name (``"light"``, ``"standard"``, ``"full"``, see :mod:`~learndyn.probes.presets`)
             or a list of :class:`Probe` instances and probe names (``"noise"``, ``"curvature"``, ...).
         recorder: where metrics go (default: nowhere; results are still returned by :meth:`after_step`).
@@ -98,6 +127,8 @@ class Monitor:
             every step (so schedulers are followed), else unknown.
         optimizer: the optimizer (probes may read its state, e.g. CovariantGD's metric).
         mode: model mode while probing, ``"eval"`` (default), ``"train"`` or ``"keep"``.
+        adapter: a :class:`~learndyn.stats.batch.BatchAdapter` saying how to read other batches and losses
+            (instead of ``loss_fn``).
 
     ``init_params`` (a detached copy of the trainable parameters when the Monitor is made) is given to every
     probe as the initial point; ``timings[name]`` accumulates each probe's wall time in seconds.
@@ -106,17 +137,27 @@ class Monitor:
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: LossFn | None = None,
         probes: str | Sequence[Probe | str] = "standard",
         recorder: Recorder | None = None,
         lr: float | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         mode: str = "eval",
+        *,
+        adapter: BatchAdapter | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise LearndynValueError(f"Monitor.model={model!r} is not allowed; allowed: a torch.nn.Module")
+        if (loss_fn is None) == (adapter is None):
+            raise LearndynValueError(
+                "Monitor needs one loss; allowed: loss_fn (for (inputs, targets) batches) or "
+                "adapter=BatchAdapter(...), not both"
+            )
+        if adapter is not None and not isinstance(adapter, BatchAdapter):
+            raise LearndynValueError(f"Monitor.adapter={adapter!r} is not allowed; allowed: a BatchAdapter")
         self.model = model
-        self.loss_fn = loss_fn
+        self.adapter = adapter if adapter is not None else BatchAdapter(loss_fn)
+        self.loss_fn = loss_fn if loss_fn is not None else self._legacy_loss_fn(self.adapter)
         self.probes = resolve_probes(probes)
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self._lr = None if lr is None else check_real("lr", lr, low=0.0, low_open=True, owner="Monitor")
@@ -139,10 +180,19 @@ class Monitor:
         """The probes that run at ``step``."""
         return [p for p in self.probes if p.should_run(step)]
 
+    @staticmethod
+    def _legacy_loss_fn(adapter: BatchAdapter) -> LossFn | None:
+        """``ctx.loss_fn`` for probes that call ``loss_fn(model(inputs), targets)`` themselves."""
+        if adapter.loss_fn is not None:
+            return adapter.loss_fn
+        return adapter.loss_of_outputs if adapter.has_split else None
+
     def after_step(
-        self, step: int, batch: tuple[Tensor, Tensor], metrics: Mapping[str, float] | None = None
+        self, step: int, batch: Batch, metrics: Mapping[str, float] | None = None
     ) -> dict[str, float | np.ndarray]:
-        """Run the probes due at ``step`` on ``batch = (inputs, targets)``; log and return their metrics.
+        """Run the probes due at ``step`` on ``batch``; log and return their metrics.
+
+        ``batch`` is ``(inputs, targets)``, or whatever the Monitor's ``adapter`` reads.
 
         ``metrics`` (optional) are values the training loop already has, e.g. ``{"loss": loss.item()}``; they
         are offered to the probes as ``ctx.cache["metrics"]`` (a StageProbe on a logged metric reads them)
@@ -154,27 +204,47 @@ class Monitor:
         due = self.due(step)
         if not due:
             return {}
-        inputs, targets = batch
+        adapter = self.adapter
+        adapter.check_batch(batch)
+        batch = detach(batch)
+        inputs = (
+            adapter.inputs(batch) if not adapter.default_pair or isinstance(batch, tuple | list) else None
+        )
+        if not isinstance(inputs, Tensor) and any("activations" in p.needs for p in due):
+            names = ", ".join(type(p).__name__ for p in due if "activations" in p.needs)
+            raise LearndynValueError(
+                f"{names} calls model(inputs) with one tensor but the batch's inputs are a "
+                f"{type(inputs).__name__}; allowed: BatchAdapter(inputs_of=...) returning a tensor"
+            )
         results: dict[str, float | np.ndarray] = {}
         with self._untouched():
             ctx = ProbeContext(
                 model=self.model,
                 loss_fn=self.loss_fn,
-                inputs=inputs.detach(),
-                targets=targets.detach(),
+                inputs=inputs,
+                targets=adapter.targets(batch),
                 step=step,
                 lr=self.lr,
                 optimizer=self.optimizer,
                 init_params=self.init_params,
+                batch=batch,
+                adapter=adapter,
             )
+            if not adapter.default_pair:
+                for mode in ("eval", "train"):
+                    ctx.providers[f"batch_loss/{mode}"] = self._batch_loss(batch, mode)
             if metrics is not None:
                 ctx.cache["metrics"] = dict(metrics)
+            per_probe: dict[int, dict[str, float | np.ndarray]] = {}
             try:
-                for probe in due:
+                # probes that only read the batch loss run last: a gradient pass computes it on the way
+                for k in sorted(range(len(due)), key=lambda k: due[k].needs == frozenset({"batch_loss"})):
                     t0 = time.perf_counter()
-                    measured = probe.measure(ctx)
-                    self.timings[probe.name] += time.perf_counter() - t0
-                    results.update({k: _to_metric(v) for k, v in measured.items()})
+                    measured = due[k].measure(ctx)
+                    self.timings[due[k].name] += time.perf_counter() - t0
+                    per_probe[k] = {key: _to_metric(v) for key, v in measured.items()}
+                for k in sorted(per_probe):  # metrics in the probes' order
+                    results.update(per_probe[k])
             finally:
                 ctx.cache.clear()
                 del ctx
@@ -186,6 +256,16 @@ class Monitor:
                 self.recorder.log_array(step, name, value)
         return results
 
+    def _batch_loss(self, batch: Batch, mode: str) -> Callable[[], float]:
+        """The adapter's batch loss in ``mode`` without a trace (what ``stages.batch_loss`` computes)."""
+
+        def compute() -> float:
+            with _modes_and_buffers_kept(self.model), torch.no_grad():
+                self.model.train(mode == "train")
+                return float(self.adapter.loss(self.model, batch))
+
+        return compute
+
     @contextlib.contextmanager
     def _untouched(self) -> Iterator[None]:
         """RNG, grads, requires_grad, module modes and buffers as found; grad mode on inside."""
@@ -193,22 +273,15 @@ class Monitor:
         params = list(model.parameters())
         grads = [p.grad for p in params]
         flags = [(p, p.requires_grad) for p in params]
-        modes = [(m, m.training) for m in model.modules()]
-        buffers = [(b, b.detach().clone()) for b in model.buffers()]
         devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         try:
-            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            with _modes_and_buffers_kept(model), torch.random.fork_rng(devices=devices), torch.enable_grad():
                 for p in params:
                     p.grad = None
                 if self.mode != "keep":
                     model.train(self.mode == "train")
                 yield
         finally:
-            for m, training in modes:
-                m.training = training
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad
             for p, flag in flags:

@@ -43,8 +43,8 @@ from learndyn.stats.per_sample import (
     ROUTES,
     GradientGram,
     HookGramCollector,
-    gram_from_per_sample,
-    per_sample_grads,
+    gram_from_per_sample_of,
+    per_sample_grads_of,
 )
 from learndyn.validation import check_choice, check_int
 
@@ -61,9 +61,7 @@ def _collector(model: nn.Module) -> HookGramCollector:
 
 def shared_per_sample_grads(ctx: ProbeContext) -> dict[str, Tensor]:
     """Per-sample gradients ``{name: (B, *shape)}`` by vmap, once per step (key ``per_sample_grads``)."""
-    return ctx.shared(
-        "per_sample_grads", lambda: per_sample_grads(ctx.model, ctx.loss_fn, ctx.inputs, ctx.targets)
-    )
+    return ctx.shared("per_sample_grads", lambda: per_sample_grads_of(ctx.model, ctx.adapter, ctx.batch))
 
 
 def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool = False) -> GradientGram:
@@ -79,12 +77,12 @@ def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool 
     key = with_sq if need_sq else f"gradient_gram/{route}"
 
     def compute() -> GradientGram:
+        collector = _collector(ctx.model)
         if route == "hooks":
-            return _collector(ctx.model)(ctx.loss_fn, ctx.inputs, ctx.targets, need_sq=need_sq)
+            return collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq)
+        collector.check(ctx.adapter, ctx.batch)
         per = shared_per_sample_grads(ctx)
-        return gram_from_per_sample(
-            ctx.model, ctx.loss_fn, ctx.inputs, ctx.targets, need_sq=need_sq, per_sample=per
-        )
+        return gram_from_per_sample_of(ctx.model, ctx.adapter, ctx.batch, need_sq=need_sq, per_sample=per)
 
     stats = ctx.shared(key, compute)
     share_batch_loss(ctx, stats.loss)

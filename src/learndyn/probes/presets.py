@@ -18,6 +18,9 @@ Monitor itself costs ~0.05 ms, light's probes ~0.5 ms (~2 plain steps), the nois
 representation ~6, curvature (20 Lanczos + 10 Hutchinson Hessian-vector products) ~60 and the kernel probe
 ~80. Larger models amortise better. For denser series pass your own probes,
 ``Monitor(probes=[NoiseProbe(every=5), ...])``.
+Since the structured NTK became the kernel probe's default it costs ~1 plain step there, and on
+piecewise-linear networks the curvature probe's trace is exact instead of 10 Hutchinson products
+(``docs/probes.md`` has the current measurements).
 
 Adding a probe to the names ``Monitor(probes=[...])`` accepts is one entry in :data:`PROBES`.
 """
