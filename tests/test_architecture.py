@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("phenomena", "tasks"),
     ("training", "probes", "store", "checkpoint"),
     ("optim", "stats", "theory"),
-    ("validation", "config", "progress", ""),  # "": the root package, learndyn.__version__
+    ("validation", "config", "progress", "glossary", ""),  # "": the root package, learndyn.__version__
 )
 """Top to bottom. A module may import from its own layer (without cycles) or from any layer below it."""
 
