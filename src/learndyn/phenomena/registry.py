@@ -8,7 +8,10 @@ registry and never import a phenomenon by name:
 - ``figures``: functions ``(store, run_id) -> [plotly Figure]`` the HTML report adds for its runs;
 - ``ensemble``: an :class:`EnsembleSupport` when sweeps may train several configs in one vectorised pass;
 - ``closed_form`` and ``tolerance``: whether ``run`` returns an agreement figure (theory vs simulation) and
-  the default tolerance it is tested against (``learndyn run all`` runs exactly these).
+  the default tolerance it is tested against (``learndyn run all`` runs exactly these);
+- ``verdict``: a function ``(summary) -> [row dict]`` giving the table a report shows first for a run of
+  this experiment (e.g. the optimizer comparison's winners and margins); experiments with a closed form
+  need none (the report shows agreement, tolerance and pass).
 
 Adding a phenomenon is one module that ends in ``register(Experiment(...))`` plus its import line in
 :mod:`learndyn.phenomena`. Importing this module imports that package first (Python imports a package
@@ -33,6 +36,9 @@ from learndyn.validation import check_int, exception_line
 
 FigureFn = Callable[[Any, str], list[Any]]
 """``fn(store, run_id) -> [plotly Figure]``: figures of one run, read from the run store."""
+
+VerdictFn = Callable[[dict[str, Any]], list[dict[str, Any]]]
+"""``fn(summary) -> [row]``: the rows of a run's verdict table, computed from its stored summary."""
 
 
 @dataclass
@@ -119,6 +125,7 @@ class Experiment:
     ensemble: EnsembleSupport | None = None
     closed_form: bool | None = None
     tolerance: float | None = None
+    verdict: VerdictFn | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "figures", tuple(self.figures))
