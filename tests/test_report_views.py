@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from _report_kinds import XSS, build_store
 
+from _report_kinds import XSS, build_store
 from learndyn.report import Report, build_html_report, save_png_figures
 from learndyn.report.data import run_labels
 from learndyn.store import RunStore

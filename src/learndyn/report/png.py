@@ -9,8 +9,8 @@ file, and metrics with a single value left out.
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 from pathlib import Path
 
 import numpy as np
