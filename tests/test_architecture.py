@@ -21,7 +21,7 @@ ROOT = "learndyn"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("sweep", "report"),
-    ("phenomena", "tasks"),
+    ("phenomena", "tasks", "integrations"),
     ("training", "probes", "store", "checkpoint"),
     ("optim", "stats", "theory"),
     ("validation", "config", "progress", "glossary", ""),  # "": the root package, learndyn.__version__

@@ -9,8 +9,8 @@ import shutil
 import time
 
 import pytest
-from _report_kinds import build_store
 
+from _report_kinds import build_store
 from learndyn.report import build_html_report
 from learndyn.store import RunStore
 
