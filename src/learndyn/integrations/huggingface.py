@@ -9,7 +9,8 @@ A ``TrainerCallback`` never sees the training batch, so the Monitor measures the
 the step is ``state.global_step - 1``, the index of the update just applied). The model is called as
 ``model(inputs)`` and ``loss_fn(outputs, targets)`` must turn its output (a ``ModelOutput``) into a scalar,
 e.g. ``cross_entropy(out.logits, y)`` (:func:`logits_cross_entropy`). Probes that take per-sample gradients
-need a model that ``torch.func`` can ``vmap``; the ``"light"`` preset (parameters, stages) works with any model.
+need a model that ``torch.func`` can ``vmap``; the ``"light"`` preset (parameters, stages) works with any
+model.
 """
 
 from __future__ import annotations
