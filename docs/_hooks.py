@@ -34,7 +34,7 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
-    rows = ["| metric | unit | meaning | formula | how to read it | healthy |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| metric | unit | meaning | formula | how to read it | healthy |", "|---|---|---|---|---|---|"]
     for m in GLOSSARY:
         kind = " (array)" if m.kind == "array" else ""
         rows.append(
