@@ -21,10 +21,10 @@ ROOT = "learndyn"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("sweep", "report"),
-    ("phenomena", "tasks"),
+    ("phenomena", "tasks", "integrations"),
     ("training", "probes", "store", "checkpoint"),
     ("optim", "stats", "theory"),
-    ("validation", "config", "progress", ""),  # "": the root package, learndyn.__version__
+    ("validation", "config", "progress", "glossary", ""),  # "": the root package, learndyn.__version__
 )
 """Top to bottom. A module may import from its own layer (without cycles) or from any layer below it."""
 

@@ -96,9 +96,10 @@ def test_html_report_is_self_contained_and_complete(store, tmp_path):
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r"<script[^>]+src=", html) and not re.search(r"<link[^>]+href=[\"']http", html)
     assert len(html) > 3_000_000  # plotly.js is inlined
-    # loss, theory-vs-sim, training, curvature, noise, symmetry, spectrum heatmap, kernel heatmaps
-    assert html.count('class="ld-figure"') == 8
-    assert html.count("Plotly.newPlot(") == 8
+    # curated: theory-vs-sim; folded: loss, theory-vs-sim, training, curvature, noise, symmetry, spectrum
+    # heatmap, kernel heatmaps -- each figure's JSON once
+    assert html.count('class="ld-figure"') == 9
+    assert html.count('<script type="application/json" id="ld-fig-') == 9
     for needle in (
         "Theory vs simulation: decay",
         "Conserved quantities",
@@ -119,9 +120,10 @@ def test_report_of_a_sweep_overlays_runs(store, tmp_path):
     html = out.read_text()
     assert all(i[:8] in html for i in ids)
     assert "rate=0.3" in html and "3 runs" in html
-    # a line plot over the one swept field (rate), six overlaid figures, two heatmaps per run
+    # a line plot over the one swept field (rate), each run's curated theory-vs-sim figure, six overlaid
+    # figures, two heatmaps per run
     assert "Phase diagrams: sweep-xyz" in html
-    assert html.count('class="ld-figure"') == 1 + 6 + 2 * 3
+    assert html.count('class="ld-figure"') == 1 + 3 + 6 + 2 * 3
 
 
 def test_report_of_a_run_without_metrics(store, tmp_path):
@@ -151,7 +153,7 @@ def test_figure_hooks_plug_in(store, tmp_path):
         with pytest.warns(UserWarning, match="hook broke"):
             html = build_html_report(store, run_id, tmp_path / "h.html").read_text()
         assert seen == [run_id]
-        assert "custom demo figure" in html and "Experiment figures" in html and "hook broke" in html
+        assert "custom demo figure" in html and 'id="figures">Figures' in html and "hook broke" in html
     finally:
         unregister_figure(EXPERIMENT)
     assert figures_for(EXPERIMENT) == []
@@ -164,6 +166,7 @@ def test_png_figures(store, tmp_path):
     paths = save_png_figures(store, run_id, tmp_path / "png")
     names = {p.name for p in paths}
     assert names == {
+        "figure-1-theory-vs-simulation-decay.png",  # the curated figure
         "loss.png",
         "theory-decay.png",
         "group-training.png",

@@ -1,15 +1,16 @@
-"""The HTML report in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium):
-it loads offline with no console errors and every figure renders."""
+"""Every report kind in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium):
+it loads offline with no script errors and no injected markup running, the verdict is the first table,
+every curated figure has titled axes, no figure holds a single point (the folded ones drawn by opening
+them) and the page weighs at most 1.5 MB with plotly.js shared."""
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 
-import numpy as np
 import pytest
 
+from _report_kinds import build_store
 from learndyn.report import build_html_report
 from learndyn.store import RunStore
 
@@ -28,10 +29,36 @@ FLAGS = (
     "--disable-sync",
     "--window-size=1280,1000",
 )
+MAX_PAGE_BYTES = 1_500_000
+
+# (figures drawn, figures on the page) and, per drawn figure: inside a fold?, untitled axes, points
+_FIGURES_JS = """
+var out = [];
+document.querySelectorAll('.ld-figure').forEach(function (div) {
+  if (!div._fullLayout) { out.push(null); return; }
+  var folded = !!div.closest('details');
+  var untitled = [];
+  ['xaxis', 'yaxis'].forEach(function (kind) {
+    (div._fullLayout._subplots[kind] || []).forEach(function (id) {
+      var name = id.replace(/^([xy])/, '$1axis');
+      var ax = div._fullLayout[name];
+      if (ax && ax.visible !== false && !(ax.title && ax.title.text)) untitled.push(name);
+    });
+  });
+  var points = 0;
+  div._fullData.forEach(function (t) {
+    if (t.visible === false) return;
+    if (t._length != null) points += t._length;
+    else if (t.z) points += t.z.length * (t.z[0] && t.z[0].length ? t.z[0].length : 1);
+  });
+  out.push([folded, untitled, points]);
+});
+return out;
+"""
 
 
-@pytest.fixture
-def driver(tmp_path):
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver; CI does)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency")
@@ -41,7 +68,7 @@ def driver(tmp_path):
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     drv = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
@@ -50,55 +77,52 @@ def driver(tmp_path):
         drv.quit()
 
 
-def _report(tmp_path) -> tuple[str, int]:
-    store = RunStore(tmp_path / "s.duckdb")
-    ids = []
-    for rate in (0.1, 0.3):
-        with store.start_run("browser-demo", {"rate": rate}, sweep_id="b") as run:
-            for t in range(50):
-                run.log(
-                    t,
-                    {
-                        "loss": math.exp(-rate * t),
-                        "theory/decay": math.exp(-rate * t),
-                        "sim/decay": math.exp(-rate * t) * 1.01,
-                        "noise/gns": math.sin(t) ** 2,
-                        "symmetry/balance": 1 + 1e-4 * t,
-                    },
-                )
-                if t % 10 == 0:
-                    run.log_array(t, "curvature/spectrum", np.linspace(1, 0.1, 8) * math.exp(-rate * t))
-            run.set_summary({"final": math.exp(-rate * 50)})
-        ids.append(run.id)
-    out = build_html_report(store, "b", tmp_path / "report.html")
-    html = out.read_text()
-    return out.as_uri(), html.count('class="ld-figure"')
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reports")
+    store = RunStore(folder / "s.duckdb")
+    return {
+        kind: build_html_report(store, targets, folder / f"{kind}.html", plotlyjs="shared")
+        for kind, targets in build_store(store).items()
+    }
 
 
-def test_report_renders_in_chromium_without_errors(driver, tmp_path):
-    uri, expected = _report(tmp_path)
-    # the sweep's line plot over rate; loss, theory-vs-sim, noise, symmetry; one spectrum heatmap per run
-    assert expected == 1 + 4 + 2
-    driver.get(uri)
-    deadline = time.monotonic() + 30
-    rendered = 0
-    while time.monotonic() < deadline:
-        rendered = driver.execute_script(
-            "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-            ".filter(el => el.querySelector('svg.main-svg')).length;"
-        )
-        if rendered >= expected:
-            break
+def _wait_drawn(driver, timeout: float = 60) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = driver.execute_script(_FIGURES_JS)
+        if all(f is not None for f in figures) or time.monotonic() > deadline:
+            return figures
         time.sleep(0.2)
-    assert rendered == expected
+
+
+@pytest.mark.parametrize("kind", ["run", "phenomena", "comparison", "sweep"])
+def test_report_kind_in_chromium(driver, reports, kind):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    path = reports[kind]
+    assert path.stat().st_size <= MAX_PAGE_BYTES
+    driver.get(path.as_uri())
+    deadline = time.monotonic() + 30
+    while driver.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert driver.execute_script("return typeof Plotly") == "object"
-    # every figure drew something: scatter traces or heatmap images
-    drawn = driver.execute_script(
-        "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-        ".map(el => el.querySelectorAll('.scatterlayer .trace, .heatmaplayer image').length);"
-    )
-    assert all(n > 0 for n in drawn), drawn
+    first = driver.execute_script("var t = document.querySelector('table'); return t && t.className;")
+    assert first == "ld-verdict"
+    # the open page: curated figures (and a sweep's phase diagrams) drawn, with every axis titled
+    time.sleep(0.5)
+    shown = [f for f in driver.execute_script(_FIGURES_JS) if f is not None]
+    assert shown, "nothing drawn on opening the page"
+    for folded, untitled, _ in shown:
+        assert not folded and untitled == [], untitled
+    # open every fold: each folded figure is drawn then
+    driver.execute_script("document.querySelectorAll('details').forEach(function (d) { d.open = true; });")
+    figures = _wait_drawn(driver)
+    assert figures and all(f is not None for f in figures), "a folded figure was not drawn when opened"
+    assert all(points > 1 for _, _, points in figures), [f[2] for f in figures]
     assert driver.execute_script("return window.__ldErrors") == []
-    severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
-    assert "browser-demo" in driver.title
+    with pytest.raises(NoAlertPresentException):  # <img src=x onerror=alert(1)> never ran
+        driver.switch_to.alert.text  # noqa: B018
+    assert driver.execute_script("return document.querySelectorAll('img').length") == 0

@@ -32,6 +32,16 @@ OpenOption = Annotated[
     typer.Option("--open", help="Open the written HTML report in the default web browser."),
 ]
 
+PLOTLYJS_MODES = ("inline", "shared")
+PlotlyjsOption = Annotated[
+    str,
+    typer.Option(
+        "--plotlyjs",
+        help="inline: plotly.js inside the report (opens anywhere); shared: one plotly-<version>.min.js file "
+        "next to the report, shared by every report in that folder (small pages).",
+    ),
+]
+
 CheckpointOption = Annotated[
     int | None,
     typer.Option(

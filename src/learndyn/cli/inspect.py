@@ -12,8 +12,10 @@ import typer
 from rich.table import Table
 
 from learndyn.cli.common import (
+    PLOTLYJS_MODES,
     CliError,
     OpenOption,
+    PlotlyjsOption,
     StoreOption,
     console,
     fmt,
@@ -32,9 +34,14 @@ def list_runs(
     status: Annotated[str | None, typer.Option("--status", help="Only runs with this status.")] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Only runs of this sweep id.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Show the newest N runs.")] = 50,
+    sweeps: Annotated[bool, typer.Option("--sweeps", help="List the sweeps instead of the runs.")] = False,
 ) -> None:
-    """List the runs in the store (newest last)."""
+    """List the runs in the store (newest last), or its sweeps with --sweeps."""
     run_store = open_store(store, create=False)
+    if sweeps:
+        _list_sweeps(run_store)
+        return
+    total = len(run_store.runs(name=name, status=status, sweep_id=sweep))
     df = run_store.runs(name=name, status=status, sweep_id=sweep, limit=limit)
     if df.empty:
         typer.echo(f"no runs in {run_store.path}")
@@ -52,10 +59,33 @@ def list_runs(
                 "started (UTC)": r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                 "duration": duration,
                 "seed": None if _isna(r.seed) else int(r.seed),
-                "sweep": (r.sweep_id or "")[:8] if not _isna(r.sweep_id) else "",
+                "sweep": "" if _isna(r.sweep_id) else (r.sweep_id or ""),
             }
         )
-    console().print(rows_table(rows, title=f"{len(rows)} runs in {run_store.path}"))
+    shown = f"the newest {len(rows)} of {total}" if total > len(rows) else f"{total}"
+    more = " (--limit N shows more)" if total > len(rows) else ""
+    console().print(rows_table(rows, title=f"{shown} runs in {run_store.path}{more}"))
+
+
+def _list_sweeps(run_store: Any) -> None:
+    df = run_store.runs()
+    df = df[df["sweep_id"].notna() & (df["sweep_id"] != "")]
+    if df.empty:
+        typer.echo(f"no sweeps in {run_store.path}")
+        return
+    rows = []
+    for sweep_id, group in df.groupby("sweep_id", sort=False):
+        counts = group["status"].value_counts()
+        rows.append(
+            {
+                "sweep": sweep_id,
+                "experiment": ", ".join(sorted(set(group["name"]))),
+                "runs": len(group),
+                "statuses": ", ".join(f"{k} {v}" for k, v in counts.items()),
+                "started (UTC)": group["started_at"].min().strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        )
+    console().print(rows_table(rows, title=f"{len(rows)} sweeps in {run_store.path}"))
 
 
 def _isna(value: Any) -> bool:
@@ -69,12 +99,18 @@ def _isna(value: Any) -> bool:
 
 def show(
     run_ref: Annotated[
-        str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name (latest).")
+        str,
+        typer.Argument(metavar="RUN|SWEEP", help="Run id, unique id prefix, name (latest), or a sweep id."),
     ],
     store: StoreOption = None,
 ) -> None:
-    """Show one run: status, config, summary, metrics with their last values, arrays."""
+    """Show one run (status, config, summary, last metric values, arrays), or a sweep's runs."""
     run_store = open_store(store, create=False)
+    sweep_runs = run_store.runs(sweep_id=run_ref)
+    if not sweep_runs.empty:
+        list_runs(store=store, sweep=run_ref, limit=10_000)
+        typer.echo(f"`learndyn report {run_ref} --out sweep.html` draws its phase diagrams")
+        return
     with run_store.reading():
         info = run_store.run_info(run_store.resolve(run_ref))
         last = run_store.last_metrics(info["id"])
@@ -180,14 +216,17 @@ def report(
     ] = None,
     store: StoreOption = None,
     open_: OpenOption = False,
+    plotlyjs: PlotlyjsOption = "inline",
 ) -> None:
-    """Write an interactive, self-contained HTML report (and optionally PNG figures) of runs or a sweep."""
+    """Write an interactive HTML report (verdict first; optionally PNG figures) of runs or a sweep."""
     from learndyn.report.html import build_html_report
     from learndyn.report.png import save_png_figures
 
     run_store = open_store(store, create=False)
     ids = run_store.resolve_targets(targets)
-    path = build_html_report(run_store, ids, out)
+    if plotlyjs not in PLOTLYJS_MODES:
+        raise CliError(f"--plotlyjs={plotlyjs!r} is not allowed; allowed: {', '.join(PLOTLYJS_MODES)}")
+    path = build_html_report(run_store, ids, out, plotlyjs=plotlyjs)
     shown = console()
     shown.print(f"report of {len(ids)} run{'s' if len(ids) != 1 else ''}: {path}")
     if open_:

@@ -40,6 +40,7 @@ from learndyn.cli.common import (
     resolve_checkpoint_every,
     rows_table,
 )
+from learndyn.cli.metrics import metrics as _metrics_command
 from learndyn.cli.sweep import sweep as _sweep_command
 from learndyn.config import seed_of
 from learndyn.validation import error_text, one_line
@@ -88,8 +89,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"learndyn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """learndyn: drive, measure and explain neural-network learning dynamics."""
 
 
@@ -408,6 +420,7 @@ app.command("list")(friendly(inspect.list_runs))
 app.command()(friendly(inspect.show))
 app.command()(friendly(inspect.compare))
 app.command()(friendly(inspect.report))
+app.command("metrics")(friendly(_metrics_command))
 
 # ----------------------------------------------------------------------------------------------------- sweep
 app.command("sweep")(friendly(_sweep_command))

@@ -404,8 +404,8 @@ def ntk_lazy_figures(store: Any, run_id: str) -> list[Any]:
                   row=1, col=2)
     fig.update_xaxes(type="log", title="width", row=1, col=1)
     fig.update_xaxes(type="log", title="output scale s", row=1, col=2)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(type="log", title="relative deviation, kernel distance", row=1, col=1)
+    fig.update_yaxes(type="log", title="relative deviation, kernel distance", row=1, col=2)
     fig.update_layout(height=440, template="plotly_white")
     return [fig]
 

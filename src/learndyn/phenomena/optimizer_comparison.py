@@ -27,7 +27,7 @@ import torch
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.store.recorder import Recorder
 from learndyn.tasks import get_task, task_names
-from learndyn.tasks.compare import OptimizerSpec, compare
+from learndyn.tasks.compare import OptimizerSpec, compare, margin
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "optimizer-comparison"
@@ -234,6 +234,56 @@ def comparison_figure(
     return fig
 
 
+def comparison_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The winners table of a comparison run, from its summary: per task the best optimizer (fewest median
+    steps to target, then lowest final loss -- the ranking of :func:`~learndyn.tasks.compare.compare`), the
+    runner-up and the margin between them (:func:`~learndyn.tasks.compare.margin`)."""
+    per_task: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, value in summary.items():
+        kind, _, rest = key.partition("/")
+        if kind not in ("final_loss", "steps_to_target") or rest.count("/") != 1:
+            continue
+        task, optimizer = rest.split("/")
+        row = per_task.setdefault(task, {}).setdefault(
+            optimizer, {"final_loss": None, "steps_to_target": None, "status": "ok"}
+        )
+        row[kind] = float(value)
+    rows = []
+    for task, by_optimizer in per_task.items():
+        ranked = sorted(
+            ((name, r) for name, r in by_optimizer.items() if r["final_loss"] is not None),
+            key=lambda item: (
+                math.inf if item[1]["steps_to_target"] is None else item[1]["steps_to_target"],
+                item[1]["final_loss"],
+            ),
+        )
+        if not ranked:
+            continue
+        (winner, best), runner = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+        won_by = margin(best, runner[1] if runner else None)
+        if won_by is None:
+            text = "only one optimizer ran"
+        elif not math.isfinite(won_by["ratio"]):
+            text = "the runner-up never reached the target"
+        elif won_by["on"] == "steps_to_target" and won_by["ratio"] == 1.0:  # a tie: final loss decides
+            other = runner[1]["final_loss"] / max(best["final_loss"], 1e-300)
+            text = f"same steps to target; {other:.2f}× lower final loss"
+        else:
+            what = "fewer steps to target" if won_by["on"] == "steps_to_target" else "lower final loss"
+            text = f"{won_by['ratio']:.2f}× {what}"
+        rows.append(
+            {
+                "task": task,
+                "winner": winner,
+                "steps to target": best["steps_to_target"],
+                "final loss": best["final_loss"],
+                "runner-up": runner[0] if runner else None,
+                "margin": text,
+            }
+        )
+    return rows
+
+
 def comparison_report_figures(store: Any, run_id: str) -> list[Any]:
     """The report's figure of an ``optimizer-comparison`` run: its loss curves (none if it logged none)."""
     metrics = store.metrics(run_id, ["loss/*", "target/*"])
@@ -243,5 +293,13 @@ def comparison_report_figures(store: Any, run_id: str) -> list[Any]:
 
 
 EXPERIMENT = register(
-    Experiment(NAME, DESCRIPTION, OptimizerComparisonConfig, run, QUICK, figures=(comparison_report_figures,))
+    Experiment(
+        NAME,
+        DESCRIPTION,
+        OptimizerComparisonConfig,
+        run,
+        QUICK,
+        figures=(comparison_report_figures,),
+        verdict=comparison_verdict,
+    )
 )

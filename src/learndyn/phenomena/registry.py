@@ -8,7 +8,10 @@ registry and never import a phenomenon by name:
 - ``figures``: functions ``(store, run_id) -> [plotly Figure]`` the HTML report adds for its runs;
 - ``ensemble``: an :class:`EnsembleSupport` when sweeps may train several configs in one vectorised pass;
 - ``closed_form`` and ``tolerance``: whether ``run`` returns an agreement figure (theory vs simulation) and
-  the default tolerance it is tested against (``learndyn run all`` runs exactly these).
+  the default tolerance it is tested against (``learndyn run all`` runs exactly these);
+- ``verdict``: a function ``(summary) -> [row dict]`` giving the table a report shows first for a run of
+  this experiment (e.g. the optimizer comparison's winners and margins); experiments with a closed form
+  need none (the report shows agreement, tolerance and pass).
 
 Adding a phenomenon is one module that ends in ``register(Experiment(...))`` plus its import line in
 :mod:`learndyn.phenomena`. Importing this module imports that package first (Python imports a package
@@ -33,6 +36,9 @@ from learndyn.validation import check_int, exception_line
 
 FigureFn = Callable[[Any, str], list[Any]]
 """``fn(store, run_id) -> [plotly Figure]``: figures of one run, read from the run store."""
+
+VerdictFn = Callable[[dict[str, Any]], list[dict[str, Any]]]
+"""``fn(summary) -> [row]``: the rows of a run's verdict table, computed from its stored summary."""
 
 
 @dataclass
@@ -119,6 +125,7 @@ class Experiment:
     ensemble: EnsembleSupport | None = None
     closed_form: bool | None = None
     tolerance: float | None = None
+    verdict: VerdictFn | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "figures", tuple(self.figures))
@@ -149,10 +156,104 @@ def register(experiment: Experiment) -> Experiment:
 
 
 def get(name: str) -> Experiment:
+    """The experiment ``name``: a registered one, one a package declares under the ``learndyn.experiments``
+    entry points, or a user's own as ``"module:attribute"`` (see :func:`load_reference`)."""
+    if name not in _REGISTRY:
+        load_entry_points()
+    if name not in _REGISTRY and ":" in name:
+        return load_reference(name)
     if name not in _REGISTRY:
         allowed = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise ValueError(f"experiment={name!r} is not known; allowed: {allowed}")
+        raise ValueError(
+            f"experiment={name!r} is not known; allowed: {allowed}, or your own as module:attribute"
+        )
     return _REGISTRY[name]
+
+
+ENTRY_POINTS = "learndyn.experiments"
+_loaded_entry_points = False
+
+
+def load_entry_points() -> None:
+    """Register the experiments installed packages declare under the ``learndyn.experiments`` entry-point
+    group (``name = "module:attribute"``, loaded as by :func:`load_reference`). Once per process."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.name not in _REGISTRY:
+            _register_object(ep.name, ep.load(), ep.value)
+
+
+def load_reference(reference: str) -> Experiment:
+    """A user's experiment from ``"module:attribute"`` (the module found on ``sys.path`` or in the current
+    directory), registered under that reference so that sweep workers find it by the same name.
+
+    The attribute is an :class:`Experiment` (registered under its own name too), or a function
+    ``run(config, recorder) -> ExperimentResult | dict`` whose first parameter is annotated with a config
+    dataclass (every field with a default); a dict result is its summary.
+    """
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"experiment={reference!r} is not allowed; allowed: module:attribute")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"experiment={reference!r}: cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"experiment={reference!r}: module {module_name!r} has no {attr!r}") from None
+    return _register_object(reference, obj, reference)
+
+
+def _register_object(key: str, obj: Any, where: str) -> Experiment:
+    import typing
+
+    if isinstance(obj, Experiment):
+        experiment = obj
+        _REGISTRY.setdefault(obj.name, obj)
+    elif callable(obj):
+        import inspect
+
+        params = list(inspect.signature(obj).parameters)
+        hints = typing.get_type_hints(obj) if params else {}
+        config_cls = hints.get(params[0]) if params else None
+        if config_cls is None or not dataclasses.is_dataclass(config_cls):
+            raise ValueError(
+                f"experiment {where!r}: {getattr(obj, '__name__', obj)!r} is not allowed; allowed: an "
+                "Experiment, or run(config: SomeDataclass, recorder) with the config annotated"
+            )
+        experiment = Experiment(key, (obj.__doc__ or key).strip().splitlines()[0], config_cls,
+                                _as_result(obj))
+    else:
+        kind = type(obj).__name__
+        raise ValueError(f"experiment {where!r} is a {kind}; allowed: an Experiment or a function")
+    _REGISTRY[key] = experiment
+    return experiment
+
+
+def _as_result(fn: Callable[[Any, Recorder], Any]) -> Callable[[Any, Recorder], ExperimentResult]:
+    """``fn`` returning an :class:`ExperimentResult`: a dict result becomes the summary, None an empty one."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(config: Any, recorder: Recorder) -> ExperimentResult:
+        out = fn(config, recorder)
+        if isinstance(out, ExperimentResult):
+            return out
+        return ExperimentResult(summary=dict(out or {}))
+
+    return run
 
 
 def find(name: str | None) -> Experiment | None:
@@ -161,7 +262,9 @@ def find(name: str | None) -> Experiment | None:
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered experiments (and those installed packages declare as entry points), not references."""
+    load_entry_points()
+    return sorted(n for n in _REGISTRY if ":" not in n)
 
 
 def register_ensemble(

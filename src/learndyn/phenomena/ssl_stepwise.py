@@ -376,6 +376,8 @@ def ssl_figures(store: Any, run_id: str) -> list[Any]:
     for trace in sim_theory_traces(series, "erank", "erank", color="black"):
         fig.add_trace(trace, row=1, col=2)
     fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="eigenvalue c_j of C", row=1, col=1)
+    fig.update_yaxes(title_text="effective rank (1)", row=1, col=2)
     fig.update_layout(
         title="Stepwise SSL: simulation (solid) vs Simon et al. closed form (dashed)", template="plotly_white"
     )

@@ -1,6 +1,8 @@
 """learndyn.report: figures and reports that read the run store (never write it).
 
-- :func:`build_html_report` — one self-contained interactive HTML file (plotly.js inlined) of runs or a sweep;
+- :func:`build_html_report` — one interactive HTML file of runs or a sweep, verdict first (plotly.js inlined,
+  or shared next to the report with ``plotlyjs="shared"``); :class:`Report` — the same as an object that
+  displays itself in a notebook;
 - :func:`save_png_figures` — matplotlib PNGs of a run for papers;
 - :func:`register_figure` — add experiment-specific plotly figures to the report (an experiment's own
   figures are in its registry record: :class:`learndyn.phenomena.registry.Experiment`).
@@ -15,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 from learndyn.report.hooks import register_figure, unregister_figure
 
 if TYPE_CHECKING:
-    from learndyn.report.html import build_html_report
+    from learndyn.report.html import Report, build_html_report
     from learndyn.report.png import save_png_figures
 
-__all__ = ["build_html_report", "register_figure", "save_png_figures", "unregister_figure"]
+__all__ = ["Report", "build_html_report", "register_figure", "save_png_figures", "unregister_figure"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "build_html_report":
-        from learndyn.report.html import build_html_report
+    if name in ("build_html_report", "Report"):
+        from learndyn.report import html
 
-        return build_html_report
+        return getattr(html, name)
     if name == "save_png_figures":
         from learndyn.report.png import save_png_figures
 

@@ -15,6 +15,7 @@ Several runs overlay per metric, one colour per run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -113,21 +114,45 @@ def plan_sections(names: Iterable[str]) -> list[Section]:
     return sections
 
 
-def _labels(infos: Sequence[dict[str, Any]]) -> list[str]:
-    """Distinct, readable run labels: the name, plus the config values that differ between runs."""
-    if len(infos) == 1:
-        return [infos[0]["name"]]
-    keys = sorted({k for info in infos for k in info["config"]})
-    varying = [k for k in keys if len({repr(info["config"].get(k)) for info in infos}) > 1]
+def run_labels(infos: Sequence[dict[str, Any]]) -> list[str]:
+    """Distinct, readable labels of the runs shown together: only what tells them apart.
+
+    The run name when the names differ; for runs that share a name, up to three config keys that all of
+    them have and that take more than one value among them (keys of other experiments never appear); the
+    short id when that still leaves two labels equal.
+    """
+    if not infos:
+        return []
     names_differ = len({info["name"] for info in infos}) > 1
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for info in infos:
+        groups.setdefault(str(info["name"]), []).append(info)
+    varying: dict[str, list[str]] = {}
+    for name, group in groups.items():
+        common = set.intersection(*(set(info["config"]) for info in group))
+        varying[name] = [
+            k for k in sorted(common) if len({repr(info["config"][k]) for info in group}) > 1
+        ][:3]
     labels = []
     for info in infos:
-        parts = [info["name"]] if names_differ or not varying else []
-        parts += [f"{k}={format_value(info['config'].get(k))}" for k in varying[:3]]
+        keys = varying[str(info["name"])]
+        parts = [str(info["name"])] if names_differ or not keys else []
+        parts += [f"{k}={format_value(info['config'][k])}" for k in keys]
         labels.append(" ".join(parts))
     if len(set(labels)) < len(labels):
         labels = [f"{lab} [{info['id'][:6]}]" for lab, info in zip(labels, infos, strict=True)]
     return labels
+
+
+def relabel(runs: Sequence[RunData]) -> list[RunData]:
+    """``runs`` with labels that name only what differs between these runs (see :func:`run_labels`)."""
+    labels = run_labels([r.info for r in runs])
+    return [dataclasses.replace(r, label=lab) for r, lab in zip(runs, labels, strict=True)]
+
+
+def points(runs: Sequence[RunData], name: str) -> int:
+    """The most points any of ``runs`` has for the scalar metric ``name``."""
+    return max((len(r.series[name][0]) for r in runs if name in r.series), default=0)
 
 
 def load_runs(store: RunStore, run_ids: Sequence[str]) -> list[RunData]:
@@ -136,7 +161,8 @@ def load_runs(store: RunStore, run_ids: Sequence[str]) -> list[RunData]:
 
     with store.reading():
         infos = [store.run_info(r) for r in run_ids]
-        runs = [RunData(info["id"], label, info) for info, label in zip(infos, _labels(infos), strict=True)]
+        labels = run_labels(infos)
+        runs = [RunData(info["id"], label, info) for info, label in zip(infos, labels, strict=True)]
         with progress_bar(len(runs), "loading runs") as advance:
             for run in runs:
                 df = store.metrics(run.id)

@@ -1,4 +1,20 @@
-"""The self-contained HTML report of one or more runs (or a sweep): plotly.js inlined, no network needed."""
+"""The HTML report of one or more runs (or a sweep): the answer first, then the evidence.
+
+The page, top to bottom:
+
+1. **Verdict** (:mod:`learndyn.report.verdict`): theory-vs-simulation agreement, tolerance and pass;
+   an experiment's own verdict (the optimizer comparison's winners and margins); a sweep's best cell and
+   its phase diagrams. It is always the first table on the page.
+2. **Figures**: the curated figures of each run -- its experiment's figures (see
+   :func:`learndyn.report.hooks.register_figure`), or its theory-vs-simulation overlays -- every axis titled.
+3. **Runs**: status, config (the keys that differ, then the shared ones), summary.
+4. **All metrics**, folded: one automatic plot per metric group and per array metric, each drawn only when
+   opened; metrics with a single value are a table, not a plot.
+
+plotly.js is embedded (``plotlyjs="inline"``, the default: one file that opens offline) or loaded from a
+shared file next to the report (``"shared"``). :class:`Report` is the same page as an object: ``save``,
+``html`` and ``_repr_html_`` for notebooks.
+"""
 
 from __future__ import annotations
 
@@ -11,43 +27,245 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-import plotly.offline
 
 from learndyn import __version__
-from learndyn.report.data import RunData, format_value, load_runs, plan_sections, safe_key
-from learndyn.report.figures import array_figure, run_color, section_figure
+from learndyn.report.data import RunData, load_runs, plan_sections, points, relabel, safe_key
+from learndyn.report.figures import array_figure, ensure_axis_titles, section_figure
 from learndyn.report.hooks import figures_for
+from learndyn.report.page import Page, esc, plotly_script, render
+from learndyn.report.verdict import (
+    Verdict,
+    agreement_verdict,
+    experiment_verdicts,
+    status_verdict,
+    sweep_verdict,
+)
 from learndyn.store.runstore import RunStore
 
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 1rem 2rem; color: #222; }
-h1 { margin-bottom: 0.2rem; } .meta { color: #666; font-size: 0.9rem; }
-nav { margin: 1rem 0; font-size: 0.9rem; } nav a { margin-right: 1rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.status-completed { color: #1a7f37; } .status-failed, .status-diverged { color: #c62828; }
-.status-interrupted, .status-running { color: #b26a00; }
-.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; border-radius: 2px; }
-.ld-figure { margin: 0.5rem 0 1.5rem; } .note { color: #666; font-style: italic; }
-.error { color: #c62828; white-space: pre-wrap; }
-"""
-
-# Collects script errors on the page (read by the browser test; harmless otherwise).
-_ERROR_TRAP = (
-    "window.__ldErrors = []; window.addEventListener('error', function (e) "
-    "{ window.__ldErrors.push(String(e.message)); });"
-)
+MAX_CURATED_RUNS = 8
+"""Runs whose curated figures are drawn (a sweep's others are in its phase diagrams)."""
 
 
-def _esc(value: Any) -> str:
-    return html.escape(format_value(value))
+class Report:
+    """A report of ``runs`` (run references or sweep ids) in ``store``; see the module docstring.
+
+    ``Report(store, "my-sweep").save("r.html")`` writes the page; in a notebook, a ``Report`` displays
+    itself (``_repr_html_``: the page in an iframe, plotly.js inline).
+    """
+
+    def __init__(self, store: RunStore, runs: str | Sequence[str], *, title: str | None = None) -> None:
+        self.store = store
+        self.run_ids = store.resolve_targets(runs)
+        # Reads are short (one session to load the series, then one per array/hook query); figures are
+        # built without holding the store's lock, so writers in other processes never wait for long.
+        self.data = load_runs(store, self.run_ids)
+        self.title = title or _default_title(self.data)
+        self.page = _build_page(store, self.data)
+
+    @property
+    def n_figures(self) -> int:
+        return self.page.n_figures
+
+    def html(self, plotlyjs: str = "inline", out_dir: str | os.PathLike[str] | None = None) -> str:
+        """The page as a string; ``plotlyjs="shared"`` writes plotly.js into ``out_dir`` (default: cwd)."""
+        generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        meta = (
+            f"learndyn {__version__} · store {self.store.path} · generated {generated} · "
+            f"{len(self.data)} run{'s' if len(self.data) != 1 else ''} · {self.page.n_figures} figures"
+        )
+        tag = plotly_script(plotlyjs, Path(out_dir) if out_dir is not None else Path.cwd())
+        return render(self.page, self.title, meta, tag)
+
+    def save(self, path: str | os.PathLike[str], *, plotlyjs: str = "inline") -> Path:
+        """Write the page to ``path`` (folders created); return the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.html(plotlyjs, out.parent), encoding="utf-8")
+        return out
+
+    def _repr_html_(self) -> str:
+        page = html.escape(self.html("inline"), quote=True)
+        return (
+            f'<iframe srcdoc="{page}" style="width:100%;height:720px;border:1px solid #ddd" '
+            'sandbox="allow-scripts"></iframe>'
+        )
 
 
-def _td(value: Any) -> str:
-    cls = ' class="num"' if isinstance(value, int | float) and not isinstance(value, bool) else ""
-    return f"<td{cls}>{_esc(value)}</td>"
+def build_html_report(
+    store: RunStore,
+    runs: str | Sequence[str],
+    out_path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    plotlyjs: str = "inline",
+) -> Path:
+    """Write the HTML report of ``runs`` (run references or sweep ids) to ``out_path``; return the path.
+
+    ``plotlyjs``: ``"inline"`` (default; the file opens offline on its own) or ``"shared"`` (plotly.js is
+    written once next to the report and loaded from there: a small page). See the module docstring.
+    """
+    return Report(store, runs, title=title).save(out_path, plotlyjs=plotlyjs)
+
+
+def _default_title(data: Sequence[RunData]) -> str:
+    if len(data) == 1:
+        return data[0].label
+    return f"{len(data)} runs: " + ", ".join(sorted({str(r.info["name"]) for r in data}))
+
+
+# ------------------------------------------------------------------------------------------------ the page
+def _build_page(store: RunStore, data: Sequence[RunData]) -> Page:
+    page = Page()
+    page.heading("verdict", "Verdict", nav=True)
+    _verdict_section(store, data, page)
+    _curated_section(store, data, page)
+    page.heading("runs", "Runs", nav=True)
+    _runs_tables(data, page)
+    _automatic_section(store, data, page)
+    return page
+
+
+def _verdict_table(page: Page, verdict: Verdict) -> None:
+    page.heading(None, verdict.title, level=3)
+    if verdict.headline:
+        page.paragraph(verdict.headline)
+    page.table(verdict.headers, verdict.rows, cls="ld-verdict", cell_classes=verdict.classes or None)
+
+
+def _verdict_section(store: RunStore, data: Sequence[RunData], page: Page) -> None:
+    from learndyn.report.phase import phase_figures
+
+    shown = 0
+    verdicts = [agreement_verdict(data), *experiment_verdicts(data)]
+    for verdict in verdicts:
+        if verdict is not None:
+            _verdict_table(page, verdict)
+            shown += 1
+    for sweep_id in sorted({r.info["sweep_id"] for r in data if r.info.get("sweep_id")}):
+        try:
+            verdict = sweep_verdict(store, sweep_id)
+            figures = phase_figures(store, sweep_id)
+        except Exception as exc:  # a broken diagram must not cost the whole report
+            message = f"phase diagrams of sweep {sweep_id} failed: {type(exc).__name__}: {exc}"
+            warnings.warn(message, stacklevel=3)
+            page.note(message)
+            continue
+        if verdict is not None:
+            _verdict_table(page, verdict)
+            shown += 1
+        if figures:
+            page.heading(f"phase-{safe_key(sweep_id)}", f"Phase diagrams: {sweep_id}", level=3)
+            for fig in figures:
+                page.figure(ensure_axis_titles(fig))
+    if not shown:
+        _verdict_table(page, status_verdict(data))
+
+
+def _curated_section(store: RunStore, data: Sequence[RunData], page: Page) -> None:
+    """Each run's experiment figures, or its theory-vs-simulation overlays."""
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        if not started:
+            page.heading("figures", "Figures", nav=True)
+            started = True
+
+    for run in data[:MAX_CURATED_RUNS]:
+        figures = curated_figures(store, run, page, start)
+        if not figures:
+            continue
+        start()
+        experiment = run.info.get("experiment") or run.info["name"]
+        head = str(experiment) if run.label == experiment else f"{experiment} · {run.label}"
+        page.heading(f"fig-{run.id[:8]}", head, level=3)
+        for fig in figures:
+            page.figure(fig)
+    if len(data) > MAX_CURATED_RUNS and started:
+        page.note(f"curated figures of the first {MAX_CURATED_RUNS} of {len(data)} runs")
+
+
+def curated_figures(
+    store: RunStore, run: RunData, page: Page | None = None, start: Any = None
+) -> list[go.Figure]:
+    """A run's curated figures, every axis titled: its experiment's figures that hold more than one point,
+    else its theory-vs-simulation overlays. A failing figure hook is a warning (and a note on ``page``)."""
+    figures = [f for f in _experiment_figures(store, run, page, start) if _points(f) > 1]
+    if not figures:
+        overlays = [s for s in plan_sections(run.series) if s.kind == "overlay"]
+        figures = [section_figure([run], s) for s in overlays if points([run], s.metrics[0]) > 1]
+    return [ensure_axis_titles(f) for f in figures]
+
+
+def _experiment_figures(store: RunStore, run: RunData, page: Page | None, start: Any) -> list[go.Figure]:
+    out: list[go.Figure] = []
+    for hook in figures_for(run.info.get("experiment")):
+        name = getattr(hook, "__name__", repr(hook))
+        try:
+            out += [f for f in hook(store, run.id) if isinstance(f, go.Figure)]
+        except Exception as exc:  # a broken hook must not cost the whole report
+            message = f"figure hook {name} failed for {run.label}: {type(exc).__name__}: {exc}"
+            warnings.warn(f"report {message}", stacklevel=3)
+            if page is not None:
+                start()
+                page.note(message, cls="error")
+    return out
+
+
+def _points(fig: go.Figure) -> int:
+    total = 0
+    for trace in fig.data:
+        for attr in ("y", "z", "values"):
+            value = getattr(trace, attr, None)
+            if value is not None:
+                total += len(value)
+                break
+    return total
+
+
+def _varying(runs: Sequence[RunData]) -> list[str]:
+    """Config keys every run has that take more than one value among them (``seed`` has its own column)."""
+    common = set.intersection(*(set(r.info["config"]) for r in runs)) if runs else set()
+    return [k for k in sorted(common) if k != "seed" and len({repr(r.info["config"][k]) for r in runs}) > 1]
+
+
+def _runs_tables(data: Sequence[RunData], page: Page) -> None:
+    varying = _varying(data)
+    head = ["run", "id", "experiment", "status", "started (UTC)", "duration", "seed", "sweep", "git commit"]
+    rows = []
+    for r in data:
+        info = r.info
+        started = info["started_at"].strftime("%Y-%m-%d %H:%M:%S") if info.get("started_at") else ""
+        rows.append(
+            [r.label, r.id[:8], info.get("experiment"), info["status"], started, _duration(info),
+             info.get("seed"), info.get("sweep_id") or "", (info.get("git_commit") or "")[:12]]
+            + [info["config"][k] for k in varying]
+        )
+    classes = [[None, None, None, f"status-{row[3]}"] + [None] * (len(row) - 4) for row in rows]
+    page.table(head + varying, rows, cell_classes=classes)
+    for r in data:
+        if r.info.get("error"):
+            page.raw(f'<p class="error"><b>{esc(r.label)}</b>: {esc(r.info["error"])}</p>')
+    groups: dict[str, list[RunData]] = {}
+    for r in data:
+        groups.setdefault(str(r.info.get("experiment") or r.info["name"]), []).append(r)
+    for experiment, runs in groups.items():
+        runs = relabel(runs)
+        count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+        with page.fold(f"Config and summary: {experiment} ({count})", open_=len(groups) == 1):
+            differ = _varying(runs)
+            keys = sorted({k for r in runs for k in r.info["config"]} - set(differ) - {"seed"})
+            if keys:
+                page.table(["config key", "value"], [[k, runs[0].info["config"].get(k)] for k in keys])
+            if differ:
+                table = [[r.label] + [r.info["config"][k] for k in differ] for r in runs]
+                page.table(["run", *differ], table)
+            summary_keys = sorted({k for r in runs for k in r.info["summary"]})
+            if summary_keys and len(runs) == 1:
+                page.table(["summary", "value"], [[k, runs[0].info["summary"][k]] for k in summary_keys])
+            elif summary_keys:
+                page.table(["run", *summary_keys],
+                           [[r.label] + [r.info["summary"].get(k) for k in summary_keys] for r in runs])
 
 
 def _duration(info: dict[str, Any]) -> str:
@@ -58,209 +276,44 @@ def _duration(info: dict[str, Any]) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _summary_tables(runs: Sequence[RunData]) -> str:
-    out = []
-    keys = sorted({k for r in runs for k in r.info["config"]})
-    varying = [k for k in keys if len({repr(r.info["config"].get(k)) for r in runs}) > 1]
-    shared = [k for k in keys if k not in varying]
-    head = ["run", "id", "experiment", "status", "started (UTC)", "duration", "seed", "sweep", "git commit"]
-    out.append("<h3>Runs</h3><table><tr>" + "".join(f"<th>{h}</th>" for h in head + varying) + "</tr>")
-    for i, r in enumerate(runs):
-        info = r.info
-        started = info["started_at"].strftime("%Y-%m-%d %H:%M:%S") if info.get("started_at") else ""
-        status = html.escape(str(info["status"]))
-        cells = [
-            f'<td><span class="swatch" style="background:{run_color(i)}"></span>{html.escape(r.label)}</td>',
-            f'<td title="{html.escape(r.id)}"><code>{html.escape(r.id[:8])}</code></td>',
-            _td(info.get("experiment")),
-            f'<td class="status-{status}">{status}</td>',
-            _td(started),
-            _td(_duration(info)),
-            _td(info.get("seed")),
-            _td((info.get("sweep_id") or "")[:12]),
-            _td((info.get("git_commit") or "")[:12]),
-        ]
-        cells += [_td(info["config"].get(k)) for k in varying]
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    errors = [(r, r.info.get("error")) for r in runs if r.info.get("error")]
-    for r, err in errors:
-        out.append(f'<p class="error"><b>{html.escape(r.label)}</b>: {html.escape(str(err))}</p>')
-    if shared:
-        title = "Config" if len(runs) == 1 else "Shared config"
-        out.append(f"<h3>{title}</h3><table><tr><th>key</th><th>value</th></tr>")
-        out += [f"<tr><td>{html.escape(k)}</td>{_td(runs[0].info['config'].get(k))}</tr>" for k in shared]
-        out.append("</table>")
-    summary_keys = sorted({k for r in runs for k in r.info["summary"]})
-    if summary_keys:
-        out.append("<h3>Summary</h3>")
-        if len(runs) == 1:
-            summary = runs[0].info["summary"]
-            out.append("<table><tr><th>quantity</th><th>value</th></tr>")
-            out += [f"<tr><td>{html.escape(k)}</td>{_td(summary[k])}</tr>" for k in summary_keys]
-        else:
-            out.append(
-                "<table><tr><th>run</th>"
-                + "".join(f"<th>{html.escape(k)}</th>" for k in summary_keys)
-                + "</tr>"
-            )
-            for r in runs:
-                out.append(
-                    f"<tr><td>{html.escape(r.label)}</td>"
-                    + "".join(_td(r.info["summary"].get(k, "")) for k in summary_keys)
-                    + "</tr>"
-                )
-        out.append("</table>")
-    return "\n".join(out)
-
-
-class _Page:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.nav: list[tuple[str, str]] = []
-        self.n_figures = 0
-
-    def section(self, anchor: str, title: str) -> None:
-        self.nav.append((anchor, title))
-        self.parts.append(f'<h2 id="{html.escape(anchor)}">{html.escape(title)}</h2>')
-
-    def figure(self, fig: go.Figure) -> None:
-        self.n_figures += 1
-        height = fig.layout.height or 450
-        div = fig.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"ld-fig-{self.n_figures}",
-            default_height=f"{height}px",
-            config={"displaylogo": False, "responsive": True},
-        )
-        self.parts.append(f'<div class="ld-figure">{div}</div>')
-
-    def note(self, text: str) -> None:
-        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
-
-
-def build_html_report(
-    store: RunStore, runs: str | Sequence[str], out_path: str | os.PathLike[str], *, title: str | None = None
-) -> Path:
-    """Write one self-contained HTML report of ``runs`` (run references or sweep ids) to ``out_path``.
-
-    Sections: summary tables (config, status, summary scalars), experiment-specific figures (see
-    :func:`learndyn.report.hooks.register_figure`), loss, theory-vs-simulation overlays, probe series
-    grouped by metric prefix, conserved-quantity drift and array heatmaps. Several runs overlay per metric.
-    The page embeds plotly.js, so it opens offline. Returns the written path.
-    """
-    run_ids = store.resolve_targets(runs)
-    # Reads are short (one session to load the series, then one per array/hook query); figures are built
-    # without holding the store's lock, so writers in other processes are never kept waiting for long.
-    data = load_runs(store, run_ids)
-    page = _Page()
-    page.section("summary", "Summary")
-    page.parts.append(_summary_tables(data))
-    _phase_sections(store, data, page)
-    _experiment_figures(store, data, page)
+def _automatic_section(store: RunStore, data: Sequence[RunData], page: Page, max_runs: int = 8) -> None:
+    """Every metric, folded: one plot per section (drawn when opened); single values as a table."""
     names = sorted({n for r in data for n in r.series})
-    for section in plan_sections(names):
-        page.section(section.key, section.title)
-        page.figure(section_figure(data, section))
-    _array_sections(store, data, page)
-    if not names and page.n_figures == 0:
+    plotted = [n for n in names if points(data, n) > 1]
+    single = [n for n in names if n not in plotted]
+    arrays = sorted({n for r in data for n in r.array_names})
+    if not names and not arrays:
         page.note("These runs logged no metrics.")
-    if title is None:
-        title = (
-            data[0].label
-            if len(data) == 1
-            else f"{len(data)} runs: " + ", ".join(sorted({r.info["name"] for r in data}))
-        )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_render(page, title, store), encoding="utf-8")
-    return out
-
-
-def _phase_sections(store: RunStore, data: Sequence[RunData], page: _Page) -> None:
-    """Phase diagrams (learndyn.report.phase) of every sweep among the runs."""
-    from learndyn.report.phase import phase_figures
-
-    for sweep_id in sorted({r.info["sweep_id"] for r in data if r.info.get("sweep_id")}):
-        try:
-            figures = phase_figures(store, sweep_id)
-        except Exception as exc:  # a broken diagram must not cost the whole report
-            message = f"phase diagrams of sweep {sweep_id} failed: {type(exc).__name__}: {exc}"
-            warnings.warn(message, stacklevel=2)
-            page.note(message)
-            continue
-        if figures:
-            page.section(f"phase-{safe_key(sweep_id)}", f"Phase diagrams: {sweep_id}")
-            for fig in figures:
-                page.figure(fig)
-
-
-def _experiment_figures(store: RunStore, data: Sequence[RunData], page: _Page) -> None:
-    started = False
-    for run in data:
-        for hook in figures_for(run.info.get("experiment")):
-            try:
-                figures = list(hook(store, run.id))
-            except Exception as exc:  # a broken hook must not cost the whole report
-                warnings.warn(
-                    f"report figure hook {getattr(hook, '__name__', hook)} failed for run "
-                    f"{run.id[:8]}: {type(exc).__name__}: {exc}",
-                    stacklevel=2,
-                )
-                if not started:
-                    page.section("experiment", "Experiment figures")
-                    started = True
-                page.note(
-                    f"figure hook {getattr(hook, '__name__', hook)} failed for {run.label}: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                continue
-            for fig in figures:
-                if not started:
-                    page.section("experiment", "Experiment figures")
-                    started = True
-                if len(data) > 1 and isinstance(fig, go.Figure):
-                    fig.update_layout(title=f"{fig.layout.title.text or ''} — {run.label}")
-                page.figure(fig)
-
-
-def _array_sections(store: RunStore, data: Sequence[RunData], page: _Page, max_runs: int = 8) -> None:
-    names = sorted({n for r in data for n in r.array_names})
-    for name in names:
-        page.section(f"array-{safe_key(name)}", f"{name} (array)")
-        holders = [r for r in data if name in r.array_names]
-        for run in holders[:max_runs]:
-            df = store.arrays(run.id, name)
-            fig = array_figure(run, name, df["step"].to_numpy(), list(df["array"]))
-            if fig is None:
-                page.note(f"{name} of {run.label}: arrays with more than 2 dimensions are not drawn")
-            else:
-                page.figure(fig)
-        if len(holders) > max_runs:
-            page.note(f"{len(holders) - max_runs} more runs with {name} are not drawn")
-
-
-def _render(page: _Page, title: str, store: RunStore) -> str:
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    nav = " ".join(f'<a href="#{html.escape(a)}">{html.escape(t)}</a>' for a, t in page.nav)
-    body = "\n".join(page.parts)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} — learndyn report</title>
-<style>{_CSS}</style>
-<script>{_ERROR_TRAP}</script>
-<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p class="meta">learndyn {__version__} · store {html.escape(str(store.path))} · generated {generated}
- · {page.n_figures} figures</p>
-<nav>{nav}</nav>
-{body}
-</body>
-</html>
-"""
+        return
+    sections = plan_sections(plotted)
+    page.heading("metrics", "All metrics", nav=True)
+    page.note(
+        f"{len(plotted)} series in {len(sections)} plots, {len(arrays)} array metrics and {len(single)} "
+        "single values; open a group to draw it. `learndyn metrics NAME` explains a metric."
+    )
+    with page.fold(f"All metrics ({len(sections) + len(arrays)} groups)", anchor="all-metrics"):
+        for section in sections:
+            with page.fold(f"{section.title} ({len(section.metrics)})", anchor=section.key):
+                page.figure(section_figure(data, section))
+        for name in arrays:
+            holders = [r for r in data if name in r.array_names]
+            runs_note = f", {len(holders)} runs" if len(holders) > 1 else ""
+            with page.fold(f"{name} (array){runs_note}", anchor=f"array-{safe_key(name)}"):
+                for run in relabel(holders)[:max_runs]:
+                    df = store.arrays(run.id, name)
+                    fig = array_figure(run, name, df["step"].to_numpy(), list(df["array"]))
+                    if fig is None:
+                        page.note(f"{name} of {run.label}: not drawn (one value, or more than 2 dimensions)")
+                    else:
+                        page.figure(fig)
+                if len(holders) > max_runs:
+                    page.note(f"{len(holders) - max_runs} more runs with {name} are not drawn")
+        if single:
+            with page.fold(f"Single values ({len(single)})", anchor="single-values"):
+                rows = []
+                for r in data:
+                    for n in single:
+                        if n in r.series:
+                            steps, values = r.series[n]
+                            rows.append([r.label, n, int(steps[0]), float(values[0])])
+                page.table(["run", "metric", "step", "value"], rows)

@@ -100,6 +100,12 @@ class Run:
     def __repr__(self) -> str:
         return f"Run(id={self.id[:8]!r}, name={self.name!r}, status={self._status!r})"
 
+    def _repr_html_(self) -> str:
+        """Notebook display: status, config, summary and the last values flushed to the store so far."""
+        from learndyn.store.display import run_html
+
+        return run_html(self.store, self.id)
+
     @property
     def status(self) -> str:
         return self._status
