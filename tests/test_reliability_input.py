@@ -268,7 +268,7 @@ def test_cli_set_is_accepted_or_one_line_exit_2_before_anything_is_stored(tmp_pa
         (["list", "--limit", "many"], ["--limit"]),
         (["list", "--limit", "-2"], ["limit=-2", "out of range"]),
         (["list", "--status", "exploded"], ["status='exploded'", "'completed'"]),
-        (["show"], ["Missing argument 'RUN'"]),
+        (["show"], ["Missing argument 'RUN|SWEEP'"]),
         (["resume"], ["Missing argument 'RUN'"]),
         (["resume", "abc", "--checkpoint-every", "-5"], ["--checkpoint-every=-5"]),
         (["compare", "a"], ["at least two"]),
