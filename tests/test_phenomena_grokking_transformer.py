@@ -19,6 +19,7 @@ from learndyn.phenomena import registry
 from learndyn.phenomena.grokking_transformer import (
     NAME,
     PHASE_METRICS,
+    TABLE_METRICS,
     GrokkingTransformerConfig,
     fourier_metrics,
     make_model,
@@ -83,8 +84,10 @@ def test_tiny_run_measures_every_probe_and_summarises_phases(tmp_path):
         result = run(config, stored)
         stored.set_summary(result.summary)
     assert [row["phase"] for row in result.table] == ["memorisation", "circuit formation", "cleanup"]
-    for name in PHASE_METRICS:
+    for name in TABLE_METRICS:
         assert f"probe/{name}" in result.table[0]
+    for name in PHASE_METRICS:
+        assert f"memorisation/{name}" in result.summary  # nan here: 40 steps do not memorise
     frame = store.metrics(stored.id)
     names = set(frame["name"])
     for prefix in ("noise/", "curvature/", "kernel/", "symmetry/", "repr/", "params/norm", "fourier/"):

@@ -40,7 +40,8 @@ by ``learndyn run all``.
 
 Measured (defaults: p = 53, half of the pairs, d = 32, 4 heads, d_mlp = 128, AdamW lr 1e-2, weight decay 1,
 β = (0.9, 0.98), full batch, seed 0): train accuracy ≥ 0.99 at step 200, test accuracy ≥ 0.95 at
-step ~3200 (delay ratio 16). See ``docs/phenomena/grokking-transformer.md`` for the probe table.
+step 3140 (delay ratio 15.7), final test accuracy 1.0; top-5 Fourier concentration of the embedding 0.23 →
+0.31 at memorisation → 0.96. ``docs/phenomena/grokking-transformer.md`` has the probes' table per phase.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ PHASE_METRICS = (
     "kernel/velocity_per_step",
     "params/norm",
 )
-"""The probe metrics summarised per phase (median over the measurements inside it)."""
+"""The probe metrics summarised per phase (median over the measurements inside it), in the summary."""
+TABLE_METRICS = ("curvature/lambda_max", "noise/temperature", "kernel/velocity_per_step")
+"""The ones also shown as columns of the phase table (the terminal table stays readable)."""
 
 
 @dataclass
@@ -300,8 +303,8 @@ def run(config: GrokkingTransformerConfig, recorder: Recorder) -> ExperimentResu
 
 
 def _with_probe_phases(base: ExperimentResult, log: LoopLog) -> ExperimentResult:
-    """Add ``probe/<metric>`` (median over the full-preset measurements inside each phase) to the table, and
-    the phase medians of the headline metrics to the summary (``<phase>/<metric>``)."""
+    """Add the median over the full-preset measurements inside each phase of every :data:`PHASE_METRICS` to
+    the summary (``<phase>/<metric>``), and of :data:`TABLE_METRICS` to the table (``probe/<metric>``)."""
     series = {name: log.series(name) for name in PHASE_METRICS}
     table = []
     summary = dict(base.summary)
@@ -311,7 +314,8 @@ def _with_probe_phases(base: ExperimentResult, log: LoopLog) -> ExperimentResult
         for name, (x, y) in series.items():
             inside = (x >= start) & (x <= stop) if math.isfinite(start) and math.isfinite(stop) else x < 0
             value = float(np.median(y[inside])) if inside.any() else math.nan
-            row[f"probe/{name}"] = value
+            if name in TABLE_METRICS:
+                row[f"probe/{name}"] = value
             key = str(row["phase"]).replace(" ", "_")
             summary[f"{key}/{name}"] = value
         table.append(row)
