@@ -21,6 +21,8 @@ Modules
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
+``two_layer_linear`` finite-width one-hidden-layer linear nets: conserved imbalance, exact reduced ODE at any
+                    width, the aligned closed form (Kunin et al. 2024) between the rich and lazy limits.
 """
 
 from learndyn.theory.covariant import participation_ratio, update_covariance
@@ -74,11 +76,30 @@ from learndyn.theory.symmetry import (
     soft_threshold_spectrum,
 )
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
+from learndyn.theory.two_layer_linear import (
+    ReducedTrajectory,
+    aligned_kernel,
+    aligned_norms,
+    aligned_strength,
+    aligned_time,
+    imbalance,
+    lazy_prediction,
+    lazy_rich_ratio,
+    rank_one_init,
+    reduced_flow,
+    reduced_gd,
+    reduced_state,
+)
 
 __all__ = [
     "LinearTeacher",
     "NTKPrediction",
+    "ReducedTrajectory",
     "aligned_init",
+    "aligned_kernel",
+    "aligned_norms",
+    "aligned_strength",
+    "aligned_time",
     "balance_flow",
     "balance_gd",
     "balance_product_variance",
@@ -87,7 +108,10 @@ __all__ = [
     "deep_linear_loss",
     "embedding_eigenvalues",
     "gradient_flow_time",
+    "imbalance",
     "langevin_stationary_covariance",
+    "lazy_prediction",
+    "lazy_rich_ratio",
     "learned_dimensions",
     "learning_time",
     "make_teacher",
@@ -100,6 +124,10 @@ __all__ = [
     "ntk_train_loss",
     "participation_ratio",
     "projected_init",
+    "rank_one_init",
+    "reduced_flow",
+    "reduced_gd",
+    "reduced_state",
     "scalar_balance_sgd",
     "scalar_balance_step",
     "sgd_excess_loss_trajectory",
