@@ -16,6 +16,8 @@ Modules
 -------
 ``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
+``noncontrastive`` BYOL/SimSiam with a linear predictor (Tian et al. 2021): the predictor balance law,
+                    eigen-mode fixed points and collapse threshold, DirectPred.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
@@ -36,6 +38,16 @@ from learndyn.theory.deep_linear import (
     mode_strength,
     time_to_strength,
     whitened_inputs,
+)
+from learndyn.theory.noncontrastive import (
+    balance_matrix,
+    collapse_threshold,
+    commutator_norm,
+    directpred_predictor,
+    mode_flow,
+    predictor_balance,
+    predictor_fixed_point,
+    predictor_saddle,
 )
 from learndyn.theory.ntk import (
     NTKPrediction,
@@ -102,10 +114,14 @@ __all__ = [
     "aligned_time",
     "balance_flow",
     "balance_gd",
+    "balance_matrix",
     "balance_product_variance",
+    "collapse_threshold",
+    "commutator_norm",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
+    "directpred_predictor",
     "embedding_eigenvalues",
     "gradient_flow_time",
     "imbalance",
@@ -116,6 +132,7 @@ __all__ = [
     "learning_time",
     "make_teacher",
     "measure_mode_strengths",
+    "mode_flow",
     "mode_strength",
     "neuron_balance",
     "ntk_max_stable_lr",
@@ -123,6 +140,9 @@ __all__ = [
     "ntk_predictions_gd",
     "ntk_train_loss",
     "participation_ratio",
+    "predictor_balance",
+    "predictor_fixed_point",
+    "predictor_saddle",
     "projected_init",
     "rank_one_init",
     "reduced_flow",
