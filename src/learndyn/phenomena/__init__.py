@@ -8,6 +8,7 @@ its import line here. See ``docs/architecture.md``.
 import learndyn.phenomena.deep_linear  # noqa: F401  (registers "deep-linear")
 import learndyn.phenomena.grokking  # noqa: F401  (registers "grokking")
 import learndyn.phenomena.mlp_teacher  # noqa: F401  (registers "mlp-teacher" and its sweep ensemble)
+import learndyn.phenomena.noncontrastive_ssl  # noqa: F401  (registers "noncontrastive-ssl")
 import learndyn.phenomena.ntk_lazy  # noqa: F401  (registers "ntk-lazy")
 import learndyn.phenomena.optimizer_comparison  # noqa: F401  (registers "optimizer-comparison")
 import learndyn.phenomena.regimes  # noqa: F401  (registers "regimes")
