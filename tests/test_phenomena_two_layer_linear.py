@@ -1,8 +1,8 @@
 """The ``two-layer-linear`` phenomenon: finite-width GD beside the exact reduced ODE and the closed form.
 
-Measured (quick config: widths 1, 4, 64; λ ∈ {−2, 0, 2} random and {0, .5, 2, 4} aligned; lr = 2e−3, t = 6):
-agreement 1.45e−3 (the aligned λ = 4 network; GD's first-order discretisation error), tolerance 3e−3. A 2%
-error in the imbalance λ of the closed form gives 6.5e−3, in ‖a₀‖² of the reduced ODE 6.6e−3.
+Measured (quick config: widths 1, 4, 64; λ ∈ {−2, 0, 2} random and {0, .5, 2} aligned; lr = 3e−3, t = 5):
+agreement 1.65e−3 (random, width 1, λ = 0; GD's first-order discretisation error), tolerance 3e−3. A 2% error
+in the imbalance λ of the closed form gives 5.9e−3, in ‖a₀‖² of the reduced ODE 9.7e−3.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def quick_run():
 def test_quick_run_agrees_within_tolerance(quick_run):
     config, recorder, result, sim, members, _ = quick_run
     assert result.tolerance == 3e-3 and result.passed and result.agreement <= 3e-3
-    assert len(result.table) == len(members) == 4 + 3 * 3
+    assert len(result.table) == len(members) == 3 + 3 * 3
     for m in members:
         s_steps, _ = recorder.series(f"sim/{m.label}")
         t_steps, _ = recorder.series(f"theory/{m.label}")
-        assert s_steps.size > 100 and np.array_equal(s_steps, t_steps)
+        assert s_steps.size > 80 and np.array_equal(s_steps, t_steps)
     # λ = ‖a‖² − ‖W‖² is conserved up to GD's O(lr) drift
     assert result.summary["imbalance_drift"] < 5 * config.lr
     # every kernel growth is predicted (the rich networks' by a factor ~100)
@@ -59,7 +59,7 @@ def test_rich_and_lazy_ends(quick_run):
     assert aligned[0.0]["kernel growth (GD)"] > 50 and aligned[0.0]["max‖β_th − β_lazy‖/s"] > 0.5
     # the distance from the linearised (NTK) model falls monotonically with the imbalance
     lazy = [aligned[lam]["max‖β_th − β_lazy‖/s"] for lam in sorted(aligned)]
-    assert all(b < a for a, b in zip(lazy, lazy[1:], strict=False)) and lazy[-1] < 0.02
+    assert all(b < a for a, b in zip(lazy, lazy[1:], strict=False)) and lazy[-1] < 0.05
     # random networks: balanced ones are rich at every width, λ = 2 ones nearly lazy
     for row in result.table:
         if row["kind"] == "random" and row["λ"] == 0.0:

@@ -112,7 +112,7 @@ class NoncontrastiveSSLConfig:
         check_run_fields(self, owner)
 
 
-QUICK = {"lr": 0.1, "steps": 1500, "eval_every": 15}
+QUICK = {"lr": 0.15, "steps": 1000, "eval_every": 10}
 """The test-size configuration (``--quick``)."""
 
 
@@ -156,6 +156,9 @@ class LinearSSL(nn.Module):
         if self.variant == "directpred":
             with torch.no_grad():
                 F = self.W @ self.W.T
+                if not bool(torch.isfinite(F).all()):  # diverged: let the training loop see it
+                    self.Wp = torch.full_like(F, math.nan)
+                    return self.Wp
                 evals, evecs = torch.linalg.eigh(0.5 * (F + F.T))
                 # a new tensor, not an in-place copy: the previous one may be in the current step's graph
                 self.Wp = (evecs * (self.alpha_p * evals.clamp(min=0.0)).sqrt()) @ evecs.T
