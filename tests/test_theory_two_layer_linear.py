@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from learndyn.theory import mode_strength
+from learndyn.theory import mode_strength, ntk_predictions_flow
 from learndyn.theory.two_layer_linear import (
     aligned_kernel,
     aligned_norms,
@@ -132,6 +132,19 @@ def test_large_imbalance_limit_is_the_linearised_model():
     state = reduced_state(a, W)
     dev = np.abs(reduced_flow(t, *state, target).beta - lazy_prediction(t, *state, target)).max()
     assert dev < 2e-3 * np.linalg.norm(target)
+
+
+def test_lazy_prediction_is_the_ntk_modules_linearised_model():
+    # the linearised network on the data: Θ₀ = X K₀ Xᵀ on the training points (learndyn.theory.ntk)
+    d, width = 3, 5
+    X, y, target = _data(d, 12, seed=4)
+    rng = np.random.default_rng(5)
+    a, W = rng.standard_normal(width), 0.5 * rng.standard_normal((width, d))
+    A0, S0, beta0 = reduced_state(a, W)
+    t = np.linspace(0.0, 2.0, 9)
+    theta = X @ (A0 * np.eye(d) + S0) @ X.T
+    ntk = ntk_predictions_flow(theta, y, X @ beta0, t)
+    np.testing.assert_allclose(lazy_prediction(t, A0, S0, beta0, target) @ X.T, ntk.train, atol=1e-10)
 
 
 def test_errors_are_one_line():
