@@ -86,11 +86,12 @@ def test_report_figures(tmp_path):
         result = ncs.run(config, stored)
         stored.set_summary(result.stored_summary())
     figures = ncs.noncontrastive_ssl_figures(store, stored.id)
-    assert len(figures) == 3
-    byol, directpred, collapse = figures
+    assert len(figures) == 4
+    byol, directpred, collapse, agreement = figures
     assert {t.name for t in byol.data} == {"s1 (sim)", "s1 (theory)", "s2 (sim)", "s2 (theory)"}
     assert byol.layout.xaxis.title.text.startswith("gradient-flow time")
     assert collapse.layout.yaxis.type == "log" and len(collapse.data) == 5
+    assert len(agreement.data[0].y) == 8 and agreement.layout.yaxis.type == "log"
 
 
 def test_config_errors_are_one_line():

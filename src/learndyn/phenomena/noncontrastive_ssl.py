@@ -340,7 +340,8 @@ def run(config: NoncontrastiveSSLConfig, recorder: Recorder) -> ExperimentResult
 
 # --- report figures -----------------------------------------------------------------------------------
 def noncontrastive_ssl_figures(store: Any, run_id: str) -> list[Any]:
-    """BYOL's eigenvalues against the fixed point; the alignment; collapse of the ablations; DirectPred."""
+    """BYOL's and DirectPred's eigenvalues against the fixed point; the alignment and the ablations' collapse;
+    the agreement per quantity against the tolerance."""
     import plotly.graph_objects as go
 
     info = store.run_info(run_id)
@@ -382,6 +383,18 @@ def noncontrastive_ssl_figures(store: Any, run_id: str) -> list[Any]:
         fig.update_layout(title="Eigenspace alignment (BYOL) and collapse without predictor or stop-gradient",
                           xaxis_title="gradient-flow time t = lr·step",
                           yaxis_title="normalised commutator; ‖F‖_F", template="plotly_white")
+        figs.append(fig)
+    summary = info.get("summary") or {}
+    errors = {k: float(v) for k, v in summary.items() if "/error_" in k and isinstance(v, int | float)}
+    if errors:
+        fig = go.Figure(go.Bar(x=list(errors), y=[max(v, 1e-17) for v in errors.values()], name="error"))
+        tol = summary.get("tolerance")
+        if isinstance(tol, int | float):
+            fig.add_hline(y=float(tol), line_dash="dash", line_color="firebrick", annotation_text="tolerance")
+        fig.update_yaxes(type="log")
+        fig.update_layout(title="Agreement at the end of training: spectra, collapsed direction, alignment",
+                          xaxis_title="variant / quantity", yaxis_title="relative error (log)",
+                          template="plotly_white")
         figs.append(fig)
     return figs
 
