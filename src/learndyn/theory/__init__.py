@@ -16,11 +16,15 @@ Modules
 -------
 ``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
+``noncontrastive`` BYOL/SimSiam with a linear predictor (Tian et al. 2021): the predictor balance law,
+                    eigen-mode fixed points and collapse threshold, DirectPred.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
+``two_layer_linear`` finite-width one-hidden-layer linear nets: conserved imbalance, exact reduced ODE at any
+                    width, the aligned closed form (Kunin et al. 2024) between the rich and lazy limits.
 """
 
 from learndyn.theory.covariant import participation_ratio, update_covariance
@@ -34,6 +38,16 @@ from learndyn.theory.deep_linear import (
     mode_strength,
     time_to_strength,
     whitened_inputs,
+)
+from learndyn.theory.noncontrastive import (
+    balance_matrix,
+    collapse_threshold,
+    commutator_norm,
+    directpred_predictor,
+    mode_flow,
+    predictor_balance,
+    predictor_fixed_point,
+    predictor_saddle,
 )
 from learndyn.theory.ntk import (
     NTKPrediction,
@@ -74,24 +88,51 @@ from learndyn.theory.symmetry import (
     soft_threshold_spectrum,
 )
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
+from learndyn.theory.two_layer_linear import (
+    ReducedTrajectory,
+    aligned_kernel,
+    aligned_norms,
+    aligned_strength,
+    aligned_time,
+    imbalance,
+    lazy_prediction,
+    lazy_rich_ratio,
+    rank_one_init,
+    reduced_flow,
+    reduced_gd,
+    reduced_state,
+)
 
 __all__ = [
     "LinearTeacher",
     "NTKPrediction",
+    "ReducedTrajectory",
     "aligned_init",
+    "aligned_kernel",
+    "aligned_norms",
+    "aligned_strength",
+    "aligned_time",
     "balance_flow",
     "balance_gd",
+    "balance_matrix",
     "balance_product_variance",
+    "collapse_threshold",
+    "commutator_norm",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
+    "directpred_predictor",
     "embedding_eigenvalues",
     "gradient_flow_time",
+    "imbalance",
     "langevin_stationary_covariance",
+    "lazy_prediction",
+    "lazy_rich_ratio",
     "learned_dimensions",
     "learning_time",
     "make_teacher",
     "measure_mode_strengths",
+    "mode_flow",
     "mode_strength",
     "neuron_balance",
     "ntk_max_stable_lr",
@@ -99,7 +140,14 @@ __all__ = [
     "ntk_predictions_gd",
     "ntk_train_loss",
     "participation_ratio",
+    "predictor_balance",
+    "predictor_fixed_point",
+    "predictor_saddle",
     "projected_init",
+    "rank_one_init",
+    "reduced_flow",
+    "reduced_gd",
+    "reduced_state",
     "scalar_balance_sgd",
     "scalar_balance_step",
     "sgd_excess_loss_trajectory",
