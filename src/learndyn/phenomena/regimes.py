@@ -82,6 +82,8 @@ from torch import Tensor
 from learndyn.config import check_run_fields
 from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
 from learndyn.optim import CovariantGD, OptimizerSpec
+from learndyn.phenomena._alpha_law import law_figures, law_summary, law_theory, scale_figures, scale_part
+from learndyn.phenomena._alpha_law import simulate_all as simulate_law
 from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
 from learndyn.phenomena._linear_regression import (
     ExcessTracker,
@@ -156,9 +158,29 @@ class RegimesConfig:
     chain_steps: int = 1000
     chain_every: int = 10
     burn_in: int = 300
+    law_eigenvalues: tuple[float, ...] = (1.0, 0.25)
+    law_angle: float = 0.7
+    law_noise_std: float = 1.0
+    law_batch: int = 4
+    law_lrs: tuple[float, ...] = (0.4, 0.09, 0.025)
+    law_small_lrs: tuple[float, ...] = (0.03, 0.012, 0.005)
+    law_beta2: float = 0.99
+    law_chains: int = 4000
+    law_steps: int = 1000
+    law_small_chains: int = 4000
+    law_small_steps: int = 1000
+    law_warmup: int = 100
+    law_burn_in: float = 5.0
+    law_oracle: bool = True
+    law_small_tolerance: float = 0.05
+    scale_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
+    scale_lrs: tuple[float, ...] = (0.005, 0.02, 1e-5)
+    scale_condition: float = 10.0
+    scale_steps: int = 100
+    scale_eps: float = 1e-8
     seed: int = 0
     threads: int | None = 1
-    tolerance: float = 0.05
+    tolerance: float = 0.015
 
     def __post_init__(self) -> None:
         owner = "RegimesConfig"
@@ -213,6 +235,7 @@ class RegimesConfig:
                 name,
                 check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner),
             )
+        self._check_law(owner)
         h = spectrum(self.stat_rank, self.stat_condition)
         lr0 = self.stat_lrs[self.alphas.index(0.0)]
         if lr0 >= sgd_max_stable_lr(np.diag(h), self.stat_batch):
@@ -220,6 +243,56 @@ class RegimesConfig:
                 f"{owner}.stat_lrs[alpha=0]={lr0!r} is out of range; "
                 f"allowed: < {sgd_max_stable_lr(np.diag(h), self.stat_batch):.4g} (SGD variance diverges)"
             )
+
+
+    def _check_law(self, owner: str) -> None:
+        """Parts 4 and 5: sizes, and a stationary covariance at every α and learning rate."""
+        ev = as_tuple(
+            "law_eigenvalues", self.law_eigenvalues, owner=owner, item=float, low=0.0, low_open=True
+        )
+        if len(ev) != 2:
+            raise LearndynValueError(f"{owner}.law_eigenvalues has {len(ev)} values; allowed: 2 (a 2-D task)")
+        self.law_eigenvalues = ev
+        self.law_angle = check_real("law_angle", self.law_angle, owner=owner)
+        self.law_noise_std = check_real(
+            "law_noise_std", self.law_noise_std, low=0.0, low_open=True, owner=owner
+        )
+        for name in ("law_batch", "law_chains", "law_steps", "law_small_chains", "law_small_steps",
+                     "scale_steps"):
+            check_int(name, getattr(self, name), low=2 if "chains" in name else 1, owner=owner)
+        check_int("law_warmup", self.law_warmup, low=0, owner=owner)
+        self.law_beta2 = check_real(
+            "law_beta2", self.law_beta2, low=0.0, high=1.0, high_open=True, owner=owner
+        )
+        self.law_burn_in = check_real("law_burn_in", self.law_burn_in, low=0.0, owner=owner)
+        self.law_small_tolerance = check_real(
+            "law_small_tolerance", self.law_small_tolerance, low=0.0, low_open=True, owner=owner
+        )
+        if not isinstance(self.law_oracle, bool):
+            raise LearndynValueError(
+                f"{owner}.law_oracle={self.law_oracle!r} is not allowed; allowed: True, False"
+            )
+        self.scale_factors = as_tuple(
+            "scale_factors", self.scale_factors, owner=owner, item=float, nonempty=True, low=0.0,
+            low_open=True,
+        )
+        self.scale_condition = check_real("scale_condition", self.scale_condition, low=1.0, owner=owner)
+        self.scale_eps = check_real("scale_eps", self.scale_eps, low=0.0, owner=owner)
+        for name in ("law_lrs", "law_small_lrs", "scale_lrs"):
+            values = as_tuple(
+                name, getattr(self, name), owner=owner, item=float, nonempty=True, low=0.0, low_open=True
+            )
+            if len(values) != len(self.alphas):
+                raise LearndynValueError(
+                    f"{owner}.{name} has {len(values)} values; allowed: one per alpha ({len(self.alphas)})"
+                )
+            setattr(self, name, values)
+        for name in ("law_lrs", "law_small_lrs"):
+            for alpha, lr in zip(self.alphas, getattr(self, name), strict=True):
+                try:
+                    law_theory(self, alpha, lr)
+                except LearndynValueError as err:
+                    raise LearndynValueError(f"{owner}.{name}: at alpha={alpha:g}, {err}") from None
 
 
 QUICK = {
@@ -230,6 +303,12 @@ QUICK = {
     "stat_window": 1000,
     "chains": 500,
     "chain_steps": 800,
+    "law_chains": 2000,
+    "law_steps": 500,
+    "law_small_chains": 1000,
+    "law_small_steps": 500,
+    "law_oracle": False,
+    "scale_steps": 50,
 }
 """The test-size configuration (``--quick``)."""
 
@@ -499,7 +578,12 @@ def run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
             }
         )
 
-    agreement = chains["trace_error"]
+    law, rows, agreement = law_summary(config, simulate_law(config))
+    summary.update(law)
+    table.extend(rows)
+    scale, rows, _ = scale_part(config, recorder)
+    summary.update(scale)
+    table.extend(rows)
     summary["agreement"] = agreement
     return ExperimentResult(summary=summary, agreement=agreement, tolerance=config.tolerance, table=table)
 
@@ -542,4 +626,8 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(Experiment(NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures,)))
+EXPERIMENT = register(
+    Experiment(
+        NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures, law_figures, scale_figures)
+    )
+)
