@@ -14,7 +14,8 @@ Conventions shared by all modules
 
 Modules
 -------
-``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
+``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension;
+                    the α-stationary law ``Σ_α ∝ H^{−α}`` and its exact finite-``η`` form with the EMA metric.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
@@ -23,7 +24,15 @@ Modules
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
 """
 
-from learndyn.theory.covariant import participation_ratio, update_covariance
+from learndyn.theory.covariant import (
+    AlphaStationary,
+    alpha_law_covariance,
+    alpha_stationary,
+    covariance_gain,
+    metric_lyapunov_covariance,
+    participation_ratio,
+    update_covariance,
+)
 from learndyn.theory.deep_linear import (
     LinearTeacher,
     decoupled_init,
@@ -44,6 +53,7 @@ from learndyn.theory.ntk import (
 )
 from learndyn.theory.sgd_stationary import (
     langevin_stationary_covariance,
+    sgd_discrete_stationary_covariance,
     sgd_excess_loss_trajectory,
     sgd_gradient_covariance,
     sgd_max_stable_lr,
@@ -76,12 +86,16 @@ from learndyn.theory.symmetry import (
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
 
 __all__ = [
+    "AlphaStationary",
     "LinearTeacher",
     "NTKPrediction",
     "aligned_init",
+    "alpha_law_covariance",
+    "alpha_stationary",
     "balance_flow",
     "balance_gd",
     "balance_product_variance",
+    "covariance_gain",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
@@ -92,6 +106,7 @@ __all__ = [
     "learning_time",
     "make_teacher",
     "measure_mode_strengths",
+    "metric_lyapunov_covariance",
     "mode_strength",
     "neuron_balance",
     "ntk_max_stable_lr",
@@ -102,6 +117,7 @@ __all__ = [
     "projected_init",
     "scalar_balance_sgd",
     "scalar_balance_step",
+    "sgd_discrete_stationary_covariance",
     "sgd_excess_loss_trajectory",
     "sgd_gradient_covariance",
     "sgd_max_stable_lr",
