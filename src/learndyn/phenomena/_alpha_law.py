@@ -140,6 +140,20 @@ def simulate_all(config: Any) -> list[LawRun]:
     return runs
 
 
+def runs_from_summary(config: Any, summary: dict[str, Any]) -> list[LawRun]:
+    """The simulated variances of a finished run back as :class:`LawRun` (no oracle), to recompute the
+    comparison with another theory (e.g. a deliberately wrong one) without simulating again."""
+    runs = []
+    for i, alpha in enumerate(config.alphas):
+        for regime, lr in (("finite", config.law_lrs[i]), ("small", config.law_small_lrs[i])):
+            th = law_theory(config, alpha, lr)
+            key = f"law/{regime}/a={alpha:g}"
+            var = np.array([summary[f"{key}/sim_var/lambda={lam:g}"] for lam in th.eigenvalues])
+            se = np.array([summary[f"{key}/stderr/lambda={lam:g}"] for lam in th.eigenvalues])
+            runs.append(LawRun(alpha, lr, regime, th.basis, var, se, summary[f"{key}/correlation"], 0))
+    return runs
+
+
 def law_summary(config: Any, runs: list[LawRun]) -> tuple[dict[str, float], list[dict[str, Any]], float]:
     """Compare ``runs`` with the theory: ``(summary, table rows, agreement)``; the agreement is the worst
     relative error of the finite-``η`` form over the ``finite`` runs (every α, every eigenvalue)."""

@@ -9,7 +9,7 @@ which is a dozen elementwise operations on ``(chains,)`` vectors.
 
 Each chain is exactly ``CovariantGD(structure='full', moment='covariance', first_moment=False,
 eps_mode='inside', bias_correction=True)`` on ``f(x) = pᵀx`` with loss ``½(f − y)²``
-(``tests/test_phenomena_regimes_alpha.py`` checks a chain's updates against the optimizer to 1e-12):
+(``tests/test_phenomena_regimes.py`` checks a chain's updates against the optimizer to 1e-12):
 
     m ← β₁m + (1 − β₁)∇,   v = ∇ − m,   S ← β₂S + (1 − β₂)vvᵀ,   θ ← θ − η (S/(1 − β₂ᵗ) + εI)^{−α} ∇.
 

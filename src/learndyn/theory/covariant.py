@@ -205,6 +205,11 @@ def metric_sgd_variances(
     return lr * inv_metric * noise_var * kappa_factor(kappa) / (batch * margin), kappa
 
 
+def metric_power(statistic: np.ndarray, eps: float, alpha: float) -> np.ndarray:
+    """The inverse metric's eigenvalues ``(ŝ + ε)^{−α}``."""
+    return (statistic + eps) ** (-alpha)
+
+
 def kappa_factor(kappa: float) -> float:
     """``1/(1 − κ)``: how much the multiplicative noise ``(eᵀHe)H/B`` raises every variance."""
     return 1.0 / (1.0 - kappa)
@@ -254,7 +259,7 @@ def alpha_stationary(
     eps = check_real("eps", eps, low=0.0)
     check_int("max_iter", max_iter, low=1)
     gain = covariance_gain(beta1) if moment == "covariance" else 1.0
-    p = (gain * noise_var / batch * lam + eps) ** (-alpha)
+    p = metric_power(gain * noise_var / batch * lam, eps, alpha)
     var, kappa = metric_sgd_variances(lam, p, lr, noise_var, batch)
     stat = _statistic(lam, var, p, lr, noise_var, batch, moment, beta1)
     it = 0
@@ -262,7 +267,7 @@ def alpha_stationary(
         it += 1
         if np.any(stat + eps <= 0):
             raise LearndynValueError(f"lr={lr!r} is out of range (the statistic's mean is not positive)")
-        new = (stat + eps) ** (-alpha)
+        new = metric_power(stat, eps, alpha)
         var, kappa = metric_sgd_variances(lam, new, lr, noise_var, batch)
         stat = _statistic(lam, var, new, lr, noise_var, batch, moment, beta1)
         change = float(np.max(np.abs(new - p) / p))
