@@ -56,6 +56,7 @@ from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._metric_chains import ChainsSetup, stationary_second_moment
 from learndyn.store.recorder import Recorder
 from learndyn.theory import covariant as cov
+from learndyn.validation import LearndynValueError, as_tuple, check_int, check_real
 
 BETA1 = 0.9
 """The first-moment decay of the regimes optimizers (``betas=(0.9, β₂)``)."""
@@ -67,6 +68,66 @@ def law_setup(config: Any, alpha: float, lr: float) -> ChainsSetup:
         (e[0], e[1]), config.law_angle, config.law_noise_std, config.law_batch, alpha, lr, BETA1,
         config.law_beta2, config.eps,
     )
+
+
+def check_law_fields(config: Any, owner: str) -> None:
+    """Validate (and normalise) the ``law_*`` and ``scale_*`` fields of a regimes config, and that every α has
+    a stationary covariance at its ``law_lrs`` and ``law_small_lrs``.
+
+    ``law_eigenvalues`` (2, of ``H``), ``law_angle`` (its eigenbasis's rotation), ``law_noise_std``,
+    ``law_batch``, ``law_lrs`` (finite-η check, one per α), ``law_small_lrs`` (small-η law, one per α),
+    ``law_beta2``, ``law_chains``/``law_steps`` and ``law_small_chains``/``law_small_steps`` (chains, and
+    steps averaged), ``law_warmup`` (steps at lr 0 while the statistic fills), ``law_burn_in`` (in the slower
+    of the EMA's and the slowest mode's time constants), ``law_oracle`` (rerun with the theory's metric),
+    ``law_small_tolerance``; ``scale_factors``, ``scale_lrs`` (one per α), ``scale_condition``,
+    ``scale_steps``, ``scale_eps`` (ε of the ε-breaks-invariance check; the figure uses ε = 0).
+    """
+    ev = as_tuple(
+        "law_eigenvalues", config.law_eigenvalues, owner=owner, item=float, low=0.0, low_open=True
+    )
+    if len(ev) != 2:
+        raise LearndynValueError(f"{owner}.law_eigenvalues has {len(ev)} values; allowed: 2 (a 2-D task)")
+    config.law_eigenvalues = ev
+    config.law_angle = check_real("law_angle", config.law_angle, owner=owner)
+    config.law_noise_std = check_real(
+        "law_noise_std", config.law_noise_std, low=0.0, low_open=True, owner=owner
+    )
+    for name in ("law_batch", "law_chains", "law_steps", "law_small_chains", "law_small_steps",
+                 "scale_steps"):
+        check_int(name, getattr(config, name), low=2 if "chains" in name else 1, owner=owner)
+    check_int("law_warmup", config.law_warmup, low=0, owner=owner)
+    config.law_beta2 = check_real(
+        "law_beta2", config.law_beta2, low=0.0, high=1.0, high_open=True, owner=owner
+    )
+    config.law_burn_in = check_real("law_burn_in", config.law_burn_in, low=0.0, owner=owner)
+    config.law_small_tolerance = check_real(
+        "law_small_tolerance", config.law_small_tolerance, low=0.0, low_open=True, owner=owner
+    )
+    if not isinstance(config.law_oracle, bool):
+        raise LearndynValueError(
+            f"{owner}.law_oracle={config.law_oracle!r} is not allowed; allowed: True, False"
+        )
+    config.scale_factors = as_tuple(
+        "scale_factors", config.scale_factors, owner=owner, item=float, nonempty=True, low=0.0,
+        low_open=True,
+    )
+    config.scale_condition = check_real("scale_condition", config.scale_condition, low=1.0, owner=owner)
+    config.scale_eps = check_real("scale_eps", config.scale_eps, low=0.0, owner=owner)
+    for name in ("law_lrs", "law_small_lrs", "scale_lrs"):
+        values = as_tuple(
+            name, getattr(config, name), owner=owner, item=float, nonempty=True, low=0.0, low_open=True
+        )
+        if len(values) != len(config.alphas):
+            raise LearndynValueError(
+                f"{owner}.{name} has {len(values)} values; allowed: one per alpha ({len(config.alphas)})"
+            )
+        setattr(config, name, values)
+    for name in ("law_lrs", "law_small_lrs"):
+        for alpha, lr in zip(config.alphas, getattr(config, name), strict=True):
+            try:
+                law_theory(config, alpha, lr)
+            except LearndynValueError as err:
+                raise LearndynValueError(f"{owner}.{name}: at alpha={alpha:g}, {err}") from None
 
 
 def law_theory(config: Any, alpha: float, lr: float) -> cov.AlphaStationary:

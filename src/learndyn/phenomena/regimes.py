@@ -44,10 +44,11 @@ the fixed point of the exact second-moment recursion ``S ← (I − ηH)S(I − 
 ``T·H⁻¹``, which would need isotropic noise (Mandt, Hoffman & Blei 2017, "SGD as approximate Bayesian
 inference"; Yaida 2019, "Fluctuation-dissipation relations for SGD"). ``chains`` independent models (one
 vectorised loop; each gets exactly its own SGD step) start at the minimum; a probe measures their second
-moment ``E[(p − p*)(p − p*)ᵀ]`` over time, against the exact trajectory (``sim|theory/weight_cov_trace``). The
-**agreement** is the relative error of the trace of the time-averaged second moment after ``burn_in`` steps,
-``|tr Σ̂ − tr Σ| / tr Σ``; the summary adds the relative Frobenius error of the whole matrix and the trace
-errors of the Langevin (``T·I``) and Gibbs (``T·H⁻¹``) forms.
+moment ``E[(p − p*)(p − p*)ᵀ]`` over time, against the exact trajectory (``sim|theory/weight_cov_trace``).
+``stationary/trace_error`` is the relative error of the trace of the time-averaged second moment after
+``burn_in`` steps, ``|tr Σ̂ − tr Σ| / tr Σ``; the summary adds the relative Frobenius error of the whole
+matrix and the trace errors of the Langevin (``T·I``) and Gibbs (``T·H⁻¹``) forms. (α = 0 only; part 4
+covers all three α.)
 
 3. The update covariance and its effective dimension
 ----------------------------------------------------
@@ -63,10 +64,18 @@ tr(HΣ)H + σ²H]``): ``sim|theory/update_pr/<run>``, and for α = ½ full the w
 spread ``max/min`` of the update covariance's eigenvalues on the support and the fraction of update variance
 outside it.
 
+4. The α-stationary law, and 5. loss-scale invariance
+-----------------------------------------------------
+:mod:`~learndyn.phenomena._alpha_law`: near a minimum with noise ``C = sH`` the EMA-metric optimizer's
+stationary covariance is ``(η/2) s (γsH)^{−α}`` for small ``η``, :func:`~learndyn.theory.covariant.
+alpha_stationary` exactly; ``L → cL`` is ``L`` at learning rate ``c^{1−2α}η`` and damping ``ε/c²``. The
+**agreement** is the worst relative error, over α = 0, ½, 1 and the covariance's eigenvalues, of the
+finite-``η`` form against the simulation (``law/worst_error``, tolerance 1.5%).
+
 Resuming: with a checkpointer on the recorder (a stored run's ``run.checkpointer``; its ``every`` sets the
 interval) every loop checkpoints under its own key (``regimes-speed-<i>``, ``regimes-stationary-<i>``,
 ``regimes-chains``); the measured series travel inside the checkpoints.
-The update-covariance window restarts empty after a resume.
+The update-covariance window restarts empty after a resume; parts 4 and 5 are not checkpointed.
 """
 
 from __future__ import annotations
@@ -82,7 +91,13 @@ from torch import Tensor
 from learndyn.config import check_run_fields
 from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
 from learndyn.optim import CovariantGD, OptimizerSpec
-from learndyn.phenomena._alpha_law import law_figures, law_summary, law_theory, scale_figures, scale_part
+from learndyn.phenomena._alpha_law import (
+    check_law_fields,
+    law_figures,
+    law_summary,
+    scale_figures,
+    scale_part,
+)
 from learndyn.phenomena._alpha_law import simulate_all as simulate_law
 from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
 from learndyn.phenomena._linear_regression import (
@@ -112,7 +127,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "regimes"
-DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates"
+DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, the α-stationary law Σ ∝ H^−α, whitening, loss scale"
 F64 = torch.float64
 STRUCTURES = tuple(name for name, s in OPTIM_STRUCTURES.items() if s.exact)
 """The structures whose metric is the exact statistic (``diag``, ``block``, ``full``): closed forms here."""
@@ -128,7 +143,9 @@ class RegimesConfig:
     (fraction of the initial excess loss), ``beta2``, ``pr_window`` (updates in the PR window).
     Near the minimum: ``stat_condition``, ``stat_rank`` (support of ``H``), ``stat_noise_std``,
     ``stat_batch``, ``stat_lrs`` (one per α), ``stat_steps``, ``stat_window``, ``stat_beta2``; α = 0
-    ensemble: ``chains``, ``chain_steps``, ``chain_every``, ``burn_in``. ``seed``, ``tolerance``.
+    ensemble: ``chains``, ``chain_steps``, ``chain_every``, ``burn_in``. ``law_*`` (the α-law) and
+    ``scale_*`` (loss scale): :func:`~learndyn.phenomena._alpha_law.check_law_fields`. ``seed``,
+    ``tolerance`` (of the α-law figure).
     ``threads``: torch intra-op threads while it runs (the tensors are tiny: more threads only cost; ``None``
     leaves torch's setting).
     """
@@ -235,7 +252,7 @@ class RegimesConfig:
                 name,
                 check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner),
             )
-        self._check_law(owner)
+        check_law_fields(self, owner)
         h = spectrum(self.stat_rank, self.stat_condition)
         lr0 = self.stat_lrs[self.alphas.index(0.0)]
         if lr0 >= sgd_max_stable_lr(np.diag(h), self.stat_batch):
@@ -243,56 +260,6 @@ class RegimesConfig:
                 f"{owner}.stat_lrs[alpha=0]={lr0!r} is out of range; "
                 f"allowed: < {sgd_max_stable_lr(np.diag(h), self.stat_batch):.4g} (SGD variance diverges)"
             )
-
-
-    def _check_law(self, owner: str) -> None:
-        """Parts 4 and 5: sizes, and a stationary covariance at every α and learning rate."""
-        ev = as_tuple(
-            "law_eigenvalues", self.law_eigenvalues, owner=owner, item=float, low=0.0, low_open=True
-        )
-        if len(ev) != 2:
-            raise LearndynValueError(f"{owner}.law_eigenvalues has {len(ev)} values; allowed: 2 (a 2-D task)")
-        self.law_eigenvalues = ev
-        self.law_angle = check_real("law_angle", self.law_angle, owner=owner)
-        self.law_noise_std = check_real(
-            "law_noise_std", self.law_noise_std, low=0.0, low_open=True, owner=owner
-        )
-        for name in ("law_batch", "law_chains", "law_steps", "law_small_chains", "law_small_steps",
-                     "scale_steps"):
-            check_int(name, getattr(self, name), low=2 if "chains" in name else 1, owner=owner)
-        check_int("law_warmup", self.law_warmup, low=0, owner=owner)
-        self.law_beta2 = check_real(
-            "law_beta2", self.law_beta2, low=0.0, high=1.0, high_open=True, owner=owner
-        )
-        self.law_burn_in = check_real("law_burn_in", self.law_burn_in, low=0.0, owner=owner)
-        self.law_small_tolerance = check_real(
-            "law_small_tolerance", self.law_small_tolerance, low=0.0, low_open=True, owner=owner
-        )
-        if not isinstance(self.law_oracle, bool):
-            raise LearndynValueError(
-                f"{owner}.law_oracle={self.law_oracle!r} is not allowed; allowed: True, False"
-            )
-        self.scale_factors = as_tuple(
-            "scale_factors", self.scale_factors, owner=owner, item=float, nonempty=True, low=0.0,
-            low_open=True,
-        )
-        self.scale_condition = check_real("scale_condition", self.scale_condition, low=1.0, owner=owner)
-        self.scale_eps = check_real("scale_eps", self.scale_eps, low=0.0, owner=owner)
-        for name in ("law_lrs", "law_small_lrs", "scale_lrs"):
-            values = as_tuple(
-                name, getattr(self, name), owner=owner, item=float, nonempty=True, low=0.0, low_open=True
-            )
-            if len(values) != len(self.alphas):
-                raise LearndynValueError(
-                    f"{owner}.{name} has {len(values)} values; allowed: one per alpha ({len(self.alphas)})"
-                )
-            setattr(self, name, values)
-        for name in ("law_lrs", "law_small_lrs"):
-            for alpha, lr in zip(self.alphas, getattr(self, name), strict=True):
-                try:
-                    law_theory(self, alpha, lr)
-                except LearndynValueError as err:
-                    raise LearndynValueError(f"{owner}.{name}: at alpha={alpha:g}, {err}") from None
 
 
 QUICK = {
