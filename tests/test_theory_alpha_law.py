@@ -16,6 +16,7 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 
 from learndyn.phenomena._metric_chains import ChainsSetup, stationary_second_moment
+from learndyn.phenomena._threads import torch_threads
 from learndyn.theory.covariant import (
     alpha_law_covariance,
     alpha_stationary,
@@ -120,8 +121,7 @@ def test_fixed_metric_chains_follow_the_closed_form():
     setup = ChainsSetup((1.0, 0.25), 0.3, 1.0, 4, 1.0, 0.025, 0.9, 0.99, 0.0)
     th = alpha_stationary(setup.H, 0.025, 1.0, 1.0, 4)
     P = (th.basis * th.inv_metric) @ th.basis.T
-    with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(1)
+    with torch_threads(1):
         est = stationary_second_moment(setup, 500, 0, 40, 400, seed=5, oracle=P)
     var = np.diag(th.basis.T @ est.second_moment @ th.basis)
     np.testing.assert_allclose(var, th.variances, rtol=0.03)

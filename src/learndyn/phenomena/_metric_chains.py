@@ -90,7 +90,7 @@ class MetricChains:
         n, B = self.e.shape[0], self.setup.batch
         # one float32 draw (4x faster than float64 on CPU), used in float64; x = Mz, so the gradient is
         # M · mean_b z_b(z_bᵀMᵀe − σε_b)
-        z = torch.randn(n, B, 3, generator=gen).to(F64)
+        z = torch.randn(n, B, 3, generator=gen, dtype=torch.float32).to(F64)
         u = self.e @ self.M
         residual = (z[..., :2] * u.unsqueeze(1)).sum(-1) - self.setup.noise_std * z[..., 2]
         return (z[..., :2] * residual.unsqueeze(-1)).mean(1) @ self.M.T
