@@ -44,10 +44,11 @@ the fixed point of the exact second-moment recursion ``S ← (I − ηH)S(I − 
 ``T·H⁻¹``, which would need isotropic noise (Mandt, Hoffman & Blei 2017, "SGD as approximate Bayesian
 inference"; Yaida 2019, "Fluctuation-dissipation relations for SGD"). ``chains`` independent models (one
 vectorised loop; each gets exactly its own SGD step) start at the minimum; a probe measures their second
-moment ``E[(p − p*)(p − p*)ᵀ]`` over time, against the exact trajectory (``sim|theory/weight_cov_trace``). The
-**agreement** is the relative error of the trace of the time-averaged second moment after ``burn_in`` steps,
-``|tr Σ̂ − tr Σ| / tr Σ``; the summary adds the relative Frobenius error of the whole matrix and the trace
-errors of the Langevin (``T·I``) and Gibbs (``T·H⁻¹``) forms.
+moment ``E[(p − p*)(p − p*)ᵀ]`` over time, against the exact trajectory (``sim|theory/weight_cov_trace``).
+``stationary/trace_error`` is the relative error of the trace of the time-averaged second moment after
+``burn_in`` steps, ``|tr Σ̂ − tr Σ| / tr Σ``; the summary adds the relative Frobenius error of the whole
+matrix and the trace errors of the Langevin (``T·I``) and Gibbs (``T·H⁻¹``) forms. (α = 0 only; part 4
+covers all three α.)
 
 3. The update covariance and its effective dimension
 ----------------------------------------------------
@@ -63,10 +64,18 @@ tr(HΣ)H + σ²H]``): ``sim|theory/update_pr/<run>``, and for α = ½ full the w
 spread ``max/min`` of the update covariance's eigenvalues on the support and the fraction of update variance
 outside it.
 
+4. The α-stationary law, and 5. loss-scale invariance
+-----------------------------------------------------
+:mod:`~learndyn.phenomena._alpha_law`: near a minimum with noise ``C = sH`` the EMA-metric optimizer's
+stationary covariance is ``(η/2) s (γsH)^{−α}`` for small ``η``, :func:`~learndyn.theory.covariant.
+alpha_stationary` exactly; ``L → cL`` is ``L`` at learning rate ``c^{1−2α}η`` and damping ``ε/c²``. The
+**agreement** is the worst relative error, over α = 0, ½, 1 and the covariance's eigenvalues, of the
+finite-``η`` form against the simulation (``law/worst_error``, tolerance 1.5%).
+
 Resuming: with a checkpointer on the recorder (a stored run's ``run.checkpointer``; its ``every`` sets the
 interval) every loop checkpoints under its own key (``regimes-speed-<i>``, ``regimes-stationary-<i>``,
 ``regimes-chains``); the measured series travel inside the checkpoints.
-The update-covariance window restarts empty after a resume.
+The update-covariance window restarts empty after a resume; parts 4 and 5 are not checkpointed.
 """
 
 from __future__ import annotations
@@ -82,6 +91,14 @@ from torch import Tensor
 from learndyn.config import check_run_fields
 from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
 from learndyn.optim import CovariantGD, OptimizerSpec
+from learndyn.phenomena._alpha_law import (
+    check_law_fields,
+    law_figures,
+    law_summary,
+    scale_figures,
+    scale_part,
+)
+from learndyn.phenomena._alpha_law import simulate_all as simulate_law
 from learndyn.phenomena._chains import ChainLinear, ChainSecondMomentProbe, chains_loss
 from learndyn.phenomena._linear_regression import (
     ExcessTracker,
@@ -110,7 +127,7 @@ from learndyn.training import train_loop
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "regimes"
-DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, SGD's stationary covariance, whitened updates"
+DESCRIPTION = "CovariantGD at α = 0, ½, 1: conditioning, the α-stationary law Σ ∝ H^−α, whitening, loss scale"
 F64 = torch.float64
 STRUCTURES = tuple(name for name, s in OPTIM_STRUCTURES.items() if s.exact)
 """The structures whose metric is the exact statistic (``diag``, ``block``, ``full``): closed forms here."""
@@ -126,7 +143,9 @@ class RegimesConfig:
     (fraction of the initial excess loss), ``beta2``, ``pr_window`` (updates in the PR window).
     Near the minimum: ``stat_condition``, ``stat_rank`` (support of ``H``), ``stat_noise_std``,
     ``stat_batch``, ``stat_lrs`` (one per α), ``stat_steps``, ``stat_window``, ``stat_beta2``; α = 0
-    ensemble: ``chains``, ``chain_steps``, ``chain_every``, ``burn_in``. ``seed``, ``tolerance``.
+    ensemble: ``chains``, ``chain_steps``, ``chain_every``, ``burn_in``. ``law_*`` (the α-law) and
+    ``scale_*`` (loss scale): :func:`~learndyn.phenomena._alpha_law.check_law_fields`. ``seed``,
+    ``tolerance`` (of the α-law figure).
     ``threads``: torch intra-op threads while it runs (the tensors are tiny: more threads only cost; ``None``
     leaves torch's setting).
     """
@@ -156,9 +175,29 @@ class RegimesConfig:
     chain_steps: int = 1000
     chain_every: int = 10
     burn_in: int = 300
+    law_eigenvalues: tuple[float, ...] = (1.0, 0.25)
+    law_angle: float = 0.7
+    law_noise_std: float = 1.0
+    law_batch: int = 4
+    law_lrs: tuple[float, ...] = (0.4, 0.09, 0.025)
+    law_small_lrs: tuple[float, ...] = (0.03, 0.012, 0.005)
+    law_beta2: float = 0.99
+    law_chains: int = 4000
+    law_steps: int = 1000
+    law_small_chains: int = 4000
+    law_small_steps: int = 1000
+    law_warmup: int = 100
+    law_burn_in: float = 5.0
+    law_oracle: bool = True
+    law_small_tolerance: float = 0.05
+    scale_factors: tuple[float, ...] = (0.01, 1.0, 100.0)
+    scale_lrs: tuple[float, ...] = (0.005, 0.02, 1e-5)
+    scale_condition: float = 10.0
+    scale_steps: int = 100
+    scale_eps: float = 1e-8
     seed: int = 0
     threads: int | None = 1
-    tolerance: float = 0.05
+    tolerance: float = 0.015
 
     def __post_init__(self) -> None:
         owner = "RegimesConfig"
@@ -213,6 +252,7 @@ class RegimesConfig:
                 name,
                 check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner),
             )
+        check_law_fields(self, owner)
         h = spectrum(self.stat_rank, self.stat_condition)
         lr0 = self.stat_lrs[self.alphas.index(0.0)]
         if lr0 >= sgd_max_stable_lr(np.diag(h), self.stat_batch):
@@ -230,6 +270,12 @@ QUICK = {
     "stat_window": 1000,
     "chains": 500,
     "chain_steps": 800,
+    "law_chains": 2000,
+    "law_steps": 500,
+    "law_small_chains": 1000,
+    "law_small_steps": 500,
+    "law_oracle": False,
+    "scale_steps": 50,
 }
 """The test-size configuration (``--quick``)."""
 
@@ -499,7 +545,12 @@ def run(config: RegimesConfig, recorder: Recorder) -> ExperimentResult:
             }
         )
 
-    agreement = chains["trace_error"]
+    law, rows, agreement = law_summary(config, simulate_law(config))
+    summary.update(law)
+    table.extend(rows)
+    scale, rows, _ = scale_part(config, recorder)
+    summary.update(scale)
+    table.extend(rows)
     summary["agreement"] = agreement
     return ExperimentResult(summary=summary, agreement=agreement, tolerance=config.tolerance, table=table)
 
@@ -542,4 +593,8 @@ def regimes_figures(store: Any, run_id: str) -> list[Any]:
     return [fig]
 
 
-EXPERIMENT = register(Experiment(NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures,)))
+EXPERIMENT = register(
+    Experiment(
+        NAME, DESCRIPTION, RegimesConfig, run, QUICK, figures=(regimes_figures, law_figures, scale_figures)
+    )
+)

@@ -14,7 +14,8 @@ Conventions shared by all modules
 
 Modules
 -------
-``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
+``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension;
+                    the α-stationary law ``Σ_α ∝ H^{−α}`` and its exact finite-``η`` form with the EMA metric.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
 ``noncontrastive`` BYOL/SimSiam with a linear predictor (Tian et al. 2021): the predictor balance law,
                     eigen-mode fixed points and collapse threshold, DirectPred.
@@ -27,7 +28,15 @@ Modules
                     width, the aligned closed form (Kunin et al. 2024) between the rich and lazy limits.
 """
 
-from learndyn.theory.covariant import participation_ratio, update_covariance
+from learndyn.theory.covariant import (
+    AlphaStationary,
+    alpha_law_covariance,
+    alpha_stationary,
+    covariance_gain,
+    metric_lyapunov_covariance,
+    participation_ratio,
+    update_covariance,
+)
 from learndyn.theory.deep_linear import (
     LinearTeacher,
     decoupled_init,
@@ -58,6 +67,7 @@ from learndyn.theory.ntk import (
 )
 from learndyn.theory.sgd_stationary import (
     langevin_stationary_covariance,
+    sgd_discrete_stationary_covariance,
     sgd_excess_loss_trajectory,
     sgd_gradient_covariance,
     sgd_max_stable_lr,
@@ -104,6 +114,7 @@ from learndyn.theory.two_layer_linear import (
 )
 
 __all__ = [
+    "AlphaStationary",
     "LinearTeacher",
     "NTKPrediction",
     "ReducedTrajectory",
@@ -112,12 +123,15 @@ __all__ = [
     "aligned_norms",
     "aligned_strength",
     "aligned_time",
+    "alpha_law_covariance",
+    "alpha_stationary",
     "balance_flow",
     "balance_gd",
     "balance_matrix",
     "balance_product_variance",
     "collapse_threshold",
     "commutator_norm",
+    "covariance_gain",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
@@ -132,6 +146,7 @@ __all__ = [
     "learning_time",
     "make_teacher",
     "measure_mode_strengths",
+    "metric_lyapunov_covariance",
     "mode_flow",
     "mode_strength",
     "neuron_balance",
@@ -150,6 +165,7 @@ __all__ = [
     "reduced_state",
     "scalar_balance_sgd",
     "scalar_balance_step",
+    "sgd_discrete_stationary_covariance",
     "sgd_excess_loss_trajectory",
     "sgd_gradient_covariance",
     "sgd_max_stable_lr",

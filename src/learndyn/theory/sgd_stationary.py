@@ -47,6 +47,19 @@ Gibbs distribution ``∝ e^{−L/T}`` of the loss, whose covariance ``T H⁻¹``
 ``C = cI`` (then ``T = ηc/2``); SGD's is the Gibbs covariance times the noise shape, ``Σ = T H⁻¹·H``, so
 each eigendirection holds excess loss ``½λ_iΣ_ii = λ_i T/2`` instead of the equipartition value ``T/2``.
 The exact result above is ``T·I`` times ``1/((1 − κ)(1 − η(1 + 1/B)λ_i/2)) = 1 + O(η)``.
+
+Discrete time, general additive noise
+-------------------------------------
+For ``e ← (I − ηH)e − ηξ`` with any noise of covariance ``C`` (independent of ``e``) the stationary
+covariance solves the discrete Lyapunov equation ``Σ = (I − ηH)Σ(I − ηH) + η²C``, i.e.
+
+    HΣ + ΣH − ηHΣH = ηC,        Σ_ij = η C̃_ij / (λ_i + λ_j − ηλ_iλ_j)   (in H's eigenbasis, C̃ = QᵀCQ)
+
+(:func:`sgd_discrete_stationary_covariance`, exact; finite iff ``0 < ηλ_i < 2``). It is the Langevin form
+plus the ``−ηHΣH`` term of the discrete steps. Since (1) is linear in ``S``, it is also exact for SGD's
+multiplicative noise *if* ``C`` is the noise covariance averaged over the stationary state,
+``C = E[N(e)] = (1/B)[HΣH + tr(HΣ)H + σ²H]``; with the leading-order ``C = σ²H/B`` it gives
+``Σ_i = ησ²/(B(2 − ηλ_i))``, which misses the factor ``(2 − ηλ_i)/((1 − κ)(2 − η(1 + 1/B)λ_i))``.
 """
 
 from __future__ import annotations
@@ -248,3 +261,25 @@ def langevin_stationary_covariance(H: Any, lr: float, noise_cov: Any) -> np.ndar
         )
     Ce = evecs.T @ C @ evecs
     return evecs @ (lr * Ce / (evals[:, None] + evals[None, :])) @ evecs.T
+
+
+def sgd_discrete_stationary_covariance(H: Any, lr: float, noise_cov: Any) -> np.ndarray:
+    """Stationary covariance of ``e ← (I − ηH)e − ηξ``, ``Cov ξ = C``: the solution of
+    ``HΣ + ΣH − ηHΣH = ηC`` (exact; ``H`` positive definite, ``C`` any symmetric matrix).
+
+    In the eigenbasis ``Σ_ij = η C_ij / (λ_i + λ_j − ηλ_iλ_j)``; raise unless ``ηλ_max < 2``.
+    """
+    evals, evecs = _pd_eigh(H)
+    lr = check_real("lr", lr, low=0.0, low_open=True)
+    C = as_square("noise_cov", noise_cov)
+    if C.shape != (evals.size, evals.size):
+        raise LearndynValueError(
+            f"noise_cov has shape {C.shape}; allowed: the shape of H, {(evals.size,) * 2}"
+        )
+    if lr * evals.max() >= 2.0:
+        raise LearndynValueError(
+            f"lr={lr!r} is out of range (the mean diverges); allowed: lr < 2/λ_max = {2.0 / evals.max():.6g}"
+        )
+    Ce = evecs.T @ (0.5 * (C + C.T)) @ evecs
+    den = evals[:, None] + evals[None, :] - lr * np.outer(evals, evals)
+    return evecs @ (lr * Ce / den) @ evecs.T
