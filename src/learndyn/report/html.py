@@ -136,7 +136,11 @@ def _verdict_section(store: RunStore, data: Sequence[RunData], page: Page) -> No
     from learndyn.report.phase import phase_figures
 
     shown = 0
-    verdicts = [agreement_verdict(data), *experiment_verdicts(data)]
+    verdicts = [
+        agreement_verdict(data),
+        agreement_verdict(data, reproduction=True),
+        *experiment_verdicts(data),
+    ]
     for verdict in verdicts:
         if verdict is not None:
             _verdict_table(page, verdict)
