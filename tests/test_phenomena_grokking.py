@@ -300,6 +300,6 @@ def test_published_mlp_setting_one_hot_operands_two_hidden_layers():
     assert table.shape == (11, 32)
     torch.testing.assert_close(table[3], torch.cat([w[:, 3], w[:, 11 + 3]]))
     result = run(config, MemoryRecorder())
-    assert math.isfinite(result.summary["fourier_topk_final"]) and result.summary["final_train_acc"] > 0.5
+    assert math.isfinite(result.summary["fourier_topk_final"]) and result.summary["final_train_acc"] > 0.3
     with pytest.raises(LearndynValueError, match="encoding"):
         GrokkingConfig(encoding="binary")
