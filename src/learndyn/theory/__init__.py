@@ -14,9 +14,11 @@ Conventions shared by all modules
 
 Modules
 -------
+``balance_vector``  the noise-driven law of balance of a unit ``u·(wᵀx)`` with ``d > 1`` inputs.
 ``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
 ``momentum_symmetry`` the translation charge under SGD with heavy-ball/Nesterov momentum and weight decay.
+``lazy``            the lazy regime's parameter displacement ``√(yᵀΘ⁺y)/α`` for a centred model ``αh``.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
