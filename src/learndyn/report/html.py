@@ -2,7 +2,8 @@
 
 The page, top to bottom:
 
-1. **Verdict** (:mod:`learndyn.report.verdict`): theory-vs-simulation agreement, tolerance and pass;
+1. **Verdict** (:mod:`learndyn.report.verdict`): theory-vs-simulation agreement, tolerance and pass
+   (reproduction checks without a closed form, such as grokking's, in a table of their own);
    an experiment's own verdict (the optimizer comparison's winners and margins); a sweep's best cell and
    its phase diagrams. It is always the first table on the page.
 2. **Figures**: the curated figures of each run -- its experiment's figures (see
