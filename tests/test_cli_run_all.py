@@ -87,6 +87,27 @@ def test_a_miss_or_a_crash_is_reported_and_exits_1(cli, tmp_path, monkeypatch):
     assert list(runs["status"]).count("failed") == 1 and len(runs) == 4  # the others still ran
 
 
+def test_reproduction_checks_are_listed_apart_from_the_theory(cli, tmp_path, monkeypatch):
+    experiments = _experiments()
+    check = Experiment("tiny-check", "reproduces", TheoryConfig, run_theory, reproduction=True)
+    assert not check.closed_form and check.check == "reproduction check"
+    assert experiments["tiny-theory"].check == "theory vs simulation"
+    assert experiments["tiny-no-theory"].check == ""
+    monkeypatch.setattr(registry, "_REGISTRY", {**experiments, check.name: check})
+    listed = cli("run", "--list").stdout
+    assert any("tiny-check" in line and "reproduction check" in line for line in listed.splitlines())
+    assert any("tiny-theory" in line and "theory vs simulation" in line for line in listed.splitlines())
+    report = tmp_path / "all.html"
+    result = cli("run", "all", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    _, _, tables = result.stdout.partition("Theory vs simulation, 2 phenomena")
+    theory, _, checks = tables.partition("Reproduction checks (no closed form), 1 at default size")
+    assert "tiny-theory" in theory and "tiny-check" not in theory
+    assert "tiny-check" in checks and "shortfall" in checks
+    html = report.read_text()
+    assert "Reproduction checks (no closed form)" in html and "1 of 1 reproduce" in html
+
+
 def test_bad_input_is_one_line(cli, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", _experiments())
     result = cli("run", "all", "--set", "steps=3")

@@ -21,6 +21,7 @@ from learndyn.phenomena.grokking import (
     NAME,
     GrokkingConfig,
     grokking_figures,
+    make_model,
     modular_addition_split,
     reproduction_shortfall,
     run,
@@ -264,3 +265,41 @@ def test_reproduction_shortfall_needs_generalisation_and_delay():
     assert reproduction_shortfall({"final_test_acc": 0.02, "delay_ratio": math.nan}, config) == 1.0
     with pytest.raises(LearndynValueError, match="min_delay_ratio"):
         GrokkingConfig(min_delay_ratio=0.5)
+
+
+def test_is_a_reproduction_check_not_a_theory_agreement():
+    experiment = registry.get(NAME)
+    assert experiment.reproduction and not experiment.closed_form
+    assert experiment.check == "reproduction check"
+    rows = experiment.verdict({"final_test_acc": 0.98, "memorisation_step": 40.0, "grokking_step": 1720.0,
+                               "delay_ratio": 43.0, "fourier_topk_init": 0.21, "fourier_topk_memorised": 0.23,
+                               "fourier_topk_final": 0.43, "agreement": 0.02, "tolerance": 0.1,
+                               "min_delay_ratio": 10.0})
+    table = {row["reproduction check"]: row for row in rows}
+    assert table["final test accuracy"]["measured"] == 0.98
+    assert table["final test accuracy"]["needed"] == "≥ 0.9"
+    assert table["delay ratio (grokking / memorisation)"]["needed"] == "≥ 9"
+    assert any(row["measured"] == "0.21 → 0.23 → 0.43" for row in rows)
+    assert experiment.verdict({}) == []
+
+
+def test_published_mlp_setting_one_hot_operands_two_hidden_layers():
+    """One-hot operands: ``W_in``'s columns are the token embeddings, so the model is an MLP on
+    ``[e_a; e_b]`` and its Fourier table ``[W_a | W_b]``; two hidden layers; it trains (AdamW, decay 1,
+    full batch)."""
+    config = GrokkingConfig(p=11, hidden=16, encoding="one_hot", hidden_layers=2, steps=20, eval_every=10)
+    model = make_model(config)
+    assert not hasattr(model, "embed") and len(model.deeper) == 1
+    pairs = torch.tensor([[3, 7], [10, 0]])
+    w, b = model.hidden.weight, model.hidden.bias
+    x = torch.zeros(2, 22)
+    x[0, 3], x[0, 11 + 7], x[1, 10], x[1, 11] = 1.0, 1.0, 1.0, 1.0
+    h = torch.relu(model.deeper[0](torch.relu(x @ w.T + b)))
+    torch.testing.assert_close(model(pairs), model.unembed(h))
+    table = model.token_table()
+    assert table.shape == (11, 32)
+    torch.testing.assert_close(table[3], torch.cat([w[:, 3], w[:, 11 + 3]]))
+    result = run(config, MemoryRecorder())
+    assert math.isfinite(result.summary["fourier_topk_final"]) and result.summary["final_train_acc"] > 0.3
+    with pytest.raises(LearndynValueError, match="encoding"):
+        GrokkingConfig(encoding="binary")

@@ -388,3 +388,35 @@ def test_declared_pairs_and_validation():
     ):
         with pytest.raises(LearndynValueError, match=msg):
             SymmetryProbe(symmetries=[bad], detect=False).measure(ProbeContext(model, F.mse_loss, x, y, 0))
+
+
+@pytest.mark.parametrize(("optimizer", "law"), [("sgd", True), ("momentum", True), ("adam", False)])
+def test_translation_charge_law_with_momentum_and_weight_decay(optimizer, law):
+    """With torch SGD (momentum or not) the probe checks the charge against the exact law of
+    :mod:`learndyn.theory.momentum_symmetry` (at μ = 0.9 the momentum-free (1 − ηλ)^k is far off); Adam's
+    step is not orthogonal to the symmetry, so no law is reported."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4, dtype=DT), torch.randint(0, 3, (32,))
+    model = _relu_net()
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr, lam, steps = 0.05, 0.2, 60
+    make = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=lr, weight_decay=lam),
+        "momentum": lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=lam),
+        "adam": lambda p: torch.optim.Adam(p, lr=lr, weight_decay=lam),
+    }
+    opt = make[optimizer](model.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    probe = SymmetryProbe()
+    out = probe.measure(ProbeContext(model, F.cross_entropy, x, y, steps, optimizer=opt, init_params=init))
+    assert ("symmetry/translation/3/law_error" in out) == law
+    if law:
+        assert out["symmetry/translation/3/law_error"] < 1e-10
+    if optimizer == "momentum":
+        q0 = symmetry_quantity(_relu_net(), Symmetry("translation", "3")).detach().numpy()
+        naive = q0 * (1 - lr * lam) ** steps
+        q = out["symmetry/translation/3/value"]
+        assert np.linalg.norm(q - naive) > 0.3 * np.linalg.norm(q0)

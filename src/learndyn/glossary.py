@@ -154,6 +154,11 @@ GLOSSARY: tuple[Metric, ...] = (
       "comparable across layers", "≪ 1 with SGD and small lr"),
     M(f"{_SYM}/value", "symmetry", "θ²", "the conserved quantity itself (q, Q, v or s)",
       "see the symmetry probe's docstring", "compare first and last values", "unchanged", kind="array"),
+    M("symmetry/translation/<tag>/law_error", "symmetry", "1",
+      "how far the softmax translation charge is from its exact SGD(momentum, weight decay) law",
+      "‖v_k − v_k^law‖/‖v₀‖, v^law from learndyn.theory.momentum_symmetry (a 2×2 recursion; rate "
+      "λ/(1 − μ), not λ, with momentum μ)", "≈ 1e-12 for a true translation symmetry; large: the symmetry "
+      "is broken or the optimizer is not plain torch SGD", "round-off"),
     M("symmetry/scale/<tag>/total", "symmetry", "θ²", "total squared norm of the weights into a norm layer",
       "Σ_c ‖w_c‖²", "grows as ‖w‖² + η²‖∇_w L‖² with finite steps", "slowly growing, or decaying with wd"),
     M("symmetry/count", "symmetry", "1", "number of symmetries tracked", "detected + declared",

@@ -120,8 +120,10 @@ def _list_experiments() -> None:
         typer.echo("no experiments are registered")
         return
     width = max(len(n) for n in names)
-    for name in names:
-        typer.echo(f"{name:<{width}}  {registry.get(name).description}")
+    experiments = [registry.get(n) for n in names]
+    kind = max(len(e.check) for e in experiments)
+    for e in experiments:
+        typer.echo(f"{e.name:<{width}}  {e.check or '-':<{kind}}  {e.description}")
 
 
 def _show_config(experiment: Any) -> None:
@@ -312,10 +314,9 @@ def _execute(
         out.print(kv_table(result.summary.items(), "Summary", ("quantity", "value")))
     if result.passed is not None:
         verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-        out.print(
-            f"theory vs simulation: agreement {fmt(result.agreement)} "
-            f"(tolerance {fmt(result.tolerance)}) {verdict}"
-        )
+        reproduction = getattr(experiment, "reproduction", False)
+        label = "reproduction check: shortfall" if reproduction else "theory vs simulation: agreement"
+        out.print(f"{label} {fmt(result.agreement)} (tolerance {fmt(result.tolerance)}) {verdict}")
     out.print(f"run [cyan]{store_run.id}[/] ({store_run.status}) stored in {run_store.path}")
     if store_run.status == "diverged":
         info = run_store.run_info(store_run.id)
@@ -340,9 +341,10 @@ def _run_all(
     checkpoint_every: int | None,
     open_report: bool = False,
 ) -> None:
-    """``learndyn run all [--quick]``: every registered phenomenon with a closed form, each as its own stored
-    run (at its test size with ``--quick``), then a table of agreement figures and, with ``--report``, one
-    combined HTML report. Exits 1 when any of them fails, diverges or misses its tolerance."""
+    """``learndyn run all [--quick]``: every registered phenomenon with a closed form, and every reproduction
+    check, each as its own stored run (at its test size with ``--quick``), then a table of agreement figures
+    (the reproduction checks in a table of their own) and, with ``--report``, one combined HTML report.
+    Exits 1 when any of them fails, diverges or misses its tolerance."""
     import time
 
     from learndyn.phenomena import registry
@@ -355,7 +357,7 @@ def _run_all(
     every = resolve_checkpoint_every(checkpoint_every)
     check_output_path(report, "--report")
     experiments = [registry.get(n) for n in registry.names()]
-    chosen = [e for e in experiments if e.closed_form]
+    chosen = [e for e in experiments if e.closed_form or e.reproduction]
     if not chosen:
         raise CliError("no registered experiment has a closed form (a `tolerance` config field)")
     configs = [(e, _build_config(e, [], quick)) for e in chosen]  # every config is valid before any runs
@@ -394,7 +396,14 @@ def _run_all(
         signal.signal(signal.SIGTERM, previous)
 
     size = "test size (--quick)" if quick else "default size"
-    out.print(rows_table(rows, title=f"Theory vs simulation, {len(rows)} phenomena at {size}"))
+    theory = [row for row, (e, _) in zip(rows, configs, strict=False) if not e.reproduction]
+    checks = [row for row, (e, _) in zip(rows, configs, strict=False) if e.reproduction]
+    if theory:
+        out.print(rows_table(theory, title=f"Theory vs simulation, {len(theory)} phenomena at {size}"))
+    if checks:
+        title = f"Reproduction checks (no closed form), {len(checks)} at {size}"
+        renamed = [{("shortfall" if k == "agreement" else k): v for k, v in r.items()} for r in checks]
+        out.print(rows_table(renamed, title=title))
     skipped = [e.name for e in experiments if e not in chosen]
     if skipped:
         out.print(f"not run (no closed form): {', '.join(skipped)}")

@@ -8,7 +8,10 @@ registry and never import a phenomenon by name:
 - ``figures``: functions ``(store, run_id) -> [plotly Figure]`` the HTML report adds for its runs;
 - ``ensemble``: an :class:`EnsembleSupport` when sweeps may train several configs in one vectorised pass;
 - ``closed_form`` and ``tolerance``: whether ``run`` returns an agreement figure (theory vs simulation) and
-  the default tolerance it is tested against (``learndyn run all`` runs exactly these);
+  the default tolerance it is tested against (``learndyn run all`` runs these);
+- ``reproduction``: the experiment has no closed form and its figure is a *reproduction check* of a
+  published result (grokking's shortfall): listed apart from the theory agreements everywhere (``learndyn
+  run --list``, ``run all``, the report's verdict), and run by ``learndyn run all`` too;
 - ``verdict``: a function ``(summary) -> [row dict]`` giving the table a report shows first for a run of
   this experiment (e.g. the optimizer comparison's winners and margins); experiments with a closed form
   need none (the report shows agreement, tolerance and pass).
@@ -113,7 +116,8 @@ class Experiment:
     """Everything a phenomenon declares (see the module docstring).
 
     ``closed_form`` defaults to whether ``config_cls`` has a ``tolerance`` field (what an agreement figure
-    is tested against); ``tolerance`` to that field's default.
+    is tested against) and the experiment is not a ``reproduction`` check; ``tolerance`` to that field's
+    default.
     """
 
     name: str
@@ -126,14 +130,24 @@ class Experiment:
     closed_form: bool | None = None
     tolerance: float | None = None
     verdict: VerdictFn | None = None
+    reproduction: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "figures", tuple(self.figures))
         default = _field_default(self.config_cls, "tolerance")
         if self.closed_form is None:
-            object.__setattr__(self, "closed_form", default is not dataclasses.MISSING)
+            closed = default is not dataclasses.MISSING and not self.reproduction
+            object.__setattr__(self, "closed_form", closed)
         if self.tolerance is None and isinstance(default, int | float) and not isinstance(default, bool):
             object.__setattr__(self, "tolerance", float(default))
+
+
+    @property
+    def check(self) -> str:
+        """What its agreement figure is: ``"theory vs simulation"``, ``"reproduction check"`` or ``""``."""
+        if self.closed_form:
+            return "theory vs simulation"
+        return "reproduction check" if self.reproduction else ""
 
 
 def _field_default(cls: type, name: str) -> Any:

@@ -2,7 +2,8 @@
 
 The page, top to bottom:
 
-1. **Verdict** (:mod:`learndyn.report.verdict`): theory-vs-simulation agreement, tolerance and pass;
+1. **Verdict** (:mod:`learndyn.report.verdict`): theory-vs-simulation agreement, tolerance and pass
+   (reproduction checks without a closed form, such as grokking's, in a table of their own);
    an experiment's own verdict (the optimizer comparison's winners and margins); a sweep's best cell and
    its phase diagrams. It is always the first table on the page.
 2. **Figures**: the curated figures of each run -- its experiment's figures (see
@@ -136,7 +137,11 @@ def _verdict_section(store: RunStore, data: Sequence[RunData], page: Page) -> No
     from learndyn.report.phase import phase_figures
 
     shown = 0
-    verdicts = [agreement_verdict(data), *experiment_verdicts(data)]
+    verdicts = [
+        agreement_verdict(data),
+        agreement_verdict(data, reproduction=True),
+        *experiment_verdicts(data),
+    ]
     for verdict in verdicts:
         if verdict is not None:
             _verdict_table(page, verdict)

@@ -2,6 +2,8 @@
 
 - **Theory vs simulation** (runs whose summary has ``agreement``): per run the agreement figure, the
   tolerance it is tested against and whether it passes, with a one-line count of passes.
+- **Reproduction checks**: the same for experiments without a closed form whose figure checks that a
+  published result is reproduced (``Experiment.reproduction``: grokking's shortfall), listed apart.
 - **Experiment verdicts**: the rows an experiment's registry record computes from a run's summary
   (``Experiment.verdict``; the optimizer comparison's winners and margins).
 - **Sweeps**: per metric the best cell of the phase diagram (mean ± std over the runs sharing the swept
@@ -33,9 +35,20 @@ class Verdict:
     classes: list[list[str | None]] = field(default_factory=list)
 
 
-def agreement_verdict(runs: Sequence[RunData]) -> Verdict | None:
-    """Agreement, tolerance and pass of every run whose summary has an ``agreement``."""
-    judged = [r for r in runs if _number(r.info["summary"].get("agreement")) is not None]
+def _is_reproduction(run: RunData) -> bool:
+    from learndyn.phenomena import registry
+
+    experiment = registry.find(run.info.get("experiment") or run.info.get("name"))
+    return experiment is not None and experiment.reproduction
+
+
+def agreement_verdict(runs: Sequence[RunData], reproduction: bool = False) -> Verdict | None:
+    """Agreement, tolerance and pass of every run whose summary has an ``agreement``: the theory
+    agreements, or with ``reproduction=True`` the reproduction checks (experiments without a closed form)."""
+    judged = [
+        r for r in runs
+        if _number(r.info["summary"].get("agreement")) is not None and _is_reproduction(r) == reproduction
+    ]
     if not judged:
         return None
     rows, classes, passed = [], [], 0
@@ -53,6 +66,14 @@ def agreement_verdict(runs: Sequence[RunData]) -> Verdict | None:
         rows.append([experiment, run,
                      agreement, tolerance, "pass" if ok else "FAIL", r.info["status"]])
         classes.append([None, None, None, None, "pass" if ok else "fail", f"status-{r.info['status']}"])
+    if reproduction:
+        return Verdict(
+            "Reproduction checks (no closed form)",
+            ["experiment", "run", "shortfall", "tolerance", "pass", "status"],
+            rows,
+            f"{passed} of {len(judged)} reproduce the published behaviour: shortfall ≤ tolerance.",
+            classes,
+        )
     return Verdict(
         "Theory vs simulation",
         ["experiment", "run", "agreement", "tolerance", "pass", "status"],

@@ -14,9 +14,12 @@ Conventions shared by all modules
 
 Modules
 -------
+``balance_vector``  the noise-driven law of balance of a unit ``u·(wᵀx)`` with ``d > 1`` inputs.
 ``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension;
                     the α-stationary law ``Σ_α ∝ H^{−α}`` and its exact finite-``η`` form with the EMA metric.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
+``lazy``            the lazy regime's parameter displacement ``√(yᵀΘ⁺y)/α`` for a centred model ``αh``.
+``momentum_symmetry`` the translation charge under SGD with heavy-ball/Nesterov momentum and weight decay.
 ``noncontrastive`` BYOL/SimSiam with a linear predictor (Tian et al. 2021): the predictor balance law,
                     eigen-mode fixed points and collapse threshold, DirectPred.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
