@@ -17,6 +17,7 @@ Modules
 ``covariant``       covariant GD's update covariance ``C^{1−2α}`` (white at α = ½), its effective dimension.
 ``deep_linear``     Saxe et al. (2014): mode strengths, learning times and loss plateaus of deep linear nets.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
+``probabilistic_stability``  Ziyin et al. (2023): SGD's Lyapunov rate E log|1 − ηh| near a critical point.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
@@ -41,6 +42,12 @@ from learndyn.theory.ntk import (
     ntk_predictions_flow,
     ntk_predictions_gd,
     ntk_train_loss,
+)
+from learndyn.theory.probabilistic_stability import (
+    lyapunov_rate,
+    minibatch_curvatures,
+    moment_rate,
+    product_saddle_rates,
 )
 from learndyn.theory.sgd_stationary import (
     langevin_stationary_covariance,
@@ -90,15 +97,19 @@ __all__ = [
     "langevin_stationary_covariance",
     "learned_dimensions",
     "learning_time",
+    "lyapunov_rate",
     "make_teacher",
     "measure_mode_strengths",
+    "minibatch_curvatures",
     "mode_strength",
+    "moment_rate",
     "neuron_balance",
     "ntk_max_stable_lr",
     "ntk_predictions_flow",
     "ntk_predictions_gd",
     "ntk_train_loss",
     "participation_ratio",
+    "product_saddle_rates",
     "projected_init",
     "scalar_balance_sgd",
     "scalar_balance_step",
