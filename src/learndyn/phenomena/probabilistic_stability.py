@@ -326,19 +326,24 @@ def probabilistic_stability_figures(store: Any, run_id: str) -> list[Any]:
     lrs, noises = list(config.get("lrs") or []), list(config.get("noises") or [])
     figures = []
     if sim is not None and theory is not None and sim.shape == (len(noises), len(lrs)):
-        bound = float(np.nanmax(np.abs(np.clip(theory, -1.0, 1.0)))) or 1.0
-        heat = go.Figure(go.Heatmap(x=lrs, y=noises, z=np.clip(theory, -bound, bound), zmid=0,
-                                    colorscale="RdBu_r", colorbar={"title": "Λ (theory)"}))
+        # the theory on a fine grid (log-spaced η) as the background, the simulated signs as markers
+        fine_lr = np.geomspace(min(lrs), max(lrs), 90)
+        fine_noise = np.linspace(min(noises), max(noises), 90)
+        fine = np.array([np.maximum(*product_saddle_rates(fine_lr, two_point_products(
+            float(config.get("mean", 1.0)), float(s)), int(config.get("batch", 1)))) for s in fine_noise])
+        heat = go.Figure(go.Heatmap(x=fine_lr, y=fine_noise, z=np.clip(fine, -0.5, 0.5), zmid=0, zmin=-0.5,
+                                    zmax=0.5, colorscale="RdBu_r", colorbar={"title": "Λ theory"}))
         ii, jj = np.meshgrid(np.arange(len(noises)), np.arange(len(lrs)), indexing="ij")
-        for mask, symbol, label in ((sim < 0, "circle", "attractive (sim Λ < 0)"),
-                                    (sim >= 0, "x", "repulsive (sim Λ ≥ 0)")):
+        for mask, symbol, label in ((sim < 0, "circle-open", "simulation: attractive (Λ < 0)"),
+                                    (sim >= 0, "x-thin-open", "simulation: repulsive (Λ ≥ 0)")):
             heat.add_trace(go.Scatter(x=[lrs[j] for j in jj[mask]], y=[noises[i] for i in ii[mask]],
-                                      mode="markers", marker={"symbol": symbol, "color": "black", "size": 8},
-                                      name=label))
+                                      mode="markers", name=label,
+                                      marker={"symbol": symbol, "color": "black", "size": 10,
+                                              "line": {"width": 2, "color": "black"}}))
         heat.update_xaxes(type="log", title="learning rate η")
         heat.update_yaxes(title="label noise σ (labels μ ± σ)")
         heat.update_layout(title="Saddle of uw: Λ = max± E log|1 ± η c̄| (SGD attracted where Λ < 0)",
-                           template="plotly_white", height=460)
+                           template="plotly_white", height=460, legend={"orientation": "h", "y": -0.2})
         figures.append(heat)
         lines = go.Figure()
         for i, noise in enumerate(noises):
