@@ -21,6 +21,7 @@ Modules
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
+``weight_decay_transition``  Ziyin et al. (2022): minima of weight-decayed deep scalar linear nets; γ*.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
 """
 
@@ -81,6 +82,12 @@ from learndyn.theory.symmetry import (
     soft_threshold_spectrum,
 )
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
+from learndyn.theory.weight_decay_transition import (
+    critical_weight_decay,
+    flow_limit_product,
+    global_minimum_product,
+    spinodal_weight_decay,
+)
 
 __all__ = [
     "LinearTeacher",
@@ -89,10 +96,13 @@ __all__ = [
     "balance_flow",
     "balance_gd",
     "balance_product_variance",
+    "critical_weight_decay",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
     "embedding_eigenvalues",
+    "flow_limit_product",
+    "global_minimum_product",
     "gradient_flow_time",
     "langevin_stationary_covariance",
     "learned_dimensions",
@@ -123,6 +133,7 @@ __all__ = [
     "sgd_stationary_forms",
     "sgd_temperature",
     "soft_threshold_spectrum",
+    "spinodal_weight_decay",
     "ssl_loss",
     "ssl_step_times",
     "steps_for_time",
