@@ -70,7 +70,7 @@ class SymmetryHessianConfig:
     noise: float = 3.0
     inputs: int = 3
     hidden: int = 6
-    mlp_lr: float = 0.5
+    mlp_lr: float = 0.3
     mlp_points: tuple[int, ...] = (0, 10, 30, 100, 300)
     softmax_inputs: int = 4
     newton_iters: int = 12

@@ -21,6 +21,7 @@ Modules
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
+``symmetry_hessian``  the second-order Noether identity Hξ = −Aᵀ∇L; zero modes explained by symmetries.
 ``weight_decay_transition``  Ziyin et al. (2022): minima of weight-decayed deep scalar linear nets; γ*.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
 """
@@ -81,6 +82,11 @@ from learndyn.theory.symmetry import (
     scalar_balance_step,
     soft_threshold_spectrum,
 )
+from learndyn.theory.symmetry_hessian import (
+    explained_zero_modes,
+    noether_scalar_residual,
+    noether_vector_residual,
+)
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
 from learndyn.theory.weight_decay_transition import (
     critical_weight_decay,
@@ -101,6 +107,7 @@ __all__ = [
     "decoupled_init",
     "deep_linear_loss",
     "embedding_eigenvalues",
+    "explained_zero_modes",
     "flow_limit_product",
     "global_minimum_product",
     "gradient_flow_time",
@@ -114,6 +121,8 @@ __all__ = [
     "mode_strength",
     "moment_rate",
     "neuron_balance",
+    "noether_scalar_residual",
+    "noether_vector_residual",
     "ntk_max_stable_lr",
     "ntk_predictions_flow",
     "ntk_predictions_gd",
