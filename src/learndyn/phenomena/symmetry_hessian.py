@@ -192,13 +192,13 @@ def run(config: SymmetryHessianConfig, recorder: Recorder) -> ExperimentResult:
     torch.manual_seed(config.seed)
     mlp = nn.Sequential(nn.Linear(config.inputs, config.hidden), nn.ReLU(),
                         nn.Linear(config.hidden, config.classes)).double()
-    opt = torch.optim.SGD(mlp.parameters(), lr=config.mlp_lr)
     for step in range(config.mlp_points[-1] + 1):
         if step in config.mlp_points:
             points.append(measure(mlp, x, y, "mlp", step, config.rtol))
-        opt.zero_grad()
-        F.cross_entropy(mlp(x), y).backward()
-        opt.step()
+        grads = torch.autograd.grad(F.cross_entropy(mlp(x), y), list(mlp.parameters()))
+        with torch.no_grad():  # full-batch gradient descent
+            for p, grad in zip(mlp.parameters(), grads, strict=True):
+                p -= config.mlp_lr * grad
     xs, ys = make_data(config, config.softmax_inputs, g)
     layer = nn.Sequential(nn.Linear(config.softmax_inputs, config.classes)).double()
     points.append(measure(layer, xs, ys, "softmax", 0, config.rtol))
