@@ -255,8 +255,9 @@ def weight_decay_figures(store: Any, run_id: str) -> list[Any]:
             ys.append(float(v))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": color},
                                  name=f"L={depth}: global minimum"))
-        fig.add_trace(go.Scatter(x=fine, y=meta_y, mode="lines", line={"color": color, "dash": "dot"},
-                                 name=f"L={depth}: metastable minimum"))
+        if depth >= 3:  # L = 2 has no metastable branch
+            fig.add_trace(go.Scatter(x=fine, y=meta_y, mode="lines", line={"color": color, "dash": "dot"},
+                                     name=f"L={depth}: metastable minimum"))
         _, sim = store.array_stack(run_id, name)
         sim = sim[-1]
         for k, (start, symbol) in enumerate((("small", "circle-open"), ("large", "circle"))):

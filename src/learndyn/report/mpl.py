@@ -110,7 +110,8 @@ def _draw(ax: Any, trace: Any) -> None:
         mode = trace.mode or "lines"
         line = trace.line
         style = {
-            "color": _color(line.color) if line is not None else None,
+            "color": (_color(line.color) if line is not None else None)
+            or (_color(trace.marker.color) if "markers" in mode and trace.marker is not None else None),
             "ls": _DASHES.get(line.dash, "-") if line is not None and line.dash else "-",
             "marker": "o" if "markers" in mode else None,
             "ms": 3,
