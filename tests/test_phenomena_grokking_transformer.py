@@ -102,6 +102,7 @@ def test_tiny_run_measures_every_probe_and_summarises_phases(tmp_path):
 def test_registered_as_a_reproduction_check():
     experiment = registry.get(NAME)
     assert experiment.config_cls is GrokkingTransformerConfig and experiment.closed_form is False
+    assert experiment.reproduction and not experiment.in_run_all
     quick = GrokkingTransformerConfig(**experiment.quick_overrides)
     assert quick.steps < GrokkingTransformerConfig().steps
 

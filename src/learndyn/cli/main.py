@@ -357,7 +357,7 @@ def _run_all(
     every = resolve_checkpoint_every(checkpoint_every)
     check_output_path(report, "--report")
     experiments = [registry.get(n) for n in registry.names()]
-    chosen = [e for e in experiments if e.closed_form or e.reproduction]
+    chosen = [e for e in experiments if (e.closed_form or e.reproduction) and e.in_run_all]
     if not chosen:
         raise CliError("no registered experiment has a closed form (a `tolerance` config field)")
     configs = [(e, _build_config(e, [], quick)) for e in chosen]  # every config is valid before any runs

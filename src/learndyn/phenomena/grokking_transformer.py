@@ -35,8 +35,9 @@ the model's symmetries (``symmetry/*``) and the effective rank of each block's o
 result's table gives, per phase, the median of each headline probe metric over the measurements inside the
 phase (``probe/<metric>``), so the phases can be compared by their instruments as well as by their accuracy.
 
-There is no closed form: the experiment is registered as a reproduction check (``closed_form=False``), not run
-by ``learndyn run all``.
+There is no closed form: the experiment is registered as a reproduction check (``reproduction=True``), kept
+out of ``learndyn run all`` (``in_run_all=False``: on a CPU it takes minutes to grok; its test size only
+memorises).
 
 Measured (defaults: p = 53, half of the pairs, d = 32, 4 heads, d_mlp = 128, AdamW lr 1e-2, weight decay 1,
 β = (0.9, 0.98), full batch, seed 0): train accuracy ≥ 0.99 at step 200, test accuracy ≥ 0.95 at
@@ -356,5 +357,5 @@ def probe_figures(store: Any, run_id: str) -> list[Any]:
 
 EXPERIMENT = register(
     Experiment(NAME, DESCRIPTION, GrokkingTransformerConfig, run, QUICK,
-               figures=(grokking_figures, probe_figures), closed_form=False)
+               figures=(grokking_figures, probe_figures), reproduction=True, in_run_all=False)
 )

@@ -12,6 +12,8 @@ registry and never import a phenomenon by name:
 - ``reproduction``: the experiment has no closed form and its figure is a *reproduction check* of a
   published result (grokking's shortfall): listed apart from the theory agreements everywhere (``learndyn
   run --list``, ``run all``, the report's verdict), and run by ``learndyn run all`` too;
+- ``in_run_all``: ``False`` keeps an experiment with a figure out of ``learndyn run all`` (one whose test
+  size cannot show its phenomenon in seconds, as grokking on a transformer cannot on a CPU);
 - ``verdict``: a function ``(summary) -> [row dict]`` giving the table a report shows first for a run of
   this experiment (e.g. the optimizer comparison's winners and margins); experiments with a closed form
   need none (the report shows agreement, tolerance and pass).
@@ -131,6 +133,7 @@ class Experiment:
     tolerance: float | None = None
     verdict: VerdictFn | None = None
     reproduction: bool = False
+    in_run_all: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "figures", tuple(self.figures))

@@ -110,7 +110,8 @@ def _draw(ax: Any, trace: Any) -> None:
         mode = trace.mode or "lines"
         line = trace.line
         style = {
-            "color": _color(line.color) if line is not None else None,
+            "color": (_color(line.color) if line is not None else None)
+            or (_color(trace.marker.color) if "markers" in mode and trace.marker is not None else None),
             "ls": _DASHES.get(line.dash, "-") if line is not None and line.dash else "-",
             "marker": "o" if "markers" in mode else None,
             "ms": 3,
@@ -122,6 +123,11 @@ def _draw(ax: Any, trace: Any) -> None:
         ax.plot(x, y, **style)
     elif trace.type == "heatmap":
         z = np.asarray(trace.z, dtype=float)
-        ax.imshow(z, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+        if trace.x is not None and trace.y is not None and z.shape == (len(trace.y), len(trace.x)):
+            # cells at the given coordinates (on log axes too), not at their indices
+            ax.pcolormesh(np.asarray(trace.x, dtype=float), np.asarray(trace.y, dtype=float), z,
+                          shading="nearest", cmap="viridis")
+        else:
+            ax.imshow(z, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
     else:
         ax.text(0.5, 0.5, f"({trace.type} trace not drawn)", transform=ax.transAxes, ha="center")

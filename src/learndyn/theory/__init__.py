@@ -23,9 +23,12 @@ Modules
 ``noncontrastive`` BYOL/SimSiam with a linear predictor (Tian et al. 2021): the predictor balance law,
                     eigen-mode fixed points and collapse threshold, DirectPred.
 ``ntk``             linearised (NTK) training under full-batch MSE gradient descent / flow.
+``probabilistic_stability``  Ziyin et al. (2023): SGD's Lyapunov rate E log|1 − ηh| near a critical point.
 ``sgd_stationary``  stationary covariance of minibatch SGD on Gaussian linear regression; stability.
 ``symmetry``        rescaling-symmetry balance: conservation, weight decay, SGD's law of balance; the
                     soft-thresholded (low-rank) spectrum of weight-decayed linear networks.
+``symmetry_hessian``  the second-order Noether identity Hξ = −Aᵀ∇L; zero modes explained by symmetries.
+``weight_decay_transition``  Ziyin et al. (2022): minima of weight-decayed deep scalar linear nets; γ*.
 ``ssl``             Simon et al. (2023): stepwise eigenvalue learning in linear Barlow Twins.
 ``two_layer_linear`` finite-width one-hidden-layer linear nets: conserved imbalance, exact reduced ODE at any
                     width, the aligned closed form (Kunin et al. 2024) between the rich and lazy limits.
@@ -68,6 +71,12 @@ from learndyn.theory.ntk import (
     ntk_predictions_gd,
     ntk_train_loss,
 )
+from learndyn.theory.probabilistic_stability import (
+    lyapunov_rate,
+    minibatch_curvatures,
+    moment_rate,
+    product_saddle_rates,
+)
 from learndyn.theory.sgd_stationary import (
     langevin_stationary_covariance,
     sgd_discrete_stationary_covariance,
@@ -100,6 +109,11 @@ from learndyn.theory.symmetry import (
     scalar_balance_step,
     soft_threshold_spectrum,
 )
+from learndyn.theory.symmetry_hessian import (
+    explained_zero_modes,
+    noether_scalar_residual,
+    noether_vector_residual,
+)
 from learndyn.theory.timescale import gradient_flow_time, steps_for_time
 from learndyn.theory.two_layer_linear import (
     ReducedTrajectory,
@@ -114,6 +128,12 @@ from learndyn.theory.two_layer_linear import (
     reduced_flow,
     reduced_gd,
     reduced_state,
+)
+from learndyn.theory.weight_decay_transition import (
+    critical_weight_decay,
+    flow_limit_product,
+    global_minimum_product,
+    spinodal_weight_decay,
 )
 
 __all__ = [
@@ -135,11 +155,15 @@ __all__ = [
     "collapse_threshold",
     "commutator_norm",
     "covariance_gain",
+    "critical_weight_decay",
     "decay_errors",
     "decoupled_init",
     "deep_linear_loss",
     "directpred_predictor",
     "embedding_eigenvalues",
+    "explained_zero_modes",
+    "flow_limit_product",
+    "global_minimum_product",
     "gradient_flow_time",
     "imbalance",
     "langevin_stationary_covariance",
@@ -147,12 +171,17 @@ __all__ = [
     "lazy_rich_ratio",
     "learned_dimensions",
     "learning_time",
+    "lyapunov_rate",
     "make_teacher",
     "measure_mode_strengths",
     "metric_lyapunov_covariance",
+    "minibatch_curvatures",
     "mode_flow",
     "mode_strength",
+    "moment_rate",
     "neuron_balance",
+    "noether_scalar_residual",
+    "noether_vector_residual",
     "ntk_max_stable_lr",
     "ntk_predictions_flow",
     "ntk_predictions_gd",
@@ -161,6 +190,7 @@ __all__ = [
     "predictor_balance",
     "predictor_fixed_point",
     "predictor_saddle",
+    "product_saddle_rates",
     "projected_init",
     "rank_one_init",
     "reduced_flow",
@@ -179,6 +209,7 @@ __all__ = [
     "sgd_stationary_forms",
     "sgd_temperature",
     "soft_threshold_spectrum",
+    "spinodal_weight_decay",
     "ssl_loss",
     "ssl_step_times",
     "steps_for_time",
