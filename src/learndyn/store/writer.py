@@ -22,13 +22,13 @@ import numpy as np
 import pyarrow as pa
 
 from learndyn import __version__
-from learndyn.checkpoint import default_checkpoint_every
+from learndyn.checkpoint import RunCheckpointer, default_checkpoint_every
 from learndyn.store.encoding import check_seed, dumps, finite_dumps, loads, now
 from learndyn.store.errors import StoreError
-from learndyn.store.liveness import recover_dead_runs
+from learndyn.store.liveness import checkpoint_dir, recover_dead_runs
 from learndyn.store.queries import RunQueries
 from learndyn.store.run import Run
-from learndyn.store.schema import RESUMABLE, STATUSES
+from learndyn.store.schema import FINISHED, RESUMABLE, STATUSES
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
 _INSERT_RUN = (
@@ -221,21 +221,90 @@ class RunWriting(RunQueries):
         run._old_arrays = {n: set(steps) for n, steps in array_keys}
         return run
 
-    def write_finished_runs(self, runs: Iterable[FinishedRun]) -> list[str]:
-        """Write whole finished runs (row, summary, scalar series) in one transaction; return their new ids.
+    def start_runs(
+        self,
+        name: str,
+        configs: Sequence[Any],
+        *,
+        seeds: Sequence[int | None] | None = None,
+        sweep_id: str | None = None,
+        experiment: str | None = None,
+        reopen: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Open one run per config, all ``running`` in this process, in one transaction; return their ids.
+
+        For a sweep's ensemble: its members are visible as ``running`` (with this host and pid) before it
+        trains, and :meth:`write_finished_runs` with ``ids`` finishes them. Where ``reopen[i]`` names a run,
+        that ``interrupted`` or ``failed`` run is continued under its id instead of a new one; if it is not
+        resumable any more (another process took it, or it finished) nothing is written (StoreError).
+        """
+        _check_name(name)
+        seeds = list(seeds) if seeds is not None else [None] * len(configs)
+        reopen = list(reopen) if reopen is not None else [None] * len(configs)
+        if not len(seeds) == len(reopen) == len(configs):
+            raise LearndynValueError(
+                f"start_runs got {len(configs)} configs, {len(seeds)} seeds and {len(reopen)} reopen ids; "
+                "allowed: equal lengths"
+            )
+        seeds = [check_seed(s, "start_runs") for s in seeds]
+        jsons = [_config_json(c) for c in configs]
+        host, pid, now_, commit = socket.gethostname(), os.getpid(), now(), source_commit()
+        ids = [r or uuid.uuid4().hex for r in reopen]
+        fresh = [
+            [i, name, experiment or name, j, now_, now_, commit, s, sweep_id, host, pid, __version__]
+            for i, j, s, r in zip(ids, jsons, seeds, reopen, strict=True)
+            if r is None
+        ]
+        if not ids:
+            return []
+        with self._write() as con:
+            con.execute("BEGIN")
+            for run_id in (r for r in reopen if r is not None):
+                taken = con.execute(
+                    "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL, traceback = NULL, "
+                    "host = ?, pid = ?, updated_at = ? "
+                    "WHERE id = ? AND list_contains(?, status) RETURNING id",
+                    [host, pid, now_, run_id, list(RESUMABLE)],
+                ).fetchall()
+                if not taken:
+                    con.execute("ROLLBACK")
+                    raise StoreError(
+                        f"run {run_id[:8]} cannot be continued: it is not one of {', '.join(RESUMABLE)} "
+                        "any more (another process took it, or it finished)"
+                    )
+            if fresh:
+                con.executemany(
+                    "INSERT INTO runs (id, name, experiment, status, config, summary, started_at, "
+                    "updated_at, git_commit, seed, sweep_id, host, pid, learndyn_version) "
+                    "VALUES (?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    fresh,
+                )
+            con.execute("COMMIT")
+        return ids
+
+    def write_finished_runs(
+        self, runs: Iterable[FinishedRun], *, ids: Sequence[str] | None = None
+    ) -> list[str]:
+        """Write whole finished runs (row, summary, scalar series) in one transaction; return their ids.
 
         The rows are the ones :meth:`start_run`, logging and ``close`` would write (same columns and JSON
         encodings); hundreds of runs cost one lock and one commit instead of three each. Everything is
-        checked before anything is written: all the runs are stored, or none.
+        checked before anything is written: all the runs are stored, or none. With ``ids`` (runs this process
+        opened with :meth:`start_runs`), those rows are finished instead of new ones written: their earlier
+        metrics and arrays rows are replaced; a row no longer ``running`` in this process is refused
+        (StoreError, nothing written).
         """
         runs = list(runs)
         for r in runs:
             if not isinstance(r, FinishedRun):
                 raise LearndynValueError(f"runs entry {r!r} is not allowed; allowed: FinishedRun")
+        if ids is not None and len(ids) != len(runs):
+            raise LearndynValueError(f"write_finished_runs got {len(ids)} ids for {len(runs)} runs")
         ended = now()
         commit = source_commit()
         host, pid = socket.gethostname(), os.getpid()
-        ids = [uuid.uuid4().hex for _ in runs]
+        existing = list(ids) if ids is not None else None
+        ids = existing if existing is not None else [uuid.uuid4().hex for _ in runs]
         run_rows = []
         run_col: list[str] = []
         name_col: list[str] = []
@@ -290,7 +359,10 @@ class RunWriting(RunQueries):
             return []
         with self._write() as con:
             con.execute("BEGIN")
-            con.executemany(_INSERT_RUN, run_rows)
+            if existing is None:
+                con.executemany(_INSERT_RUN, run_rows)
+            else:
+                _finish_claimed(con, run_rows, host, pid)
             if metrics.num_rows:
                 con.register("_ld_finished_batch", metrics)
                 con.execute(
@@ -299,6 +371,10 @@ class RunWriting(RunQueries):
                 )
                 con.unregister("_ld_finished_batch")
             con.execute("COMMIT")
+        if existing is not None:
+            for run_id, r in zip(ids, runs, strict=True):
+                if r.status in FINISHED:  # a continued run's checkpoints: nothing will resume it
+                    RunCheckpointer(checkpoint_dir(self, run_id)).clear()
         return ids
 
     def _flush(
@@ -349,3 +425,22 @@ class RunWriting(RunQueries):
             assignments = ", ".join(f"{k} = ?" for k in sets)
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*sets.values(), run_id])
             con.execute("COMMIT")
+
+
+def _finish_claimed(con: Any, run_rows: list[list[Any]], host: str, pid: int) -> None:
+    """Finish rows :meth:`RunWriting.start_runs` opened (``run_rows`` as for ``_INSERT_RUN``): replace their
+    metrics and arrays and set their outcome; roll back and refuse if one is not ``running`` here any more."""
+    ids = [row[0] for row in run_rows]
+    for table in ("metrics", "arrays"):
+        con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [ids])
+    for row in run_rows:
+        (run_id, _, _, status, _, summary, error, tb, _, ended, updated, commit, *_rest) = row
+        done = con.execute(
+            "UPDATE runs SET status = ?, summary = ?, error = ?, traceback = ?, ended_at = ?, "
+            "updated_at = ?, git_commit = ? "
+            "WHERE id = ? AND status = 'running' AND host = ? AND pid = ? RETURNING id",
+            [status, summary, error, tb, ended, updated, commit, run_id, host, pid],
+        ).fetchall()
+        if not done:
+            con.execute("ROLLBACK")
+            raise StoreError(f"run {run_id[:8]} is not running in this process any more; nothing was written")
