@@ -1,6 +1,6 @@
 """Running sweeps into the store: every config once under one sweep id, idempotent resume (failed, interrupted
-and killed runs are rerun under their own ids, nothing else), ensembles written like single runs, a local pool of 2 workers with a
-worker killed mid-run, and the ``learndyn sweep`` command."""
+and killed runs are rerun under their own ids, nothing else), ensembles written like single runs, a local pool
+of 2 workers with a worker killed mid-run, and the ``learndyn sweep`` command."""
 
 from __future__ import annotations
 
