@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 GRID = ["lr=0.02,0.05", "seed=range(3)"]
-SETS = ["steps=200", "eval_every=50", "dtype=float64", "n_train=128", "width=32"]
+SETS = ["steps=100", "eval_every=25", "dtype=float64", "n_train=128", "width=32"]
 MODES = {
     "local": ["--executor", "local", "--workers", "2", "--no-ensemble"],
     "ensemble": ["--executor", "local", "--workers", "2", "--ensemble", "--ensemble-size", "3"],
@@ -48,7 +48,7 @@ def sweep_command(store: Path, mode: str) -> list[str]:
 
 def environment() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "LEARNDYN_PROGRESS": "0", "LEARNDYN_CHECKPOINT_EVERY": "25"}
+    env = {**os.environ, "LEARNDYN_PROGRESS": "0", "LEARNDYN_CHECKPOINT_EVERY": "10"}
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -146,8 +146,8 @@ def compare(reference: dict, got: dict, exact: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8, help="trials per mode")
-    parser.add_argument("--kills-per-trial", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=4, help="trials per mode")
+    parser.add_argument("--kills-per-trial", type=int, default=3)
     parser.add_argument("--modes", default="local,ensemble", help="comma-separated: local, ensemble, ray")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -185,6 +185,8 @@ def main() -> int:
                 trials.append({"kills": kills, "reruns": reruns, "rc": rc, "problems": problems, "ok": ok})
                 print(f"[{mode}] trial {t}: {'ok' if ok else 'FAILED'} kills={kills} reruns={reruns} "
                       f"{problems}", flush=True)
+                if args.json:  # as it goes: a long run cut short keeps what it found
+                    args.json.write_text(json.dumps(results | {"partial": {mode: trials}}, indent=1))
             effective = sum(not k["finished_first"] for tr in trials for k in tr["kills"])
             results["modes"][mode] = {"reference_seconds": round(span, 1), "trials": trials,
                                       "kills": effective, "ok": sum(tr["ok"] for tr in trials)}
