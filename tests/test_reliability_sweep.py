@@ -22,6 +22,7 @@ from learndyn.phenomena.registry import Experiment, ExperimentResult, MemberOutc
 from learndyn.store import Recorder, RunStore
 from learndyn.store.liveness import process_alive
 from learndyn.sweep import SweepSpec, config_hash, run_sweep
+from learndyn.sweep.work import execute_unit
 
 SEEN = "test-sweep-seen"
 _SEEN_RUNNING: list[dict[str, str]] = []  # what the ensemble saw in the store before training
@@ -101,6 +102,31 @@ def test_a_rerun_sweep_continues_failed_runs_under_their_own_ids(store):
     assert run_sweep(spec, store, executor="serial", ensemble=False).counts == {"completed": 2}
     rows = _rows(store, plan.sweep_id)
     assert [r["id"] for r in rows[plan.points[0].hash]] == [run.id]
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["single", "ensemble"])
+def test_a_run_another_process_took_meanwhile_is_skipped_not_doubled(store, ensemble):
+    spec = SweepSpec.from_cli(SEEN, ["seed=range(2)"], [f"store={store.path}"])
+    plan = spec.expand()
+    killed = _interrupted_run(store, SEEN, plan.points[0].config, plan.sweep_id, 2)
+
+    class TakeItFirst:  # between the plan and the unit, someone else (`learndyn resume`) continues the run
+        name, workers = "take-it-first", 1
+
+        def run(self, units, on_result, on_lost):
+            other = store.reopen_run(killed)
+            for unit in units:
+                on_result(unit, execute_unit(unit))
+            other.close("interrupted")
+
+    result = run_sweep(spec, store, executor=TakeItFirst(), ensemble=ensemble)
+    assert result.counts.get("skipped") == (2 if ensemble else 1)  # an ensemble claims its members at once
+    rows = _rows(store, plan.sweep_id)
+    assert all(len(v) == 1 for v in rows.values()) and rows[plan.points[0].hash][0]["id"] == killed
+    assert run_sweep(spec, store, executor="serial", ensemble=ensemble).counts == {
+        "completed": 2 if ensemble else 1
+    }
+    assert all(len(v) == 1 and v[0]["status"] == "completed" for v in _rows(store, plan.sweep_id).values())
 
 
 def test_an_ensemble_is_running_in_the_store_before_it_trains(store):

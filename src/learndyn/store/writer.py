@@ -24,7 +24,7 @@ import pyarrow as pa
 from learndyn import __version__
 from learndyn.checkpoint import RunCheckpointer, default_checkpoint_every
 from learndyn.store.encoding import check_seed, dumps, finite_dumps, loads, now
-from learndyn.store.errors import StoreError
+from learndyn.store.errors import RunTakenError, StoreError
 from learndyn.store.liveness import checkpoint_dir, recover_dead_runs
 from learndyn.store.queries import RunQueries
 from learndyn.store.run import Run
@@ -200,7 +200,7 @@ class RunWriting(RunQueries):
             name, status, run_host, run_pid, summary = row
             if status not in RESUMABLE:
                 where = f" (pid {run_pid} on {run_host})" if status == "running" else ""
-                raise StoreError(
+                raise RunTakenError(
                     f"run {run_id[:8]} ({name}) is {status}{where}; allowed to resume: "
                     + ", ".join(RESUMABLE)
                 )
@@ -268,7 +268,7 @@ class RunWriting(RunQueries):
                 ).fetchall()
                 if not taken:
                     con.execute("ROLLBACK")
-                    raise StoreError(
+                    raise RunTakenError(
                         f"run {run_id[:8]} cannot be continued: it is not one of {', '.join(RESUMABLE)} "
                         "any more (another process took it, or it finished)"
                     )

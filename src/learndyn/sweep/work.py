@@ -35,7 +35,8 @@ from learndyn.config import config_from_dict
 from learndyn.config import seed_of as _seed_of
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import MemberOutcome, execute
-from learndyn.validation import exception_line
+from learndyn.store.errors import RunTakenError
+from learndyn.validation import error_text, exception_line
 
 __all__ = ["RunOutcome", "UnitResult", "WorkUnit", "execute_unit", "write_finished_runs"]
 
@@ -111,11 +112,15 @@ def execute_unit(unit: WorkUnit) -> UnitResult:
         result.outcomes = [RunOutcome(h, None, "failed", exception_line(exc)) for h in unit.hashes]
         result.seconds = time.perf_counter() - start
         return result
-    if unit.kind == "ensemble":
-        result.outcomes = _execute_ensemble(unit, experiment, configs, store)
-    else:
-        single = _execute_single(unit, experiment, configs[0], unit.hashes[0], store, unit.run_id(0))
-        result.outcomes = [single]
+    try:
+        if unit.kind == "ensemble":
+            result.outcomes = _execute_ensemble(unit, experiment, configs, store)
+        else:
+            single = _execute_single(unit, experiment, configs[0], unit.hashes[0], store, unit.run_id(0))
+            result.outcomes = [single]
+    except RunTakenError as exc:  # another process continues these runs: not ours to run, nothing written
+        message = error_text(exc)
+        result.outcomes = [RunOutcome(h, None, "skipped", message) for h in unit.hashes]
     result.seconds = time.perf_counter() - start
     return result
 
