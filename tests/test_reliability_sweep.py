@@ -129,6 +129,25 @@ def test_a_run_another_process_took_meanwhile_is_skipped_not_doubled(store, ense
     assert all(len(v) == 1 and v[0]["status"] == "completed" for v in _rows(store, plan.sweep_id).values())
 
 
+@pytest.mark.parametrize("ensemble", [False, True], ids=["single", "ensemble"])
+def test_two_sweeps_never_both_start_one_config(store, ensemble):
+    spec = SweepSpec.from_cli(SEEN, ["seed=range(2)"], [f"store={store.path}"])
+    plan = spec.expand()
+
+    class SecondSweepFirst:  # between this sweep's plan and its unit, a second sweep runs the same configs
+        name, workers = "second-sweep-first", 1
+
+        def run(self, units, on_result, on_lost):
+            assert run_sweep(spec, store, executor="serial", ensemble=ensemble).counts == {"completed": 2}
+            for unit in units:
+                on_result(unit, execute_unit(unit))
+
+    result = run_sweep(spec, store, executor=SecondSweepFirst(), ensemble=ensemble)
+    assert result.counts == {"skipped": 2}  # it used to write a second row for each config
+    rows = _rows(store, plan.sweep_id)
+    assert len(rows) == 2 and all(len(v) == 1 and v[0]["status"] == "completed" for v in rows.values())
+
+
 def test_an_ensemble_is_running_in_the_store_before_it_trains(store):
     _SEEN_RUNNING.clear()
     spec = SweepSpec.from_cli(SEEN, ["seed=range(3)"], [f"store={store.path}"])

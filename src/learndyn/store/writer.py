@@ -119,6 +119,7 @@ class RunWriting(RunQueries):
         flush_seconds: float | None = 10.0,
         git_commit: str | None = None,
         checkpoint_every: int | None = None,
+        one_per_config: bool = False,
     ) -> Run:
         """Open a new run (status ``running``, visible at once) and return it as a :class:`Run` recorder.
 
@@ -127,7 +128,9 @@ class RunWriting(RunQueries):
         ``flush_seconds``: also flush when a new step comes this long after the last flush (None: never).
         ``git_commit`` defaults to the learndyn source tree's commit (``+dirty`` when modified).
         ``checkpoint_every``: updates between the checkpoints of ``run.checkpointer`` (default
-        ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none).
+        ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none). ``one_per_config`` (sweeps): refuse with
+        :class:`RunTakenError`, writing nothing, when ``sweep_id`` already holds a run of this config (checked
+        in the transaction that inserts it, so two processes never both start one config).
         """
         _check_name(name)
         seed = check_seed(seed, "start_run")
@@ -146,6 +149,8 @@ class RunWriting(RunQueries):
         config_json = _config_json(config)
         now_ = now()
         with self._write() as con:
+            if one_per_config:
+                _refuse_taken(con, sweep_id, [config_json])
             con.execute(
                 "INSERT INTO runs (id, name, experiment, status, config, summary, started_at, updated_at, "
                 "git_commit, seed, sweep_id, host, pid, learndyn_version) "
@@ -230,13 +235,15 @@ class RunWriting(RunQueries):
         sweep_id: str | None = None,
         experiment: str | None = None,
         reopen: Sequence[str | None] | None = None,
+        one_per_config: bool = False,
     ) -> list[str]:
         """Open one run per config, all ``running`` in this process, in one transaction; return their ids.
 
         For a sweep's ensemble: its members are visible as ``running`` (with this host and pid) before it
         trains, and :meth:`write_finished_runs` with ``ids`` finishes them. Where ``reopen[i]`` names a run,
         that ``interrupted`` or ``failed`` run is continued under its id instead of a new one; if it is not
-        resumable any more (another process took it, or it finished) nothing is written (StoreError).
+        resumable any more (another process took it, or it finished) nothing is written (RunTakenError);
+        so too with ``one_per_config`` when ``sweep_id`` already holds a run of a config to start anew.
         """
         _check_name(name)
         seeds = list(seeds) if seeds is not None else [None] * len(configs)
@@ -272,6 +279,12 @@ class RunWriting(RunQueries):
                         f"run {run_id[:8]} cannot be continued: it is not one of {', '.join(RESUMABLE)} "
                         "any more (another process took it, or it finished)"
                     )
+            if fresh and one_per_config:
+                try:
+                    _refuse_taken(con, sweep_id, [row[3] for row in fresh])
+                except RunTakenError:
+                    con.execute("ROLLBACK")
+                    raise
             if fresh:
                 con.executemany(
                     "INSERT INTO runs (id, name, experiment, status, config, summary, started_at, "
@@ -444,3 +457,17 @@ def _finish_claimed(con: Any, run_rows: list[list[Any]], host: str, pid: int) ->
         if not done:
             con.execute("ROLLBACK")
             raise StoreError(f"run {run_id[:8]} is not running in this process any more; nothing was written")
+
+
+def _refuse_taken(con: Any, sweep_id: str | None, config_jsons: list[str]) -> None:
+    """Raise :class:`RunTakenError` if sweep ``sweep_id`` already holds a run of one of these configs."""
+    found = con.execute(
+        "SELECT id, status FROM runs "
+        "WHERE sweep_id IS NOT DISTINCT FROM ? AND list_contains(?, config) LIMIT 1",
+        [sweep_id, config_jsons],
+    ).fetchone()
+    if found is not None:
+        raise RunTakenError(
+            f"sweep {sweep_id} already holds run {found[0][:8]} ({found[1]}) of this config; "
+            "allowed: one run per config (a re-run of the sweep continues it)"
+        )

@@ -151,8 +151,13 @@ def _execute_single(
     if run_id is not None:
         run = store.reopen_run(run_id, **buffering)  # as `learndyn resume`: same id, from its checkpoints
     else:
-        run = store.start_run(
-            experiment.name, config, seed=_seed_of(config), sweep_id=unit.sweep_id, **buffering
+        run = store.start_run(  # refused if another process started this config meanwhile
+            experiment.name,
+            config,
+            seed=_seed_of(config),
+            sweep_id=unit.sweep_id,
+            one_per_config=True,
+            **buffering,
         )
     with run:
         outcome = execute(experiment, config, run)  # a failing run is an outcome, not a worker crash
@@ -170,6 +175,7 @@ def _execute_ensemble(unit: WorkUnit, experiment: Any, configs: list[Any], store
         seeds=[_seed_of(c) for c in configs],
         sweep_id=unit.sweep_id,
         reopen=[unit.run_id(i) for i in range(len(configs))],
+        one_per_config=True,
     )
     try:
         if support is None:
