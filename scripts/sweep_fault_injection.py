@@ -146,7 +146,7 @@ def compare(reference: dict, got: dict, exact: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4, help="trials per mode")
+    parser.add_argument("--trials", type=int, default=5, help="trials per mode")
     parser.add_argument("--kills-per-trial", type=int, default=3)
     parser.add_argument("--modes", default="local,ensemble", help="comma-separated: local, ensemble, ray")
     parser.add_argument("--seed", type=int, default=0)
@@ -168,9 +168,11 @@ def main() -> int:
             for t in range(args.trials):
                 store = Path(tmp) / f"{mode}-{t}.duckdb"
                 kills = []
-                for _ in range(args.kills_per_trial):
+                for _ in range(args.kills_per_trial):  # each re-run is killed again, until one finishes
                     how = rng.choice(["parent", "group"])
-                    kills.append(killed_run(store, mode, env, rng.uniform(1.0, span * 0.9), how))
+                    kills.append(killed_run(store, mode, env, rng.uniform(1.0, span * 0.6), how))
+                    if kills[-1]["finished_first"]:
+                        break
                 reruns = 0
                 while True:  # a re-run skips configs still in progress elsewhere: repeat until done
                     reruns += 1
