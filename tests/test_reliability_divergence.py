@@ -205,16 +205,15 @@ def test_a_resumed_loop_compares_with_the_initial_loss_of_its_first_attempt():
 
 
 def test_mlp_teacher_at_lr_1e9_is_diverged_alone_and_in_an_ensemble(cli, store_path):
-    from learndyn.phenomena.mlp_teacher import MLPTeacherConfig, run, run_ensemble
+    from learndyn.phenomena.mlp_teacher import MLPTeacherConfig, run_ensemble
+    from learndyn.store import RunStore
 
-    config = MLPTeacherConfig(optimizer="cgd-diag", lr=1e9, steps=20, eval_every=5, dtype="float64")
-    recorder = MemoryRecorder()
-    single = run(config, recorder)
-    (member,) = run_ensemble([config])
-    assert single.summary["diverged"] == 1.0 and member.status == "diverged"
-    assert member.summary["diverged_at"] == single.summary["diverged_at"]
     result = cli("run", "mlp-teacher", "--quick", "--set", "optimizer=cgd-diag", "--set", "lr=1e9")
     assert result.exit_code == 0 and "(diverged)" in result.output  # it used to end completed, loss 1.4e18
+    (stored,) = RunStore(store_path).runs().to_dict("records")
+    assert stored["status"] == "diverged" and "exploded" in stored["error"]
+    (member,) = run_ensemble([MLPTeacherConfig(optimizer="cgd-diag", lr=1e9, steps=40, eval_every=10)])
+    assert member.status == "diverged" and member.summary["diverged_at"] == stored["summary"]["diverged_at"]
 
 
 def test_mlp_teacher_honours_checkpoint_every():
