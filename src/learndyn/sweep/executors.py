@@ -130,8 +130,9 @@ class LocalExecutor:
 
     def _spawn(self, ctx: Any) -> _Worker:
         parent, child = ctx.Pipe(duplex=True)
+        watch = os.getpid() if self.start_method != "forkserver" else None  # forkserver: not our child
         process = ctx.Process(
-            target=_worker_main, args=(child, os.getpid()), daemon=True, name="learndyn-sweep-worker"
+            target=_worker_main, args=(child, watch), daemon=True, name="learndyn-sweep-worker"
         )
         process.start()
         child.close()
