@@ -61,6 +61,22 @@ def test_huge_values_are_one_line_exit_2_before_anything_is_stored(cli, store_pa
     assert not store_path.exists()
 
 
+@pytest.mark.parametrize(
+    ("experiment", "item", "needle"),
+    [
+        ("deep-linear", "hidden=1000000000000", "smaller hidden"),
+        ("symmetry", "width=1000000000000", "smaller width"),
+        ("grokking", "hidden=1000000000000", "smaller p, embed_dim, hidden"),
+        ("sgd-stationary", "chains=1000000000000", "smaller chains"),
+    ],
+)
+def test_huge_sizes_of_other_experiments_are_one_line_exit_2(cli, store_path, experiment, item, needle):
+    result = cli("run", experiment, "--quick", "--set", item)  # they used to store a failed run, exit 1
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
+    assert not store_path.exists()
+
+
 def test_a_5000_digit_integer_is_named_by_its_size():
     config = registry.get("mlp-teacher").config_cls
     expected = r"steps=<an integer of 16610 bits> is out of range; allowed: steps <= 10\*\*9"
