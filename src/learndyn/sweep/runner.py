@@ -59,7 +59,8 @@ class SweepState:
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` did. ``counts``: outcomes of the runs it ran, by status (``lost``: a worker
-    died before writing anything, e.g. mid-ensemble)."""
+    died before writing anything; ``taken elsewhere``: another process started or continued the config
+    between the plan and the unit, so this sweep left it alone)."""
 
     sweep_id: str
     experiment: str

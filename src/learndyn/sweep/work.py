@@ -120,7 +120,7 @@ def execute_unit(unit: WorkUnit) -> UnitResult:
             result.outcomes = [single]
     except RunTakenError as exc:  # another process continues these runs: not ours to run, nothing written
         message = error_text(exc)
-        result.outcomes = [RunOutcome(h, None, "skipped", message) for h in unit.hashes]
+        result.outcomes = [RunOutcome(h, None, "taken elsewhere", message) for h in unit.hashes]
     result.seconds = time.perf_counter() - start
     return result
 
