@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from learndyn.phenomena import registry
@@ -71,6 +72,7 @@ def _interrupted_run(store: RunStore, experiment: str, config, sweep_id: str, st
     run = store.start_run(experiment, config, sweep_id=sweep_id)
     for t in range(steps):
         run.log(t, {"loss": 99.0})  # not what a real attempt logs: the rerun must replace these
+    run.log_array(0, "old", np.zeros(3))
     run.close("interrupted", "interrupted: killed (simulated)")
     return run.id
 
@@ -90,6 +92,9 @@ def test_a_rerun_sweep_continues_interrupted_runs_under_their_own_ids(store, tmp
     for (row,) in rows.values():
         metrics = store.metrics(row["id"])
         assert list(metrics["step"]) == [0, 1, 2, 3] and 99.0 not in set(metrics["value"])
+        if ensemble:  # an ensemble logs no arrays: the earlier attempt's are gone, rows and files
+            assert store.arrays(row["id"], "old").empty
+            assert not list((store.arrays_dir / row["id"]).glob("*.npz"))
     again = run_sweep(spec, store, executor="serial", ensemble=ensemble)
     assert again.counts == {} and again.skipped == 4
 

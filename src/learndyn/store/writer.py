@@ -386,6 +386,7 @@ class RunWriting(RunQueries):
             con.execute("COMMIT")
         if existing is not None:
             for run_id, r in zip(ids, runs, strict=True):
+                _drop_array_files(self.arrays_dir / run_id)  # an earlier attempt's; their rows went above
                 if r.status in FINISHED:  # a continued run's checkpoints: nothing will resume it
                     RunCheckpointer(checkpoint_dir(self, run_id)).clear()
         return ids
@@ -471,3 +472,12 @@ def _refuse_taken(con: Any, sweep_id: str | None, config_jsons: list[str]) -> No
             f"sweep {sweep_id} already holds run {found[0][:8]} ({found[1]}) of this config; "
             "allowed: one run per config (a re-run of the sweep continues it)"
         )
+
+
+def _drop_array_files(folder: Path) -> None:
+    """Delete the ``.npz`` array files in a run's folder (best effort: a leftover file is only disk space)."""
+    try:
+        for f in folder.glob("*.npz"):
+            f.unlink(missing_ok=True)
+    except OSError:
+        pass
