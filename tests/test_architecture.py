@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("phenomena", "tasks", "integrations"),
     ("training", "probes", "store", "checkpoint"),
     ("optim", "stats", "theory"),
-    ("validation", "config", "progress", "glossary", ""),  # "": the root package, learndyn.__version__
+    # "": the root package, learndyn.__version__
+    ("validation", "config", "progress", "glossary", "lifeline", ""),
 )
 """Top to bottom. A module may import from its own layer (without cycles) or from any layer below it."""
 

@@ -359,14 +359,15 @@ def test_diverged_training_marks_the_stored_run_and_keeps_its_rows(tmp_path):
     path = tmp_path / "s.duckdb"
     proc = _cli_here("run", TRAIN, "--store", str(path), "--set", "optimizer=sgd", "--set", "lr=50")
     assert proc.exit_code == 0, proc.output
-    assert "(diverged)" in proc.stdout and "training diverged: m0/loss is" in proc.stdout
+    assert "(diverged)" in proc.stdout and "training diverged: m0/loss " in proc.stdout
     store = RunStore(path)
     info = _only_run(store)
     at = info["summary"]["diverged_at"]
     assert info["status"] == "diverged" and f"at step {at}" in info["error"]
     losses = store.metrics(info["id"], "m0/loss")
     assert losses["step"].tolist() == list(range(at + 1))  # every row up to the bad step is kept
-    assert not math.isfinite(losses["value"].iloc[-1]) and math.isfinite(losses["value"].iloc[0])
+    first, last = losses["value"].iloc[0], losses["value"].iloc[-1]  # NaN/Inf, or exploded (> 1e6 x first)
+    assert math.isfinite(first) and (not math.isfinite(last) or last > 1e6 * first)
     assert store.metrics(info["id"], "m0/diverged_at")["value"].tolist() == [float(at)]
     assert not (store.arrays_dir / info["id"] / "checkpoints").exists()
 
@@ -427,4 +428,4 @@ def test_a_sweep_carries_on_after_a_run_diverges(tmp_path):
     rows = zip(runs["config"], runs["status"], runs["error"], strict=True)
     by_lr = {config["lr"]: (status, error) for config, status, error in rows}
     assert {lr: s for lr, (s, _) in by_lr.items()} == {0.05: "completed", 50.0: "diverged", 0.1: "completed"}
-    assert "m0/loss is" in by_lr[50.0][1] and len(set(runs["sweep_id"])) == 1
+    assert "m0/loss " in by_lr[50.0][1] and len(set(runs["sweep_id"])) == 1

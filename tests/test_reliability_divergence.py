@@ -1,4 +1,5 @@
-"""Divergence: a NaN/Inf loss, parameter or gradient stops the loop cleanly, keeps everything logged, and
+"""Divergence: a NaN/Inf loss, parameter or gradient, or a loss exploding above 1e6 x its initial value, stops
+the loop cleanly, keeps everything logged, and
 marks the stored run ``diverged`` with the reason and the step -- without the experiment doing anything but
 passing its recorder to ``train_loop``."""
 
@@ -47,7 +48,9 @@ def test_inf_loss_marks_the_run_diverged_with_step_and_keeps_rows(store):
     model, sample, gen = _setup()
     opt = torch.optim.SGD(model.parameters(), lr=100.0)
     with store.start_run("div", {}, flush_every=1000) as run:
-        result = train_loop(model, opt, sample, nn.functional.mse_loss, 500, generator=gen, recorder=run)
+        result = train_loop(
+            model, opt, sample, nn.functional.mse_loss, 500, generator=gen, recorder=run, explode_factor=0
+        )  # 0: only NaN/Inf count (a loss explosion comes first otherwise: see below)
         assert result.status == "diverged"
         assert store.run_info(run.id)["summary"]["diverged_at"] == result.diverged_at  # durable at once
     info = store.run_info(run.id)
@@ -124,7 +127,7 @@ def test_first_divergence_wins_and_opting_out_keeps_the_run_completed(store):
                 first = result.diverged_at
     info = store.run_info(run.id)
     assert info["status"] == "diverged" and info["summary"]["diverged_at"] == first
-    assert info["error"].startswith("lr100-True/loss is")
+    assert info["error"].startswith("lr100-True/loss ")
 
     with store.start_run("grid", {}) as grid:
         model, sample, gen = _setup()
@@ -141,3 +144,84 @@ def test_divergence_without_a_store_needs_nothing():
     result = train_loop(model, opt, sample, nn.functional.mse_loss, 500, generator=gen, recorder=rec)
     assert result.status == "diverged"
     assert rec.series("train/diverged_at")[1].tolist() == [float(result.diverged_at)]
+
+
+# ------------------------------------------------------------------------ loss explosion (Reliability II, 7)
+def _exploding(factor=None, checkpointer=None, steps=30, recorder=None):
+    """SGD far above the stability edge: the loss grows geometrically, and stays finite for a while."""
+    model, sample, gen = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=3.0)
+    return train_loop(
+        model,
+        opt,
+        sample,
+        nn.functional.mse_loss,
+        steps,
+        generator=gen,
+        recorder=recorder,
+        explode_factor=factor,
+        checkpointer=checkpointer,
+        checkpoint_every=1 if checkpointer is not None else 0,
+    )
+
+
+def test_a_finite_loss_explosion_is_divergence(store):
+    run = store.start_run("explode")
+    result = _exploding(recorder=run, factor=1e3)
+    run.close()
+    assert result.status == "diverged" and math.isfinite(result.last_loss)
+    assert "exploded above 1000 x its initial" in result.reason
+    info = store.run_info(run.id)
+    assert info["status"] == "diverged" and f"at step {result.diverged_at}" in info["error"]
+    only_nan = _exploding(factor=math.inf)
+    assert only_nan.status == "completed" and math.isfinite(only_nan.last_loss)  # how it used to end
+
+
+def test_the_explosion_factor_is_configurable_and_checked(monkeypatch):
+    default = _exploding(steps=60)
+    monkeypatch.setenv("LEARNDYN_DIVERGENCE_FACTOR", "10")
+    tight = _exploding(steps=60)
+    assert tight.status == "diverged" and "exploded above 10 x" in tight.reason
+    assert default.diverged_at is None or tight.diverged_at < default.diverged_at
+    monkeypatch.setenv("LEARNDYN_DIVERGENCE_FACTOR", "lots")
+    with pytest.raises(ValueError, match=r"^\$LEARNDYN_DIVERGENCE_FACTOR='lots' is not allowed; allowed: "):
+        _exploding()
+    monkeypatch.delenv("LEARNDYN_DIVERGENCE_FACTOR")
+    with pytest.raises(ValueError, match="explode_factor=0.5 is out of range"):
+        _exploding(factor=0.5)
+
+
+def test_a_resumed_loop_compares_with_the_initial_loss_of_its_first_attempt():
+    from learndyn.checkpoint import MemoryCheckpointer
+
+    whole = _exploding(factor=1e3)
+    ckpt = MemoryCheckpointer(every=1)
+    first = _exploding(factor=1e3, checkpointer=ckpt, steps=whole.diverged_at - 1)  # stops before it explodes
+    assert first.status == "completed"
+    resumed = _exploding(factor=1e3, checkpointer=ckpt)
+    assert resumed.resumed_from == whole.diverged_at - 1
+    assert (resumed.status, resumed.diverged_at) == ("diverged", whole.diverged_at)
+    assert resumed.reason == whole.reason
+
+
+def test_mlp_teacher_at_lr_1e9_is_diverged_alone_and_in_an_ensemble(cli, store_path):
+    from learndyn.phenomena.mlp_teacher import MLPTeacherConfig, run_ensemble
+    from learndyn.store import RunStore
+
+    result = cli("run", "mlp-teacher", "--quick", "--set", "optimizer=cgd-diag", "--set", "lr=1e9")
+    assert result.exit_code == 0 and "(diverged)" in result.output  # it used to end completed, loss 1.4e18
+    (stored,) = RunStore(store_path).runs().to_dict("records")
+    assert stored["status"] == "diverged" and "exploded" in stored["error"]
+    (member,) = run_ensemble([MLPTeacherConfig(optimizer="cgd-diag", lr=1e9, steps=40, eval_every=10)])
+    assert member.status == "diverged" and member.summary["diverged_at"] == stored["summary"]["diverged_at"]
+
+
+def test_mlp_teacher_honours_checkpoint_every():
+    from learndyn.checkpoint import MemoryCheckpointer
+    from learndyn.phenomena.mlp_teacher import MLPTeacherConfig, run
+
+    recorder = MemoryRecorder()
+    recorder.checkpointer = MemoryCheckpointer(every=5)
+    run(MLPTeacherConfig(steps=12, eval_every=0), recorder)
+    (state,) = [recorder.checkpointer.load(k) for k in ("main",)]
+    assert state is not None and state["step"] == 10  # it used to save nothing: resume retrained from 0

@@ -1,6 +1,6 @@
 """Running sweeps into the store: every config once under one sweep id, idempotent resume (failed, interrupted
-and killed runs are rerun, nothing else), ensembles written like single runs, a local pool of 2 workers with a
-worker killed mid-run, and the ``learndyn sweep`` command."""
+and killed runs are rerun under their own ids, nothing else), ensembles written like single runs, a local pool
+of 2 workers with a worker killed mid-run, and the ``learndyn sweep`` command."""
 
 from __future__ import annotations
 
@@ -116,12 +116,14 @@ def test_failed_runs_are_rerun_exactly_on_resume(store, tmp_path):
     assert "flaky experiment broke on purpose" in first.errors[0]
     bad = next(p.hash for p in plan.points if p.config.seed == 2)
     assert _by_hash(store, plan.sweep_id)[bad] == ["failed"]
+    failed_id = store.runs(sweep_id=plan.sweep_id, status="failed")["id"].item()
     assert run_sweep(spec, store, executor="serial").counts == {"failed": 1}  # still broken: tried again
     marker.unlink()
     third = run_sweep(spec, store, executor="serial")
     assert third.ok and third.counts == {"completed": 1} and third.skipped == 3
     statuses = _by_hash(store, plan.sweep_id)
-    assert statuses[bad] == ["failed", "failed", "completed"]
+    assert statuses[bad] == ["completed"]  # retried under its own id: one row per config
+    assert store.run_info(failed_id)["status"] == "completed"
     assert all(v == ["completed"] for h, v in statuses.items() if h != bad)
     assert run_sweep(spec, store, executor="serial").counts == {}
 
@@ -176,7 +178,8 @@ def test_local_pool_two_workers_with_a_killed_worker(store, tmp_path, monkeypatc
     hold.unlink()
     resumed = run_sweep(spec, store, executor="serial")
     assert resumed.counts == {"completed": 1} and resumed.skipped == 5
-    assert _by_hash(store, plan.sweep_id)[held] == ["interrupted", "completed"]
+    assert _by_hash(store, plan.sweep_id)[held] == ["completed"]  # resumed under its own id
+    assert store.run_info(victim["id"])["status"] == "completed"
 
 
 # ------------------------------------------------------------------------------------------------- CLI

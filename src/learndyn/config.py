@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
 import types
 import typing
@@ -34,6 +35,8 @@ __all__ = [
     "config_fields",
     "config_from_dict",
     "config_to_dict",
+    "check_int_fields",
+    "check_memory",
     "check_run_fields",
     "parse_value",
     "seed_of",
@@ -358,7 +361,10 @@ def apply_overrides(
         else:
             value = _given(key, _coerce_given(value, tp), tp, owner)
         changes[key] = value
-    return dataclasses.replace(config, **changes)
+    _check_ints(owner, changes)  # before the dataclass's own (cross-field) validation sees them
+    out = dataclasses.replace(config, **changes)
+    check_int_fields(out, owner)  # configs whose own validation does not bound them (user experiments)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -407,7 +413,10 @@ def config_from_dict(config_cls: type, data: Mapping[str, Any], *, experiment: s
         allowed = ", ".join(sorted(field_types))
         raise ConfigError(f"unknown config key {unknown[0]!r} for {owner}; allowed: {allowed}")
     kwargs = {key: _given(key, value, field_types[key], owner) for key, value in data.items()}
-    return config_cls(**kwargs)
+    _check_ints(owner, kwargs)
+    out = config_cls(**kwargs)
+    check_int_fields(out, owner)
+    return out
 
 
 def seed_of(config: Any) -> int | None:
@@ -419,7 +428,9 @@ def seed_of(config: Any) -> int | None:
 def check_run_fields(config: Any, owner: str, *, tolerance: bool = True) -> None:
     """Validate the fields experiment configs share, those ``config`` has (one-line errors naming ``owner``):
     ``seed`` (an int ``>= 0``), ``checkpoint_every`` (``None`` or an int ``>= 0``), ``threads`` (``None`` or
-    an int ``>= 1``) and, unless ``tolerance=False``, ``tolerance`` (a real ``> 0``, stored as a float)."""
+    an int ``>= 1``), every integer field's bounds (:func:`check_int_fields`) and, unless
+    ``tolerance=False``, ``tolerance`` (a real ``> 0``, stored as a float)."""
+    check_int_fields(config, owner)
     if hasattr(config, "seed"):
         check_int("seed", config.seed, low=0, owner=owner)
     if getattr(config, "checkpoint_every", None) is not None:
@@ -428,3 +439,62 @@ def check_run_fields(config: Any, owner: str, *, tolerance: bool = True) -> None
         check_int("threads", config.threads, low=1, owner=owner)
     if tolerance and hasattr(config, "tolerance"):
         config.tolerance = check_real("tolerance", config.tolerance, low=0.0, low_open=True, owner=owner)
+
+
+# ------------------------------------------------------------------------------------------- bounds
+INT64_MAX = 2**63 - 1
+"""The largest integer a config field may hold: seeds feed int64 generators and the store's BIGINT column."""
+MAX_STEPS = 10**9
+"""The most steps (``steps``, ``*_steps``) a config may ask for: a billion updates is beyond any run here."""
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [i for v in value for i in _ints(v)]
+    return []
+
+
+def check_int_fields(config: Any, owner: str) -> None:
+    """Bound every integer of the dataclass ``config`` (in tuples too) before anything is allocated or stored:
+    ``|value| <= 2**63 - 1`` (seeds, ``data_seed`` included, feed int64 generators and the store) and step
+    counts (``steps``, ``*_steps``) ``<= 10**9``. One-line :class:`ConfigError` naming the field and the
+    range. Lower bounds (a seed ``>= 0``, a size ``>= 1``) are the experiment's own validation."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return
+    _check_ints(owner, {f.name: getattr(config, f.name, None) for f in dataclasses.fields(config)})
+
+
+def _check_ints(owner: str, values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        steps = name == "steps" or name.endswith("_steps")
+        high, allowed = (MAX_STEPS, f"{name} <= 10**9") if steps else (INT64_MAX, f"|{name}| <= 2**63 - 1")
+        for v in _ints(value):
+            if not -INT64_MAX <= v <= high:
+                text = str(v) if v.bit_length() < 4000 else ""  # str() refuses over 4300 digits
+                shown = text if 0 < len(text) <= 24 else f"<an integer of {v.bit_length()} bits>"
+                raise ConfigError(
+                    f"{owner}.{name}={shown} is out of range; allowed: {allowed}"
+                )
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(owner: str, needed: float, fields: Sequence[str]) -> None:
+    """Refuse (one-line :class:`ConfigError`) a config whose estimated memory ``needed`` (bytes) exceeds this
+    machine's physical memory, before anything is allocated; ``fields`` name the sizes that drive it."""
+    total = physical_memory()
+    if total is not None and needed > total:
+        raise ConfigError(
+            f"{owner} needs about {needed:.3g} bytes of memory, more than this machine has "
+            f"({total / 2**30:.0f} GiB); allowed: smaller {', '.join(fields)}"
+        )

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._figures import mode_color, run_series, sim_theory_traces
 from learndyn.phenomena._stepwise import crossing_step, full_batch_descent
 from learndyn.phenomena._threads import threaded
@@ -151,6 +151,9 @@ class DeepLinearConfig:
             self.t_end = check_real("t_end", self.t_end, low=0.0, low_open=True, owner=owner)
         check_int("eval_points", self.eval_points, low=10, owner=owner)
         check_run_fields(self, owner)
+        # a lower bound (float64 first and last layers), checked before anything is allocated
+        edge = self.hidden * (self.n_in + self.n_out) if self.depth >= 2 else self.n_in * self.n_out
+        check_memory(owner, 8.0 * edge, ("hidden", "n_in", "n_out"))
 
     def train_time(self) -> float:
         """Gradient-flow time to train for (``t_end``, or the automatic choice described above)."""

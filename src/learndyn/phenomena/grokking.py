@@ -113,7 +113,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._grokking_report import grokking_figures, grokking_verdict
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import first_step, loop_checkpoint_every
@@ -210,6 +210,8 @@ class GrokkingConfig:
             "generalisation_acc", self.generalisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
         )
         check_run_fields(self, owner, tolerance=False)  # tolerance: a fraction, below
+        weights = self.p * self.embed_dim + 2 * self.embed_dim * self.hidden + self.hidden * self.p
+        check_memory(owner, 4.0 * weights, ("p", "embed_dim", "hidden"))  # a lower bound: the weights
         self.min_delay_ratio = check_real(
             "min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner
         )

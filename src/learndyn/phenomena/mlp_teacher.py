@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.optim.spec import build_optimizer
 from learndyn.optim.stacked import StackedAdam, StackedCovariantDiag, StackedSGD
 from learndyn.phenomena.registry import EnsembleSupport, Experiment, ExperimentResult, MemberOutcome, register
@@ -99,7 +99,21 @@ class MLPTeacherConfig:
             )
         if self.dtype not in _DTYPES:
             raise ValueError(f"{owner}.dtype={self.dtype!r} is not allowed; allowed: 'float32', 'float64'")
+        check_memory(owner, self.memory_estimate(), _SIZE_FIELDS)
 
+    def memory_estimate(self) -> float:
+        """Bytes one run needs, roughly (an upper estimate, checked before anything is allocated): the data in
+        float64, the student with its gradient and up to two optimizer moments, the activations of a full
+        evaluation pass."""
+        params = self.d_in * self.width + (self.depth - 1) * self.width**2 + (self.depth + 1) * self.width + 1
+        data = (self.n_train + self.n_test) * (self.d_in + 1) + self.teacher_width * (self.d_in + 1)
+        batch = max(self.batch_size, self.n_train, self.n_test)
+        activations = 2 * batch * self.width * self.depth
+        item = 8 if self.dtype == "float64" else 4
+        return 8.0 * data + item * (4.0 * params + 2.0 * activations)
+
+
+_SIZE_FIELDS = ("width", "depth", "d_in", "teacher_width", "n_train", "n_test", "batch_size")
 
 QUICK = {"steps": 40, "eval_every": 10}
 """The test-size configuration (``--quick``)."""
@@ -239,9 +253,10 @@ def run(config: MLPTeacherConfig, recorder: Recorder) -> ExperimentResult:
         evaluate=evaluate if config.eval_every else None,
         eval_every=config.eval_every,
         prefix="",
+        checkpointer=getattr(recorder, "checkpointer", None),  # --checkpoint-every; resume continues
     )
     if result.status == "diverged" and hasattr(recorder, "mark_diverged"):
-        recorder.mark_diverged(f"non-finite loss or parameters at step {result.diverged_at}")
+        recorder.mark_diverged(result.reason or f"diverged at step {result.diverged_at}")
     summary = _summary(
         result.status,
         result.last_loss,
@@ -324,7 +339,9 @@ def run_ensemble(configs: list[MLPTeacherConfig]) -> list[MemberOutcome]:
                 status=status,
                 summary=summary,
                 series=trace.member_series(b, log_every=c0.log_every),
-                error=f"non-finite loss or parameters at step {stop}" if stop >= 0 else None,
+                error=f"non-finite or exploded loss, or non-finite parameters, at step {stop}"
+                if stop >= 0
+                else None,
             )
         )
     return outcomes

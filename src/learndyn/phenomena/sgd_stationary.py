@@ -70,7 +70,7 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
@@ -148,6 +148,7 @@ class SGDStationaryConfig:
             "entry_tolerance", self.entry_tolerance, low=0.0, low_open=True, owner=owner
         )
         check_run_fields(self, owner)
+        check_memory(owner, 8.0 * self.chains * self.batch, ("chains", "batch"))  # a lower bound: one draw
 
 
 QUICK = {"lrs": (0.05, 0.2), "chains": 4000, "window": 10.0, "samples": 40}

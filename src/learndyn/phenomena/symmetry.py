@@ -96,7 +96,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._chains import ChainBalanceProbe, ScalarNetEnsemble, chains_loss
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import threaded
@@ -178,6 +178,8 @@ class SymmetryConfig:
         check_int("balance_batch", self.balance_batch, low=1, owner=owner)
         check_int("balance_chains", self.balance_chains, low=2, owner=owner)
         check_run_fields(self, owner)
+        layers = self.width * (self.input_dim + self.output_dim)  # a lower bound: one network's weights
+        check_memory(owner, 4.0 * layers, ("width", "input_dim", "output_dim"))
         for name in (
             "lr",
             "balance_lr",

@@ -19,3 +19,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type name when the message is empty)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class RunTakenError(StoreError):
+    """A run to continue is not resumable any more: another process took it (a concurrent sweep or
+    ``learndyn resume``) or it finished."""

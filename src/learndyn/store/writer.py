@@ -22,13 +22,13 @@ import numpy as np
 import pyarrow as pa
 
 from learndyn import __version__
-from learndyn.checkpoint import default_checkpoint_every
+from learndyn.checkpoint import RunCheckpointer, default_checkpoint_every
 from learndyn.store.encoding import check_seed, dumps, finite_dumps, loads, now
-from learndyn.store.errors import StoreError
-from learndyn.store.liveness import recover_dead_runs
+from learndyn.store.errors import RunTakenError, StoreError
+from learndyn.store.liveness import checkpoint_dir, recover_dead_runs
 from learndyn.store.queries import RunQueries
 from learndyn.store.run import Run
-from learndyn.store.schema import RESUMABLE, STATUSES
+from learndyn.store.schema import FINISHED, RESUMABLE, STATUSES
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
 _INSERT_RUN = (
@@ -119,6 +119,7 @@ class RunWriting(RunQueries):
         flush_seconds: float | None = 10.0,
         git_commit: str | None = None,
         checkpoint_every: int | None = None,
+        one_per_config: bool = False,
     ) -> Run:
         """Open a new run (status ``running``, visible at once) and return it as a :class:`Run` recorder.
 
@@ -127,7 +128,9 @@ class RunWriting(RunQueries):
         ``flush_seconds``: also flush when a new step comes this long after the last flush (None: never).
         ``git_commit`` defaults to the learndyn source tree's commit (``+dirty`` when modified).
         ``checkpoint_every``: updates between the checkpoints of ``run.checkpointer`` (default
-        ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none).
+        ``$LEARNDYN_CHECKPOINT_EVERY``, else 100; 0: none). ``one_per_config`` (sweeps): refuse with
+        :class:`RunTakenError`, writing nothing, when ``sweep_id`` already holds a run of this config (checked
+        in the transaction that inserts it, so two processes never both start one config).
         """
         _check_name(name)
         seed = check_seed(seed, "start_run")
@@ -146,6 +149,8 @@ class RunWriting(RunQueries):
         config_json = _config_json(config)
         now_ = now()
         with self._write() as con:
+            if one_per_config:
+                _refuse_taken(con, sweep_id, [config_json])
             con.execute(
                 "INSERT INTO runs (id, name, experiment, status, config, summary, started_at, updated_at, "
                 "git_commit, seed, sweep_id, host, pid, learndyn_version) "
@@ -200,7 +205,7 @@ class RunWriting(RunQueries):
             name, status, run_host, run_pid, summary = row
             if status not in RESUMABLE:
                 where = f" (pid {run_pid} on {run_host})" if status == "running" else ""
-                raise StoreError(
+                raise RunTakenError(
                     f"run {run_id[:8]} ({name}) is {status}{where}; allowed to resume: "
                     + ", ".join(RESUMABLE)
                 )
@@ -221,21 +226,98 @@ class RunWriting(RunQueries):
         run._old_arrays = {n: set(steps) for n, steps in array_keys}
         return run
 
-    def write_finished_runs(self, runs: Iterable[FinishedRun]) -> list[str]:
-        """Write whole finished runs (row, summary, scalar series) in one transaction; return their new ids.
+    def start_runs(
+        self,
+        name: str,
+        configs: Sequence[Any],
+        *,
+        seeds: Sequence[int | None] | None = None,
+        sweep_id: str | None = None,
+        experiment: str | None = None,
+        reopen: Sequence[str | None] | None = None,
+        one_per_config: bool = False,
+    ) -> list[str]:
+        """Open one run per config, all ``running`` in this process, in one transaction; return their ids.
+
+        For a sweep's ensemble: its members are visible as ``running`` (with this host and pid) before it
+        trains, and :meth:`write_finished_runs` with ``ids`` finishes them. Where ``reopen[i]`` names a run,
+        that ``interrupted`` or ``failed`` run is continued under its id instead of a new one; if it is not
+        resumable any more (another process took it, or it finished) nothing is written (RunTakenError);
+        so too with ``one_per_config`` when ``sweep_id`` already holds a run of a config to start anew.
+        """
+        _check_name(name)
+        seeds = list(seeds) if seeds is not None else [None] * len(configs)
+        reopen = list(reopen) if reopen is not None else [None] * len(configs)
+        if not len(seeds) == len(reopen) == len(configs):
+            raise LearndynValueError(
+                f"start_runs got {len(configs)} configs, {len(seeds)} seeds and {len(reopen)} reopen ids; "
+                "allowed: equal lengths"
+            )
+        seeds = [check_seed(s, "start_runs") for s in seeds]
+        jsons = [_config_json(c) for c in configs]
+        host, pid, now_, commit = socket.gethostname(), os.getpid(), now(), source_commit()
+        ids = [r or uuid.uuid4().hex for r in reopen]
+        fresh = [
+            [i, name, experiment or name, j, now_, now_, commit, s, sweep_id, host, pid, __version__]
+            for i, j, s, r in zip(ids, jsons, seeds, reopen, strict=True)
+            if r is None
+        ]
+        if not ids:
+            return []
+        with self._write() as con:
+            con.execute("BEGIN")
+            for run_id in (r for r in reopen if r is not None):
+                taken = con.execute(
+                    "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL, traceback = NULL, "
+                    "host = ?, pid = ?, updated_at = ? "
+                    "WHERE id = ? AND list_contains(?, status) RETURNING id",
+                    [host, pid, now_, run_id, list(RESUMABLE)],
+                ).fetchall()
+                if not taken:
+                    con.execute("ROLLBACK")
+                    raise RunTakenError(
+                        f"run {run_id[:8]} cannot be continued: it is not one of {', '.join(RESUMABLE)} "
+                        "any more (another process took it, or it finished)"
+                    )
+            if fresh and one_per_config:
+                try:
+                    _refuse_taken(con, sweep_id, [row[3] for row in fresh])
+                except RunTakenError:
+                    con.execute("ROLLBACK")
+                    raise
+            if fresh:
+                con.executemany(
+                    "INSERT INTO runs (id, name, experiment, status, config, summary, started_at, "
+                    "updated_at, git_commit, seed, sweep_id, host, pid, learndyn_version) "
+                    "VALUES (?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    fresh,
+                )
+            con.execute("COMMIT")
+        return ids
+
+    def write_finished_runs(
+        self, runs: Iterable[FinishedRun], *, ids: Sequence[str] | None = None
+    ) -> list[str]:
+        """Write whole finished runs (row, summary, scalar series) in one transaction; return their ids.
 
         The rows are the ones :meth:`start_run`, logging and ``close`` would write (same columns and JSON
         encodings); hundreds of runs cost one lock and one commit instead of three each. Everything is
-        checked before anything is written: all the runs are stored, or none.
+        checked before anything is written: all the runs are stored, or none. With ``ids`` (runs this process
+        opened with :meth:`start_runs`), those rows are finished instead of new ones written: their earlier
+        metrics and arrays rows are replaced; a row no longer ``running`` in this process is refused
+        (StoreError, nothing written).
         """
         runs = list(runs)
         for r in runs:
             if not isinstance(r, FinishedRun):
                 raise LearndynValueError(f"runs entry {r!r} is not allowed; allowed: FinishedRun")
+        if ids is not None and len(ids) != len(runs):
+            raise LearndynValueError(f"write_finished_runs got {len(ids)} ids for {len(runs)} runs")
         ended = now()
         commit = source_commit()
         host, pid = socket.gethostname(), os.getpid()
-        ids = [uuid.uuid4().hex for _ in runs]
+        existing = list(ids) if ids is not None else None
+        ids = existing if existing is not None else [uuid.uuid4().hex for _ in runs]
         run_rows = []
         run_col: list[str] = []
         name_col: list[str] = []
@@ -290,7 +372,10 @@ class RunWriting(RunQueries):
             return []
         with self._write() as con:
             con.execute("BEGIN")
-            con.executemany(_INSERT_RUN, run_rows)
+            if existing is None:
+                con.executemany(_INSERT_RUN, run_rows)
+            else:
+                _finish_claimed(con, run_rows, host, pid)
             if metrics.num_rows:
                 con.register("_ld_finished_batch", metrics)
                 con.execute(
@@ -299,6 +384,11 @@ class RunWriting(RunQueries):
                 )
                 con.unregister("_ld_finished_batch")
             con.execute("COMMIT")
+        if existing is not None:
+            for run_id, r in zip(ids, runs, strict=True):
+                _drop_array_files(self.arrays_dir / run_id)  # an earlier attempt's; their rows went above
+                if r.status in FINISHED:  # a continued run's checkpoints: nothing will resume it
+                    RunCheckpointer(checkpoint_dir(self, run_id)).clear()
         return ids
 
     def _flush(
@@ -349,3 +439,45 @@ class RunWriting(RunQueries):
             assignments = ", ".join(f"{k} = ?" for k in sets)
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*sets.values(), run_id])
             con.execute("COMMIT")
+
+
+def _finish_claimed(con: Any, run_rows: list[list[Any]], host: str, pid: int) -> None:
+    """Finish rows :meth:`RunWriting.start_runs` opened (``run_rows`` as for ``_INSERT_RUN``): replace their
+    metrics and arrays and set their outcome; roll back and refuse if one is not ``running`` here any more."""
+    ids = [row[0] for row in run_rows]
+    for table in ("metrics", "arrays"):
+        con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [ids])
+    for row in run_rows:
+        (run_id, _, _, status, _, summary, error, tb, _, ended, updated, commit, *_rest) = row
+        done = con.execute(
+            "UPDATE runs SET status = ?, summary = ?, error = ?, traceback = ?, ended_at = ?, "
+            "updated_at = ?, git_commit = ? "
+            "WHERE id = ? AND status = 'running' AND host = ? AND pid = ? RETURNING id",
+            [status, summary, error, tb, ended, updated, commit, run_id, host, pid],
+        ).fetchall()
+        if not done:
+            con.execute("ROLLBACK")
+            raise StoreError(f"run {run_id[:8]} is not running in this process any more; nothing was written")
+
+
+def _refuse_taken(con: Any, sweep_id: str | None, config_jsons: list[str]) -> None:
+    """Raise :class:`RunTakenError` if sweep ``sweep_id`` already holds a run of one of these configs."""
+    found = con.execute(
+        "SELECT id, status FROM runs "
+        "WHERE sweep_id IS NOT DISTINCT FROM ? AND list_contains(?, config) LIMIT 1",
+        [sweep_id, config_jsons],
+    ).fetchone()
+    if found is not None:
+        raise RunTakenError(
+            f"sweep {sweep_id} already holds run {found[0][:8]} ({found[1]}) of this config; "
+            "allowed: one run per config (a re-run of the sweep continues it)"
+        )
+
+
+def _drop_array_files(folder: Path) -> None:
+    """Delete the ``.npz`` array files in a run's folder (best effort: a leftover file is only disk space)."""
+    try:
+        for f in folder.glob("*.npz"):
+            f.unlink(missing_ok=True)
+    except OSError:
+        pass

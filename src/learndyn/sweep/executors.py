@@ -9,7 +9,8 @@ writers with a file lock), so a lost unit may have left a run ``running``; the s
 - :class:`LocalExecutor`: ``workers`` spawned processes (default: the cores available to this process), each
   with its own pipe; a unit goes to an idle worker, a dead worker is noticed by its process sentinel, its unit
   reported lost and the worker replaced. Ctrl-C (or SIGTERM) stops the workers, whose runs are marked
-  ``interrupted``.
+  ``interrupted``. A worker dies with the sweep's process (:func:`~learndyn.lifeline.die_with_parent`), so
+  killing only the parent leaves no orphan training (and writing) on.
 - :class:`RayExecutor`: one Ray task per unit (``max_retries=0``: a crashed task is reported lost, the resume
   reruns it) on ``ray.init(address=...)`` or a local Ray instance it starts and stops. Workers open the store
   by path, so on a multi-node cluster the store must live on a filesystem every node mounts.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from learndyn.lifeline import die_with_parent
 from learndyn.sweep.work import UnitResult, WorkUnit, execute_unit
 from learndyn.validation import LearndynValueError, check_int
 
@@ -72,13 +74,16 @@ class SerialExecutor:
 
 
 # ------------------------------------------------------------------------------------------ local processes
-def _worker_main(conn: Connection) -> None:
-    """A pool worker: receive units on ``conn``, run them, send results; ``None`` or EOF ends it."""
+def _worker_main(conn: Connection, parent_pid: int | None = None) -> None:
+    """A pool worker: receive units on ``conn``, run them, send results; ``None`` or EOF ends it. It dies
+    with ``parent_pid`` (SIGTERM once the sweep's process is gone, even SIGKILLed: no orphan trains on)."""
 
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     os.environ.setdefault("LEARNDYN_PROGRESS", "0")
     try:
         while True:
@@ -125,7 +130,10 @@ class LocalExecutor:
 
     def _spawn(self, ctx: Any) -> _Worker:
         parent, child = ctx.Pipe(duplex=True)
-        process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="learndyn-sweep-worker")
+        watch = os.getpid() if self.start_method != "forkserver" else None  # forkserver: not our child
+        process = ctx.Process(
+            target=_worker_main, args=(child, watch), daemon=True, name="learndyn-sweep-worker"
+        )
         process.start()
         child.close()
         self.pids.append(process.pid)

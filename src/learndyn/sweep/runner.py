@@ -5,7 +5,9 @@ already holds under the sweep id and matches them to the plan by config hash
 (:func:`~learndyn.sweep.spec.config_hash`):
 
 - a config with a ``completed`` or ``diverged`` run is **done** and skipped;
-- a config whose runs all ``failed`` or were ``interrupted`` (or that has none) is **run** (again);
+- a config whose runs all ``failed`` or were ``interrupted`` (or that has none) is **run** (again): its
+  latest such run is continued under its own id (as ``learndyn resume`` does: a single run restores its
+  checkpoints, an ensemble member is trained again and its rows replaced): a config never gets a second row;
 - a config with a ``running`` run is **in progress** when that run's process is alive (same host) and left
   alone; a ``running`` run whose process is gone (a killed worker, a crashed machine) is marked
   ``interrupted`` and its config run again. Runs on another host cannot be checked and count as in
@@ -30,7 +32,7 @@ from typing import Any
 
 from learndyn.phenomena import registry
 from learndyn.progress import progress_bar
-from learndyn.store.runstore import run_process_alive
+from learndyn.store.runstore import RESUMABLE, run_process_alive
 from learndyn.sweep.executors import Executor, SerialExecutor, make_executor
 from learndyn.sweep.spec import SweepPlan, SweepPoint, SweepSpec, SweepSpecError, config_hash, ensemble_key
 from learndyn.sweep.work import UnitResult, WorkUnit
@@ -51,12 +53,14 @@ class SweepState:
     to_run: list[SweepPoint] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # ids of 'running' runs whose process is gone
     previous_failures: int = 0  # configs in to_run that already have failed/interrupted runs
+    resume: dict[str, str] = field(default_factory=dict)  # config hash -> the run to continue under its id
 
 
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` did. ``counts``: outcomes of the runs it ran, by status (``lost``: a worker
-    died before writing anything, e.g. mid-ensemble)."""
+    died before writing anything; ``taken elsewhere``: another process started or continued the config
+    between the plan and the unit, so this sweep left it alone)."""
 
     sweep_id: str
     experiment: str
@@ -116,6 +120,11 @@ def sweep_state(store: Any, plan: SweepPlan, *, rerun_running: bool = False, mar
             continue
         if rows:
             state.previous_failures += 1
+            resumable = [r for r in rows if r["status"] in RESUMABLE and r["id"] not in state.stale]
+            resumable += [r for r in rows if r["id"] in state.stale]  # marked interrupted just below
+            if resumable:
+                latest = max(resumable, key=lambda r: (str(r.get("started_at")), r["id"]))
+                state.resume[point.hash] = latest["id"]
         state.to_run.append(point)
     if mark and state.stale:
         _mark_interrupted(store, state.stale, "the process running it is gone (found by sweep resume)")
@@ -141,10 +150,13 @@ def plan_units(
     workers: int = 1,
     threads: int = 1,
     imports: Sequence[str] = (),
+    resume: dict[str, str] | None = None,
 ) -> list[WorkUnit]:
     """Group ``points`` into work units: ensembles of configs that differ only in the experiment's ensemble
     axes (chunks of at most ``ensemble_size``, split so that ``workers`` share a group), single runs
-    otherwise. ``ensemble``: ``"auto"`` (where supported), ``True`` (required) or ``False``."""
+    otherwise. ``ensemble``: ``"auto"`` (where supported), ``True`` (required) or ``False``. ``resume``:
+    config hash -> the id of an earlier run of that config to continue (:attr:`SweepState.resume`)."""
+    resume = resume or {}
     check_int("ensemble_size", ensemble_size, low=1, owner="sweep")
     support = registry.ensemble_support(plan.experiment) if ensemble else None
     if ensemble is True and support is None:
@@ -161,6 +173,7 @@ def plan_units(
                 store_path=store_path,
                 configs=tuple(p.config_dict for p in group),
                 hashes=tuple(p.hash for p in group),
+                run_ids=tuple(resume.get(p.hash) for p in group),
                 imports=tuple(imports),
                 threads=threads,
             )
@@ -231,6 +244,7 @@ def run_sweep(
         workers=getattr(exe, "workers", 1),
         threads=unit_threads,
         imports=_imports_for(plan.experiment),
+        resume=state.resume,
     )
     counts: Counter[str] = Counter()
     run_ids: list[str] = []

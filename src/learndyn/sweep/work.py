@@ -4,15 +4,19 @@ A :class:`WorkUnit` is plain data (picklable, cheap to ship to a process or a Ra
 the sweep id, the store path and one config (``single``) or several (``ensemble``), as dicts. A worker
 calls :func:`execute_unit`, which opens the store itself and writes the runs:
 
-- ``single``: exactly like ``learndyn run`` -- ``start_run`` (the run is visible as ``running`` at once),
-  then :func:`~learndyn.phenomena.registry.execute`: the experiment's ``run`` logging into it, the summary,
-  then ``completed``/``diverged``; an exception marks it ``failed`` (the unit reports it, the worker lives
+- ``single``: exactly like ``learndyn run`` -- ``start_run`` (the run is visible as ``running`` at once;
+  or, where the unit names an earlier interrupted/failed run of the config, ``reopen_run`` as ``learndyn
+  resume`` does: same id, checkpoints restored, rows logged again replace the old ones), then
+  :func:`~learndyn.phenomena.registry.execute`: the experiment's ``run`` logging into it, the summary, then
+  ``completed``/``diverged``; an exception marks it ``failed`` (the unit reports it, the worker lives
   on); Ctrl-C/SIGTERM mark it ``interrupted``.
-- ``ensemble``: the experiment's ensemble function (its record's ``ensemble``) trains all members in memory;
-  then every member is written
-  as one finished run in a single store transaction (:func:`write_finished_runs`; hundreds of runs cost one
-  lock and one commit instead of three each). A worker killed mid-ensemble leaves no rows: the resume runs the
-  whole group again.
+- ``ensemble``: first every member's run is opened ``running`` in one transaction (new ids, or the earlier
+  runs the unit names; ``RunStore.start_runs``), so the configs are visibly in progress before training; the
+  experiment's ensemble function (its record's ``ensemble``) trains all members in memory; then every member
+  is finished in a single store transaction (:func:`write_finished_runs` with the ids; hundreds of runs cost
+  two locks and two commits instead of three each). A worker killed mid-ensemble leaves its members
+  ``running`` under a dead pid: they become ``interrupted`` and the resume trains the group again under the
+  same ids, replacing their rows.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from learndyn.config import config_from_dict
 from learndyn.config import seed_of as _seed_of
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import MemberOutcome, execute
-from learndyn.validation import exception_line
+from learndyn.store.errors import RunTakenError
+from learndyn.validation import error_text, exception_line
 
 __all__ = ["RunOutcome", "UnitResult", "WorkUnit", "execute_unit", "write_finished_runs"]
 
@@ -49,6 +54,11 @@ class WorkUnit:
     hashes: tuple[str, ...]
     imports: tuple[str, ...] = ()
     threads: int = 1
+    run_ids: tuple[str | None, ...] = ()  # per config: an earlier run to continue under its id, or None
+
+    def run_id(self, i: int) -> str | None:
+        """The earlier run config ``i`` continues (None: a new run)."""
+        return self.run_ids[i] if i < len(self.run_ids) else None
 
     @property
     def size(self) -> int:
@@ -102,10 +112,15 @@ def execute_unit(unit: WorkUnit) -> UnitResult:
         result.outcomes = [RunOutcome(h, None, "failed", exception_line(exc)) for h in unit.hashes]
         result.seconds = time.perf_counter() - start
         return result
-    if unit.kind == "ensemble":
-        result.outcomes = _execute_ensemble(unit, experiment, configs, store)
-    else:
-        result.outcomes = [_execute_single(unit, experiment, configs[0], unit.hashes[0], store)]
+    try:
+        if unit.kind == "ensemble":
+            result.outcomes = _execute_ensemble(unit, experiment, configs, store)
+        else:
+            single = _execute_single(unit, experiment, configs[0], unit.hashes[0], store, unit.run_id(0))
+            result.outcomes = [single]
+    except RunTakenError as exc:  # another process continues these runs: not ours to run, nothing written
+        message = error_text(exc)
+        result.outcomes = [RunOutcome(h, None, "taken elsewhere", message) for h in unit.hashes]
     result.seconds = time.perf_counter() - start
     return result
 
@@ -129,15 +144,21 @@ def _open_store(path: str) -> Any:
     return store
 
 
-def _execute_single(unit: WorkUnit, experiment: Any, config: Any, h: str, store: Any) -> RunOutcome:
-    run = store.start_run(
-        experiment.name,
-        config,
-        seed=_seed_of(config),
-        sweep_id=unit.sweep_id,
-        flush_every=1000,
-        flush_seconds=30.0,
-    )
+def _execute_single(
+    unit: WorkUnit, experiment: Any, config: Any, h: str, store: Any, run_id: str | None
+) -> RunOutcome:
+    buffering = {"flush_every": 1000, "flush_seconds": 30.0}
+    if run_id is not None:
+        run = store.reopen_run(run_id, **buffering)  # as `learndyn resume`: same id, from its checkpoints
+    else:
+        run = store.start_run(  # refused if another process started this config meanwhile
+            experiment.name,
+            config,
+            seed=_seed_of(config),
+            sweep_id=unit.sweep_id,
+            one_per_config=True,
+            **buffering,
+        )
     with run:
         outcome = execute(experiment, config, run)  # a failing run is an outcome, not a worker crash
     if outcome.error is not None:
@@ -148,25 +169,47 @@ def _execute_single(unit: WorkUnit, experiment: Any, config: Any, h: str, store:
 def _execute_ensemble(unit: WorkUnit, experiment: Any, configs: list[Any], store: Any) -> list[RunOutcome]:
     support = experiment.ensemble
     started = _now()
+    ids = store.start_runs(  # visible as running (this pid) before training
+        experiment.name,
+        configs,
+        seeds=[_seed_of(c) for c in configs],
+        sweep_id=unit.sweep_id,
+        reopen=[unit.run_id(i) for i in range(len(configs))],
+        one_per_config=True,
+    )
     try:
         if support is None:
             raise RuntimeError(f"experiment {experiment.name!r} registers no ensemble function")
         members = support.run(configs)
         if len(members) != len(configs):
             raise RuntimeError(f"the ensemble returned {len(members)} outcomes for {len(configs)} configs")
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, the parent died: resumable under these ids
+        _interrupt(store, ids)
+        raise
     except Exception as exc:  # noqa: BLE001 - the whole group failed; record every member as failed
         message = exception_line(exc)
         tb = "".join(traceback.format_exception(exc))
         members = [MemberOutcome("failed", error=message, summary={}) for _ in configs]
         for m in members:
             m.series = {}
-        ids = write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started, tb=tb)
+        write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started, tb=tb, ids=ids)
         return [RunOutcome(h, i, "failed", message) for h, i in zip(unit.hashes, ids, strict=True)]
-    ids = write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started)
+    write_finished_runs(store, experiment.name, unit.sweep_id, configs, members, started, ids=ids)
     return [
         RunOutcome(h, i, m.status, m.error if m.status == "failed" else None)
         for h, i, m in zip(unit.hashes, ids, members, strict=True)
     ]
+
+
+def _interrupt(store: Any, ids: Sequence[str]) -> None:
+    """Mark an ensemble's opened runs ``interrupted`` (best effort: a dead pid is recovered anyway)."""
+    from learndyn.store.runstore import Run
+
+    for run_id in ids:
+        try:
+            Run(store, run_id, "sweep").close("interrupted", "interrupted: the ensemble was stopped")
+        except Exception:  # noqa: BLE001,S112 - the store's crash recovery marks them once this process is gone
+            continue
 
 
 def _now() -> datetime:
@@ -182,12 +225,13 @@ def write_finished_runs(
     started_at: datetime,
     *,
     tb: str | None = None,
+    ids: Sequence[str] | None = None,
 ) -> list[str]:
     """Write finished runs (one per member: status, summary, scalar series) in one store transaction.
 
     ``members`` are :class:`~learndyn.phenomena.registry.MemberOutcome`. The rows are the ones
     ``RunStore.start_run`` + logging + ``close`` would write (``RunStore.write_finished_runs``). Returns
-    the new run ids in order.
+    the run ids in order: new ones, or ``ids`` (runs opened with ``RunStore.start_runs``), finished in place.
     """
     from learndyn.store import FinishedRun
 
@@ -207,4 +251,6 @@ def write_finished_runs(
         )
         for config, m in zip(configs, members, strict=True)
     ]
-    return store.write_finished_runs(runs)
+    if ids is None:
+        return store.write_finished_runs(runs)
+    return store.write_finished_runs(runs, ids=ids)

@@ -20,6 +20,7 @@ It is a second loop, not a mode of ``train_loop``, because it trains functions o
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from learndyn.training.loop import divergence_factor
 from learndyn.validation import check_int
 
 __all__ = ["EnsembleTrace", "StackedStep", "train_ensemble"]
@@ -96,6 +98,7 @@ def train_ensemble(
     *,
     evaluate: Callable[[Callable[[Tensor], Tensor]], Mapping[str, Tensor]] | None = None,
     eval_every: int = 0,
+    explode_factor: float | None = None,
 ) -> EnsembleTrace:
     """Train ``B = len(models)`` models of one architecture in lockstep; see the module docstring.
 
@@ -104,8 +107,11 @@ def train_ensemble(
     the stacked parameters (in ``model.named_parameters()`` order). ``evaluate(forward)`` gets
     ``forward(x) -> (B, n, ...)``, all members applied to a shared input, and returns named ``(B,)``
     tensors; it runs without gradients at steps divisible by ``eval_every`` (0: never) and after the last
-    update. The models themselves are not modified.
+    update. The models themselves are not modified. ``explode_factor``: a member whose loss rises above this
+    many times its initial loss diverges, as in ``train_loop`` (default :func:`~learndyn.training.loop.
+    divergence_factor`).
     """
+    factor = divergence_factor(explode_factor)
     check_int("steps", steps, low=0, owner="train_ensemble")
     check_int("eval_every", eval_every, low=0, owner="train_ensemble")
     if not models:
@@ -150,6 +156,9 @@ def train_ensemble(
             if evaluate is not None and eval_every and step % eval_every == 0:
                 run_eval(step)
             finite = torch.isfinite(loss)
+            if math.isfinite(factor):  # the loss exploded: above factor x its (positive) initial value
+                initial = loss_hist[0]
+                finite &= ~((initial > 0) & (loss_hist[step] > factor * initial))
             for p in plist:
                 finite &= torch.isfinite(torch.linalg.vector_norm(p.flatten(1), dim=1))
             newly = alive & ~finite

@@ -8,7 +8,9 @@ seeds), and at each step ``s = 0 … steps−1``:
    ``<prefix>loss`` at step ``s`` (every ``log_every`` steps), with ``evaluate(model)`` metrics every
    ``eval_every`` steps;
 2. lets the :class:`~learndyn.probes.Monitor` measure the same state on the same batch;
-3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf, if the optimizer raises on a
+3. stops the run as *diverged* if ``L_s`` or any parameter is NaN/Inf, if ``L_s`` exploded (above
+   ``explode_factor`` × ``L_0``, the loop's initial loss, when ``L_0 > 0``; default 1e6, see
+   :func:`divergence_factor`), if the optimizer raises on a
    NaN/Inf gradient, or if ``diverged_if(metrics)`` gives a reason after an evaluation (everything logged so
    far is kept, ``<prefix>diverged_at`` is logged, and a recorder with ``mark_diverged`` -- a stored run --
    is marked diverged with the reason and step);
@@ -26,6 +28,7 @@ its own key, and ``checkpoint_every`` defaults to the checkpointer's ``every``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,9 +40,31 @@ from torch import nn
 from learndyn.checkpoint import Checkpointer, default_checkpoint_every
 from learndyn.progress import progress_bar
 from learndyn.store.recorder import NullRecorder, Recorder
-from learndyn.validation import check_int
+from learndyn.validation import LearndynValueError, check_int, check_real
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+DIVERGENCE_FACTOR = 1e6
+"""A loss above this many times its initial value is a divergence (``$LEARNDYN_DIVERGENCE_FACTOR``)."""
+
+
+def divergence_factor(value: float | None = None) -> float:
+    """The loss-explosion factor: ``value``, else ``$LEARNDYN_DIVERGENCE_FACTOR``, else
+    :data:`DIVERGENCE_FACTOR` (``inf`` or ``0``: only NaN/Inf count). One-line error for anything but a
+    real ``>= 1``, ``inf`` or 0."""
+    if value is None:
+        text = os.environ.get("LEARNDYN_DIVERGENCE_FACTOR", "").strip()
+        if not text:
+            return DIVERGENCE_FACTOR
+        try:
+            value = float(text)
+        except ValueError:
+            raise LearndynValueError(
+                f"$LEARNDYN_DIVERGENCE_FACTOR={text!r} is not allowed; allowed: a number >= 1, inf or 0"
+            ) from None
+    if value == 0 or value == math.inf:
+        return math.inf
+    return check_real("explode_factor", value, low=1.0, owner="train_loop")
 
 
 @dataclass
@@ -134,6 +159,7 @@ def train_loop(
     progress: str | bool | None = None,
     mark_diverged: bool = True,
     diverged_if: Callable[[Mapping[str, float]], str | None] | None = None,
+    explode_factor: float | None = None,
 ) -> LoopResult:
     """Train ``model`` for ``steps`` updates; see the module docstring for the exact step semantics.
 
@@ -146,7 +172,10 @@ def train_loop(
     ``checkpoint_every``: updates between checkpoints (0: none); default the checkpointer's ``every``
     (``$LEARNDYN_CHECKPOINT_EVERY``, else 100). ``mark_diverged=False`` keeps a divergence of this loop from
     marking the stored run diverged (for loops expected to diverge, e.g. the top of a learning-rate grid).
+    ``explode_factor``: a loss above this many times the loop's initial loss is a divergence (default
+    :func:`divergence_factor`; ``inf``: only NaN/Inf).
     """
+    factor = divergence_factor(explode_factor)
     check_int("steps", steps, low=0, owner="train_loop")
     check_int("log_every", log_every, low=1, owner="train_loop")
     check_int("eval_every", eval_every, low=0, owner="train_loop")
@@ -159,6 +188,7 @@ def train_loop(
 
     start = 0
     resumed_from = None
+    initial_loss: float | None = None  # L_0 of this loop (from its checkpoint when it resumes)
     if checkpointer is not None:
         loop_key = getattr(checkpointer, "loop_key", None)
         if callable(loop_key):
@@ -167,6 +197,7 @@ def train_loop(
         if saved is not None:
             start = restore_loop_state(saved, model, optimizer, generator, scheduler, monitor)
             resumed_from = start
+            initial_loss = saved.get("initial_loss")
             if saved.get("completed") and start == steps:
                 last = float(saved.get("last_loss", math.nan))
                 return LoopResult("completed", start, last, resumed_from=resumed_from)
@@ -184,6 +215,8 @@ def train_loop(
         recorder.flush()  # the rows up to the checkpoint are durable before it is
         state = loop_state(step, model, optimizer, generator, scheduler, monitor)
         state.update(last_loss=last_loss, **extra)
+        if initial_loss is not None:
+            state["initial_loss"] = initial_loss
         checkpointer.save(key, state)
 
     def log_eval(step: int) -> str | None:
@@ -215,6 +248,15 @@ def train_loop(
                     return diverged(step, reason, last_loss)
             if not math.isfinite(last_loss):
                 return diverged(step, f"{prefix}loss is {last_loss}", last_loss)
+            if step == 0:
+                initial_loss = last_loss
+            if initial_loss is not None and 0 < initial_loss and last_loss > factor * initial_loss:
+                return diverged(
+                    step,
+                    f"{prefix}loss {last_loss:.3g} exploded above {factor:g} x its initial "
+                    f"{initial_loss:.3g}",
+                    last_loss,
+                )
             if not _parameters_finite(params):
                 return diverged(step, "a parameter is NaN/Inf", last_loss)
             if monitor is not None:
