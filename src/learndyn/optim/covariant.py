@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from learndyn.optim import functional as Fn
 from learndyn.optim.options import (
+    DEFAULT_MAX_BLOCK,
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_PRECONDITION_WARMUP,
     LEGACY_DEFAULTS,
@@ -172,6 +173,10 @@ class CovariantGD(Optimizer):
         eps_root: extra damping ``ε_r ≥ 0`` added to ``Ŝ`` inside the power in both modes (optax's
             ``eps_root``; AdaBelief's accumulated ε is ``eps_root = eps/(1−β₂)``).
         max_factor_dim: ``'kron'`` sides longer than this keep a diagonal factor (``None``: never).
+        max_block: ``'kron'`` sides are split into block-diagonal factors of at most this size (``None``:
+            one full factor); see :mod:`learndyn.optim.blocking` and docs/optimizers.md, "Cost of kron".
+        root_dtype: ``'float64'`` or ``'float32'``: the dtype of ``'kron'``'s eigendecompositions
+            (``root_method='eigh'``, inside; see :mod:`learndyn.optim.roots`).
         statistics_every: update the matrix statistics every ``k ≥ 1`` steps (see above; 1: every step).
         precondition_warmup: recompute matrix roots on every step ``t ≤ w`` (``w ≥ 0``, default 100; 0: only
             on the ``precondition_every`` schedule). See "Stale roots" above.
@@ -217,6 +222,8 @@ class CovariantGD(Optimizer):
         decoupled_weight_decay: bool = True,
         eps_root: float = 0.0,
         max_factor_dim: int | None = None,
+        max_block: int | None = DEFAULT_MAX_BLOCK,
+        root_dtype: str = "float64",
         statistics_every: int = 1,
         precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
         stale_damping: str = "trace",
@@ -245,6 +252,8 @@ class CovariantGD(Optimizer):
                 decoupled_weight_decay=decoupled_weight_decay,
                 eps_root=eps_root,
                 max_factor_dim=max_factor_dim,
+                max_block=max_block,
+                root_dtype=root_dtype,
                 statistics_every=statistics_every,
                 precondition_warmup=precondition_warmup,
                 stale_damping=stale_damping,

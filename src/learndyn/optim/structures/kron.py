@@ -24,7 +24,20 @@ import torch
 from torch import Tensor
 
 from learndyn.optim import functional as Fn
+from learndyn.optim.blocking import (
+    Side,
+    as_matrices,
+    block_diagonal,
+    left_mul,
+    left_statistics_ema_,
+    pad,
+    right_mul,
+    right_statistics_ema_,
+    side_layout,
+    trace,
+)
 from learndyn.optim.matfun import COMPUTE_DTYPE
+from learndyn.optim.roots import inverse_root_float32
 from learndyn.optim.structures.base import (
     GroupStep,
     Structure,
@@ -38,17 +51,20 @@ _MAX_BUCKET_CACHE = 64
 """Distinct buckets whose stacked buffers are kept (more are only seen when gradients come and go)."""
 
 
-def _trace(X: Tensor) -> Tensor:
-    """Traces of a stack of matrices ``(B, k, k)`` or of diagonal factors ``(B, k)``."""
-    return X.diagonal(dim1=-2, dim2=-1).sum(-1) if X.ndim == 3 else X.sum(-1)
-
-
 def kron_sides(p: Tensor, max_factor_dim: int | None) -> tuple[int, int, bool, bool]:
     """``(m, n, left_diagonal, right_diagonal)`` of a matrix-shaped parameter ``p``."""
     m = p.shape[0]
     n = p.numel() // m
     mfd = max_factor_dim
     return m, n, mfd is not None and m > mfd, mfd is not None and n > mfd
+
+
+def kron_layout(p: Tensor, max_factor_dim: int | None, max_block: int | None) -> tuple[int, int, Side, Side]:
+    """``(m, n, left, right)``: the matrix shape of ``p`` and the :class:`~learndyn.optim.blocking.Side` of
+    each factor (diagonal beyond ``max_factor_dim``, blocks of at most ``max_block``, else full)."""
+    m = p.shape[0]
+    n = p.numel() // m
+    return m, n, side_layout(m, max_factor_dim, max_block), side_layout(n, max_factor_dim, max_block)
 
 
 class _Stacks:
@@ -102,11 +118,12 @@ class Kron(Structure):
         return p.ndim >= 2 and p.numel() > 0
 
     def elements(self, params: Sequence[Tensor], opts: Mapping[str, Any]) -> int:
-        elems, mfd = 0, opts.get("max_factor_dim")
+        elems = 0
         for p in params:
-            m, n, _, _ = kron_sides(p, None)
-            side = sum(k if (mfd is not None and k > mfd) else k * k for k in (m, n))
-            elems += 2 * side + (m * n if opts.get("eps_mode") == "outside" else 0)
+            _, _, left, right = kron_layout(p, opts.get("max_factor_dim"), opts.get("max_block"))
+            elems += 2 * (left.elements() + right.elements())
+            if opts.get("eps_mode") == "outside":
+                elems += left.padded * right.padded
         return elems
 
     def directions(self, ctx: GroupStep) -> list[Tensor]:
@@ -114,14 +131,16 @@ class Kron(Structure):
 
         Each bucket's factors, cached roots and eigenbases live in persistent stacked buffers
         (:class:`_Stacks`); the per-parameter state entries are views into them, so a step stacks only
-        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors.
+        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors. Blocked sides
+        (``max_block``) work on the zero-padded ``V``/``F`` with one batched product over all blocks.
         """
         group, params, states = ctx.group, ctx.params, ctx.states
-        keys = [kron_sides(p, group["max_factor_dim"]) for p in params]
-        for p, st, (m, n, ld, rd) in zip(params, states, keys, strict=True):
+        mfd, mb = group["max_factor_dim"], group.get("max_block")
+        keys = [kron_layout(p, mfd, mb) for p in params]
+        for p, st, (_, _, left, right) in zip(params, states, keys, strict=True):
             if "kron_L" not in st:
-                st["kron_L"] = p.new_zeros((m,) if ld else (m, m))
-                st["kron_R"] = p.new_zeros((n,) if rd else (n, n))
+                st["kron_L"] = p.new_zeros(left.factor_shape())
+                st["kron_R"] = p.new_zeros(right.factor_shape())
         buckets: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             buckets.setdefault((*k, params[i].dtype, params[i].device), []).append(i)
@@ -130,26 +149,28 @@ class Kron(Structure):
         every, beta_k = group["statistics_every"], stat_beta(group)
         dirs: list[Tensor | None] = [None] * len(params)
         for key, idx in buckets.items():
-            m, n, ld, rd = key[:4]
+            m, n, left, right = key[:4]
             sts = [states[i] for i in idx]
             stk = _stacks(ctx.cache, key, [ctx.keys[i] for i in idx])
             L, R = stk.stacked("kron_L", sts), stk.stacked("kron_R", sts)
             # statistics (every k steps): L ← βᵏ L + (1−βᵏ) V Vᵀ, fused into one baddbmm per side
             upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
             if upd:
-                V = torch.stack([ctx.vs[idx[j]].reshape(m, n) for j in upd])
+                V = pad(torch.stack([ctx.vs[idx[j]].reshape(m, n) for j in upd]), left, right)
                 if len(upd) == len(idx):
-                    Fn.kron_statistics_ema_(L, R, V, beta_k)
+                    left_statistics_ema_(L, V, left, beta_k)
+                    right_statistics_ema_(R, V, right, beta_k)
                 else:  # parameters out of step with each other (some had no gradient on some steps)
                     sel = torch.tensor(upd, device=L.device)
                     Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
-                    Fn.kron_statistics_ema_(Ls, Rs, V, beta_k)
+                    left_statistics_ema_(Ls, V, left, beta_k)
+                    right_statistics_ema_(Rs, V, right, beta_k)
                     L.index_copy_(0, sel, Ls)
                     R.index_copy_(0, sel, Rs)
             # roots (amortised)
             todo = [j for j, s in enumerate(sts) if root_due(group, s, cache_key, s["step"])]
             if todo:
-                self._roots(group, stk, sts, todo, L, R, ld, rd, inside, params[idx[0]].dtype)
+                self._roots(group, stk, sts, todo, L, R, left, right, inside, params[idx[0]].dtype)
             # directions
             if group["first_moment"]:
                 assert ctx.exp_avgs is not None
@@ -163,12 +184,15 @@ class Kron(Structure):
                     F.div_(torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1))
             else:
                 F = torch.stack([ctx.grads[i].reshape(m, n) for i in idx])
+            Fp = pad(F, left, right)
             if inside:
-                D = Fn.kron_direction_inside(stk.stacked("kron_Linv", sts), F, stk.stacked("kron_Rinv", sts))
+                Linv, Rinv = stk.stacked("kron_Linv", sts), stk.stacked("kron_Rinv", sts)
+                D = right_mul(left_mul(Linv, Fp, left), Rinv, right)
             else:
-                D = Fn.kron_direction_outside(
-                    stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts), stk.stacked("kron_C", sts), F
-                )
+                UL, UR = stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts)
+                D = _direction_outside(UL, UR, stk.stacked("kron_C", sts), Fp, left, right)
+            if D.shape[-2:] != (m, n):
+                D = D[:, :m, :n]
             if stale_bounded(group):
                 self._cap_(group, sts, L, R, F, D)
             for i, d in zip(idx, D.unbind(0), strict=True):
@@ -183,8 +207,8 @@ class Kron(Structure):
         todo: list[int],
         L: Tensor,
         R: Tensor,
-        ld: bool,
-        rd: bool,
+        left: Side,
+        right: Side,
         inside: bool,
         dtype: torch.dtype,
     ) -> None:
@@ -200,15 +224,30 @@ class Kron(Structure):
                 return Xs / bc2[0]
             return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
 
+        single = group.get("root_dtype", "float64") == "float32"
         if inside:
             method = group["root_method"]
-            out = {
-                "kron_Linv": Fn.kron_inverse_root_stack(hat(L), alpha, eps, eps_root, method, diagonal=ld),
-                "kron_Rinv": Fn.kron_inverse_root_stack(hat(R), alpha, eps, eps_root, method, diagonal=rd),
-            }
+
+            def inv_root(X: Tensor, side: Side) -> Tensor:
+                Xh = hat(X)
+                if side.kind == "diag":
+                    return Fn.kron_inverse_root_stack(Xh, alpha, eps, eps_root, method, diagonal=True)
+                if single and method == "eigh":
+                    return inverse_root_float32(as_matrices(Xh), alpha / 2, eps, eps_root).view_as(Xh)
+                return Fn.kron_inverse_root_stack(as_matrices(Xh), alpha, eps, eps_root, method).view_as(Xh)
+
+            out = {"kron_Linv": inv_root(L, left), "kron_Rinv": inv_root(R, right)}
         else:
-            UL, lp = Fn.kron_eigenbasis_stack(hat(L), alpha, eps_root, diagonal=ld)
-            UR, rp = Fn.kron_eigenbasis_stack(hat(R), alpha, eps_root, diagonal=rd)
+
+            def basis(X: Tensor, side: Side) -> tuple[Tensor, Tensor]:
+                Xh = hat(X)
+                if side.kind == "diag":
+                    return Fn.kron_eigenbasis_stack(Xh, alpha, eps_root, diagonal=True)
+                U, lp = Fn.kron_eigenbasis_stack(as_matrices(Xh), alpha, eps_root)
+                return U.view(Xh.shape), lp.reshape(Xh.shape[0], -1)
+
+            UL, lp = basis(L, left)
+            UR, rp = basis(R, right)
             out = {
                 "kron_UL": UL.to(dtype),
                 "kron_UR": UR.to(dtype),
@@ -223,8 +262,8 @@ class Kron(Structure):
         # where the root was taken, for stale_damping='trace': tr L, tr R (raw) and the statistics count
         traces = torch.stack(
             [
-                _trace(L if sel is None else L.index_select(0, sel)),
-                _trace(R if sel is None else R.index_select(0, sel)),
+                trace(L if sel is None else L.index_select(0, sel)),
+                trace(R if sel is None else R.index_select(0, sel)),
             ],
             dim=-1,
         )
@@ -250,7 +289,7 @@ class Kron(Structure):
         def pick(X: Tensor) -> Tensor:
             return X if sel is None else X.index_select(0, sel)
 
-        now = torch.stack([_trace(pick(L)), _trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
+        now = torch.stack([trace(pick(L)), trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
         root = torch.stack([sts[j]["kron_root_trace"] for j in stale]).to(COMPUTE_DTYPE)
         beta, enabled = stat_beta(group), group["bias_correction"]
         pairs = {(counts[j], sts[j]["kron_root_count"]) for j in stale}
@@ -280,12 +319,30 @@ class Kron(Structure):
     def diagonal(
         self, group: Mapping[str, Any], p: Tensor, state: Mapping[Tensor, dict[str, Any]]
     ) -> Tensor | None:
-        """The diagonal of ``L̂^{½} ⊗ R̂^{½}``."""
+        """The diagonal of ``L̂^{½} ⊗ R̂^{½}`` (blocked factors: of their block-diagonal matrices)."""
         st = state.get(p, {})
         if "kron_L" not in st:
             return None
         bc2 = stat_bias_correction(group, st["step"])
-        return Fn.kron_sqrt_diagonal(st["kron_L"] / bc2, st["kron_R"] / bc2)
+        m, n, _, _ = kron_sides(p, None)
+        L, R = (x if x.ndim < 3 else block_diagonal(x)[:k, :k] for x, k in ((st["kron_L"], m), (st["kron_R"], n)))
+        return Fn.kron_sqrt_diagonal(L / bc2, R / bc2)
+
+
+def _direction_outside(UL: Tensor, UR: Tensor, C: Tensor, F: Tensor, left: Side, right: Side) -> Tensor:
+    """``g⁻¹F = U_L [(U_Lᵀ F U_R) ⊙ C] U_Rᵀ`` for stacks of (blocked) eigenbases; a diagonal side has an
+    empty basis (the identity)."""
+    X = F
+    if left.kind != "diag":
+        X = left_mul(UL.mT, X, left)
+    if right.kind != "diag":
+        X = right_mul(X, UR, right)
+    X = X * C
+    if left.kind != "diag":
+        X = left_mul(UL, X, left)
+    if right.kind != "diag":
+        X = right_mul(X, UR.mT, right)
+    return X
 
 
 KRON = Kron()
