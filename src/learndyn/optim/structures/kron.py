@@ -325,7 +325,9 @@ class Kron(Structure):
             return None
         bc2 = stat_bias_correction(group, st["step"])
         m, n, _, _ = kron_sides(p, None)
-        L, R = (x if x.ndim < 3 else block_diagonal(x)[:k, :k] for x, k in ((st["kron_L"], m), (st["kron_R"], n)))
+        L, R = (
+            x if x.ndim < 3 else block_diagonal(x)[:k, :k] for x, k in ((st["kron_L"], m), (st["kron_R"], n))
+        )
         return Fn.kron_sqrt_diagonal(L / bc2, R / bc2)
 
 
