@@ -172,16 +172,17 @@ class Kron(Structure):
             if todo:
                 self._roots(group, stk, sts, todo, L, R, left, right, inside, params[idx[0]].dtype)
             # directions
+            # F: the first moments, kept in a stacked buffer (state views, updated in place by the
+            # optimizer), so no copy; their bias correction 1/(1−β₁ᵗ) is applied to D (linear in F)
+            scale: Tensor | float = 1.0
             if group["first_moment"]:
-                assert ctx.exp_avgs is not None
-                F = torch.stack([ctx.exp_avgs[i].reshape(m, n) for i in idx])
+                F = stk.stacked("exp_avg", sts).view(len(idx), m, n)
                 beta1, enabled = group["betas"][0], group["bias_correction"]
                 bc1 = [Fn.bias_correction(beta1, s["step"], enabled) for s in sts]
                 if all(b == bc1[0] for b in bc1):
-                    if bc1[0] != 1.0:
-                        F.div_(bc1[0])
+                    scale = 1.0 / bc1[0]
                 else:
-                    F.div_(torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1))
+                    scale = 1.0 / torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1)
             else:
                 F = torch.stack([ctx.grads[i].reshape(m, n) for i in idx])
             Fp = pad(F, left, right)
@@ -194,7 +195,11 @@ class Kron(Structure):
             if D.shape[-2:] != (m, n):
                 D = D[:, :m, :n]
             if stale_bounded(group):
-                self._cap_(group, sts, L, R, F, D)
+                cap = self._cap(group, sts, L, R, F, D)
+                if cap is not None:
+                    scale = cap * scale
+            if isinstance(scale, Tensor) or scale != 1.0:
+                D = D.mul_(scale) if D.is_contiguous() else D * scale
             for i, d in zip(idx, D.unbind(0), strict=True):
                 dirs[i] = d.reshape(params[i].shape)
         return dirs  # type: ignore[return-value]
@@ -272,17 +277,20 @@ class Kron(Structure):
             sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
 
     @staticmethod
-    def _cap_(group: Mapping[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor) -> None:
-        """``stale_damping='trace'``, in place on the stacked directions ``D``: on a stale step scale ``D`` to
-        at most ``G‖F‖``, ``G`` the gain bound of :func:`~learndyn.optim.functional.kron_stale_gain` from the
-        statistics added to each factor since its root (no extra matrix products)."""
+    def _cap(
+        group: Mapping[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor
+    ) -> Tensor | None:
+        """``stale_damping='trace'``: the factors ``(B, 1, 1)`` that scale the stacked directions ``D`` of the
+        stale members to at most ``G‖F‖`` (1 elsewhere), ``G`` the gain bound of
+        :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each factor since its
+        root (no extra matrix products); ``None`` when nothing is to be scaled."""
         k = group["statistics_every"]
         counts = [Fn.statistics_count(s["step"], k) for s in sts]
         stale = [  # roots cached before this option existed carry no count: left as they are
             j for j, (s, u) in enumerate(zip(sts, counts, strict=True)) if u != s.get("kron_root_count", u)
         ]
         if not stale:
-            return
+            return None
         whole = len(stale) == len(sts)
         sel = None if whole else torch.tensor(stale, device=D.device)
 
@@ -306,15 +314,15 @@ class Kron(Structure):
         gain = Fn.kron_stale_gain(
             tau[:, 0], tau[:, 1], group["alpha"], group["eps"], group["eps_mode"], group["eps_root"]
         )
-        Ds = pick(D)
         f_norm = torch.linalg.vector_norm(pick(F), dim=(-2, -1)).to(COMPUTE_DTYPE)
-        d_norm = torch.linalg.vector_norm(Ds, dim=(-2, -1)).to(COMPUTE_DTYPE)
-        scale = torch.where(d_norm > gain * f_norm, gain * f_norm / d_norm, torch.ones_like(d_norm))
-        scale = scale.to(D.dtype).view(-1, 1, 1)  # applied without a host sync to test for a binding cap
-        if sel is None:
-            D.mul_(scale)
-        else:
-            D.index_copy_(0, sel, Ds * scale)
+        d_norm = torch.linalg.vector_norm(pick(D), dim=(-2, -1)).to(COMPUTE_DTYPE)
+        binding = d_norm > gain * f_norm
+        if D.device.type == "cpu" and not bool(binding.any()):  # a free test on a CPU: skip the product
+            return None
+        scale = torch.where(binding, gain * f_norm / d_norm, torch.ones_like(d_norm)).to(D.dtype)
+        if sel is not None:
+            scale = torch.ones(D.shape[0], dtype=D.dtype, device=D.device).index_copy_(0, sel, scale)
+        return scale.view(-1, 1, 1)
 
     def diagonal(
         self, group: Mapping[str, Any], p: Tensor, state: Mapping[Tensor, dict[str, Any]]
