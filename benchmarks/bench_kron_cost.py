@@ -34,7 +34,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,7 +128,11 @@ def make_optimizer(label: str, model: nn.Module, lr: float) -> torch.optim.Optim
             return po.Shampoo(params, lr=lr, preconditioning_compute_steps=EVERY)
         if label == "po-scalable-shampoo":
             return po.ScalableShampoo(
-                params, lr=lr, block_size=128, preconditioning_compute_steps=EVERY, start_preconditioning_step=1
+                params,
+                lr=lr,
+                block_size=128,
+                preconditioning_compute_steps=EVERY,
+                start_preconditioning_step=1,
             )
     if label.startswith("hb-"):
         import heavyball
@@ -155,7 +158,9 @@ def available(labels: list[str]) -> tuple[list[str], list[str]]:
     return ok, notes
 
 
-def _window(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+def _window(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
@@ -240,19 +245,39 @@ def run(quick: bool, widths: list[int] | None = None, extra: list[str] | None = 
         rows, checks = [], []
         for width in widths:
             for label, m in measure(width, labels, reps, window).items():
-                rows.append({"width": width, "optimizer": label, "ratio": m["ratio"], "step_ms": m["step_ms"]})
+                rows.append(
+                    {"width": width, "optimizer": label, "ratio": m["ratio"], "step_ms": m["step_ms"]}
+                )
                 if width == TARGET_WIDTH and label in TARGETS:
-                    checks.append({"check": f"{label} step / adamw step at width {width}", "value": m["ratio"],
-                                   "target": f"<= {TARGETS[label]}", "passed": m["ratio"] <= TARGETS[label]})
+                    checks.append(
+                        {
+                            "check": f"{label} step / adamw step at width {width}",
+                            "value": m["ratio"],
+                            "target": f"<= {TARGETS[label]}",
+                            "passed": m["ratio"] <= TARGETS[label],
+                        }
+                    )
         q = quality(list(QUALITY_LRS), 150 if quick else 400, 1 if quick else 3, QUALITY_LRS)
         for r in q:
-            rows.append({"width": "digits-256x2", "optimizer": r["optimizer"], "final_loss": r["final_loss"],
-                         "best_lr": r["best_lr"], "steps": r["steps"]})
+            rows.append(
+                {
+                    "width": "digits-256x2",
+                    "optimizer": r["optimizer"],
+                    "final_loss": r["final_loss"],
+                    "best_lr": r["best_lr"],
+                    "steps": r["steps"],
+                }
+            )
         loss = {r["optimizer"]: r["final_loss"] for r in q}
         slack = 0.1 * loss["adamw"]
-        checks.append({"check": "digits final loss: kron (blocked) - kron-unblocked", "value":
-                       loss["kron"] - loss["kron-unblocked"], "target": f"<= {slack:.3g} (10% of AdamW's)",
-                       "passed": loss["kron"] - loss["kron-unblocked"] <= slack})
+        checks.append(
+            {
+                "check": "digits final loss: kron (blocked) - kron-unblocked",
+                "value": loss["kron"] - loss["kron-unblocked"],
+                "target": f"<= {slack:.3g} (10% of AdamW's)",
+                "passed": loss["kron"] - loss["kron-unblocked"] <= slack,
+            }
+        )
         notes += [
             f"ratio = median over {reps} interleaved repetitions of t(window)/t(adamw window), window = "
             f"{window} steps (forward+backward+step), batch {BATCH}, torch threads 1",
