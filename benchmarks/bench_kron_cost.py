@@ -82,10 +82,12 @@ def _peers_path() -> None:
         sys.path.append(extra)
 
 
-def _cgd(params: Any, lr: float, **kw: Any) -> torch.optim.Optimizer:
+def _cgd(params: Any, lr: float, steady: bool, **kw: Any) -> torch.optim.Optimizer:
     from learndyn.optim import CovariantGD
 
-    return CovariantGD(params, lr=lr, alpha=0.5, precondition_warmup=0, **kw)
+    if steady:  # the steady-state schedule from the first step (for timing)
+        kw["precondition_warmup"] = 0
+    return CovariantGD(params, lr=lr, alpha=0.5, **kw)
 
 
 def _kron_variant(label: str) -> dict[str, Any]:
@@ -101,19 +103,20 @@ def _kron_variant(label: str) -> dict[str, Any]:
     return kw
 
 
-def make_optimizer(label: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimizer ``label`` (see the module doc) for ``model`` at learning rate ``lr``."""
+def make_optimizer(label: str, model: nn.Module, lr: float, steady: bool = True) -> torch.optim.Optimizer:
+    """The optimizer ``label`` (see the module doc) for ``model`` at learning rate ``lr``; ``steady``:
+    CovariantGD without its root warm-up (``precondition_warmup=0``, for timing)."""
     params = list(model.parameters())
     if label == "adamw":
         return torch.optim.AdamW(params, lr=lr)
     if label == "cgd-diag":
-        return _cgd(params, lr, structure="diag")
+        return _cgd(params, lr, steady, structure="diag")
     if label == "kron":
-        return _cgd(params, lr, structure="kron", precondition_every=EVERY)
+        return _cgd(params, lr, steady, structure="kron", precondition_every=EVERY)
     if label == "kron-unblocked":
-        return _cgd(params, lr, structure="kron", precondition_every=EVERY, max_block=None)
+        return _cgd(params, lr, steady, structure="kron", precondition_every=EVERY, max_block=None)
     if label.startswith("kron-"):
-        return _cgd(params, lr, **_kron_variant(label))
+        return _cgd(params, lr, steady, **_kron_variant(label))
     hidden = [p for p in params if p.ndim == 2 and p.shape[0] == p.shape[1]]
     rest = [p for p in params if not any(p is q for q in hidden)]
     if label == "muon":
@@ -208,7 +211,7 @@ def quality(labels: list[str], steps: int, seeds: int, lrs: dict[str, list[float
             finals = []
             for seed in range(seeds):
                 model = task.make_model(seed)
-                opt = make_optimizer(label, model, lr)
+                opt = make_optimizer(label, model, lr, steady=False)
                 gen = torch.Generator().manual_seed(1000 + seed)
                 for _ in range(steps):
                     opt.zero_grad(set_to_none=True)

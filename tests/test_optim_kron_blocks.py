@@ -166,3 +166,50 @@ def test_float32_roots_match_float64_roots():
 def test_bad_block_options_are_refused_in_one_line(kw, message):
     with pytest.raises(LearndynValueError, match=message):
         CovariantGD([nn.Parameter(torch.zeros(2, 2))], structure="kron", **kw)
+
+
+@pytest.mark.parametrize("eps_mode", ["inside", "outside"])
+def test_amortised_roots_refresh_the_eigenbasis_by_one_power_qr_step(eps_mode):
+    """``eigh_every=3``: roots 1, 4, 7 … from ``eigh``, the others from ``Q ← qr(L̂ Q)`` and the Rayleigh
+    quotients ``diag(Qᵀ L̂ Q)``; brute force on the dense block-diagonal statistics (blocks of 3 of 6)."""
+    m = n = 6
+    W0, xs, ys = _data(m, n, batch=16, steps=8)
+    kw = dict(KW, eps_mode=eps_mode, max_block=3, precondition_every=1, eigh_every=3)
+    ours, _, _ = _ours(W0, xs, ys, **kw)
+    b1, b2, eps, alpha, lr = 0.9, 0.95, 1e-3, 0.5, 0.05
+    mask = _block_mask(m, 3)
+    W = W0.numpy().copy()
+    M, L, R = np.zeros_like(W), np.zeros((m, m)), np.zeros((n, n))
+    Q: dict[str, np.ndarray] = {}
+    for t, (x, y) in enumerate(zip(xs, ys, strict=True), start=1):
+        Wt = torch.tensor(W, requires_grad=True)
+        ((x @ Wt.T - y) ** 2).mean().backward()
+        G = Wt.grad.numpy()
+        M = b1 * M + (1 - b1) * G
+        L = b2 * L + (1 - b2) * G @ G.T
+        R = b2 * R + (1 - b2) * G.T @ G
+        spectra = {}
+        for side, X in (("L", L * mask / (1 - b2**t)), ("R", R * mask / (1 - b2**t))):
+            if (t - 1) % 3 == 0:
+                lam, Q[side] = np.linalg.eigh(X)
+            else:
+                Q[side] = np.linalg.qr(X @ Q[side])[0]
+                lam = np.diag(Q[side].T @ X @ Q[side])
+            spectra[side] = np.clip(lam, 0, None)
+        Fh = M / (1 - b1**t)
+        QL, QR = Q["L"], Q["R"]
+        if eps_mode == "inside":
+            D = (
+                (QL * (spectra["L"] + eps) ** (-alpha / 2))
+                @ QL.T
+                @ Fh
+                @ (QR * (spectra["R"] + eps) ** (-alpha / 2))
+                @ QR.T
+            )
+        else:
+            C = 1 / (np.outer(spectra["L"] ** (alpha / 2), spectra["R"] ** (alpha / 2)) + eps)
+            D = QL @ ((QL.T @ Fh @ QR) * C) @ QR.T
+        W = W - lr * D
+    assert (ours - torch.tensor(W)).abs().max() <= 1e-10
+    plain, _, _ = _ours(W0, xs, ys, **dict(kw, eigh_every=1))
+    assert (plain - ours).abs().max() > 1e-8  # the refresh is not a full decomposition

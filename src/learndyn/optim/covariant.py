@@ -176,7 +176,9 @@ class CovariantGD(Optimizer):
         max_block: ``'kron'`` sides are split into block-diagonal factors of at most this size (``None``:
             one full factor); see :mod:`learndyn.optim.blocking` and docs/optimizers.md, "Cost of kron".
         root_dtype: ``'float64'`` or ``'float32'``: the dtype of ``'kron'``'s eigendecompositions
-            (``root_method='eigh'``, inside; see :mod:`learndyn.optim.roots`).
+            (``root_method='eigh'``; see :mod:`learndyn.optim.roots`).
+        eigh_every: ``'kron'`` decomposes its factors fully on every ``k``-th root only; the roots in between
+            refresh the cached eigenbasis by one power-iteration + QR step (SOAP's refresh; 1: always eigh).
         statistics_every: update the matrix statistics every ``k ≥ 1`` steps (see above; 1: every step).
         precondition_warmup: recompute matrix roots on every step ``t ≤ w`` (``w ≥ 0``, default 100; 0: only
             on the ``precondition_every`` schedule). See "Stale roots" above.
@@ -224,6 +226,7 @@ class CovariantGD(Optimizer):
         max_factor_dim: int | None = None,
         max_block: int | None = DEFAULT_MAX_BLOCK,
         root_dtype: str = "float64",
+        eigh_every: int = 1,
         statistics_every: int = 1,
         precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
         stale_damping: str = "trace",
@@ -254,6 +257,7 @@ class CovariantGD(Optimizer):
                 max_factor_dim=max_factor_dim,
                 max_block=max_block,
                 root_dtype=root_dtype,
+                eigh_every=eigh_every,
                 statistics_every=statistics_every,
                 precondition_warmup=precondition_warmup,
                 stale_damping=stale_damping,

@@ -45,6 +45,7 @@ TORCH_FLAGS = {
 LEGACY_DEFAULTS = {
     "max_block": None,
     "root_dtype": "float64",
+    "eigh_every": 1,
     "statistics_every": 1,
     "precondition_warmup": 0,
     "stale_damping": "none",
@@ -142,6 +143,7 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
     if o.setdefault("max_block", None) is not None:
         check_int("max_block", o["max_block"], low=1, owner=OWNER)
     check_choice("root_dtype", o.setdefault("root_dtype", "float64"), ROOT_DTYPES, owner=OWNER)
+    check_int("eigh_every", o.setdefault("eigh_every", 1), low=1, owner=OWNER)
     if o["memory_budget"] is not None:
         o["memory_budget"] = check_real("memory_budget", o["memory_budget"], low=0.0, owner=OWNER)
     _check_torch_flags(o)

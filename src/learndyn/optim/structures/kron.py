@@ -36,8 +36,8 @@ from learndyn.optim.blocking import (
     side_layout,
     trace,
 )
-from learndyn.optim.matfun import COMPUTE_DTYPE
-from learndyn.optim.roots import inverse_root_float32
+from learndyn.optim.matfun import COMPUTE_DTYPE, eigh_psd, spectral_coefficients, symmetrize
+from learndyn.optim.roots import eigh_float32, inverse_root_float32, refresh_eigenbasis
 from learndyn.optim.structures.base import (
     GroupStep,
     Structure,
@@ -230,34 +230,70 @@ class Kron(Structure):
             return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
 
         single = group.get("root_dtype", "float64") == "float32"
+        every = group.get("eigh_every", 1)
+        amortised = every > 1 and (not inside or group["root_method"] == "eigh")
+        basis_keys = ("kron_QL", "kron_QR") if inside else ("kron_UL", "kron_UR")
+        # amortised roots: a full eigendecomposition on every `eigh_every`-th root, else a refresh of the
+        # cached eigenbasis (whole buckets that have one only; members of a bucket are normally in step)
+        refresh = (
+            amortised
+            and whole
+            and sts[0].get("kron_root_index", 0) % every != 0
+            and all(k in s for s in sts for k in basis_keys)
+        )
+
+        def decompose(X: Tensor, name: str) -> tuple[Tensor, Tensor]:
+            """``(λ, Q)`` of a stack of (blocked) factors: eigh, or one refresh of the cached basis."""
+            mats = as_matrices(X)
+            if refresh:
+                Q0 = stk.stacked(name, sts)
+                Q0 = as_matrices(Q0).to(torch.float32 if single else COMPUTE_DTYPE)
+                return refresh_eigenbasis(mats, Q0)
+            if single:
+                return eigh_float32(mats)
+            return eigh_psd(mats)
+
+        out: dict[str, Tensor] = {}
         if inside:
             method = group["root_method"]
 
-            def inv_root(X: Tensor, side: Side) -> Tensor:
+            def inv_root(X: Tensor, side: Side, name: str) -> Tensor:
                 Xh = hat(X)
                 if side.kind == "diag":
                     return Fn.kron_inverse_root_stack(Xh, alpha, eps, eps_root, method, diagonal=True)
+                if amortised:
+                    lam, Q = decompose(Xh, name)
+                    out[name] = Q.view(Xh.shape)
+                    h = spectral_coefficients(lam, alpha / 2, eps, "inside", eps_root).to(Q.dtype)
+                    return symmetrize((Q * h.unsqueeze(-2)) @ Q.mT).to(Xh.dtype).view_as(Xh)
                 if single and method == "eigh":
                     return inverse_root_float32(as_matrices(Xh), alpha / 2, eps, eps_root).view_as(Xh)
                 return Fn.kron_inverse_root_stack(as_matrices(Xh), alpha, eps, eps_root, method).view_as(Xh)
 
-            out = {"kron_Linv": inv_root(L, left), "kron_Rinv": inv_root(R, right)}
+            out["kron_Linv"] = inv_root(L, left, "kron_QL")
+            out["kron_Rinv"] = inv_root(R, right, "kron_QR")
         else:
 
-            def basis(X: Tensor, side: Side) -> tuple[Tensor, Tensor]:
+            def basis(X: Tensor, side: Side, name: str) -> tuple[Tensor, Tensor]:
                 Xh = hat(X)
                 if side.kind == "diag":
                     return Fn.kron_eigenbasis_stack(Xh, alpha, eps_root, diagonal=True)
+                if amortised or single:
+                    lam, U = decompose(Xh, name)
+                    return U.view(Xh.shape), (lam + eps_root).pow(alpha / 2).reshape(Xh.shape[0], -1)
                 U, lp = Fn.kron_eigenbasis_stack(as_matrices(Xh), alpha, eps_root)
                 return U.view(Xh.shape), lp.reshape(Xh.shape[0], -1)
 
-            UL, lp = basis(L, left)
-            UR, rp = basis(R, right)
+            UL, lp = basis(L, left, "kron_UL")
+            UR, rp = basis(R, right, "kron_UR")
             out = {
                 "kron_UL": UL.to(dtype),
                 "kron_UR": UR.to(dtype),
                 "kron_C": Fn.kron_outside_coefficients(lp, rp, eps).to(dtype),
             }
+        if amortised:
+            for j in todo:
+                sts[j]["kron_root_index"] = sts[j].get("kron_root_index", 0) + 1
         for name, buf in out.items():
             if whole:
                 stk.install(name, buf, sts)
