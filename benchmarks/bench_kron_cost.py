@@ -13,8 +13,9 @@ Optimizers (labels):
 - ``kron-unblocked`` -- ``'kron'`` before this issue: full factors, roots every 10 steps, float64;
 - ``kron`` -- ``'kron'`` with today's defaults (:data:`learndyn.optim.options.DEFAULT_MAX_BLOCK`), roots
   every 10 steps (the ``cgd-kron`` label's schedule);
-- ``kron-b<b>[-s<k>][-f32]`` -- blocks of ``b``, statistics every ``k`` steps, float32 roots (the choices
-  the defaults were picked from; full runs only);
+- ``kron-b<b>[-s<k>][-e<r>][-f32]`` -- blocks of ``b``, statistics every ``k`` steps, ``eigh`` on every
+  ``r``-th root only (power-iteration + QR refreshes between), float32 roots (the choices the defaults
+  were picked from; full runs only);
 - ``muon`` -- :class:`torch.optim.Muon` for the hidden ``(width, width)`` matrices + AdamW for the rest;
 - ``po-soap``, ``po-shampoo``, ``po-scalable-shampoo`` -- pytorch_optimizer's SOAP (its defaults:
   eigenbasis every 10 steps), Shampoo (roots every 10 steps) and ScalableShampoo (blocks of 128, roots
@@ -91,15 +92,20 @@ def _cgd(params: Any, lr: float, steady: bool, **kw: Any) -> torch.optim.Optimiz
 
 
 def _kron_variant(label: str) -> dict[str, Any]:
-    """``kron-b64-s10-f32`` → the CovariantGD options it names."""
+    """``kron-b64-s10-e5-f32`` → the CovariantGD options it names (blocks of 64, statistics every 10 steps,
+    a full eigendecomposition every 5th root, float32 roots)."""
     kw: dict[str, Any] = {"structure": "kron", "precondition_every": EVERY}
     for part in label.split("-")[1:]:
         if part.startswith("b"):
             kw["max_block"] = int(part[1:])
         elif part.startswith("s"):
             kw["statistics_every"] = int(part[1:])
+        elif part.startswith("e"):
+            kw["eigh_every"] = int(part[1:])
         elif part == "f32":
             kw["root_dtype"] = "float32"
+        else:
+            raise ValueError(f"unknown part {part!r} of the optimizer label {label!r}")
     return kw
 
 
@@ -227,12 +233,15 @@ def quality(labels: list[str], steps: int, seeds: int, lrs: dict[str, list[float
     return rows
 
 
+KRON_LRS = [1e-2, 3e-2, 1e-1, 3e-1]
 QUALITY_LRS: dict[str, list[float]] = {
-    "adamw": [3e-4, 1e-3, 3e-3],
-    "kron-unblocked": [3e-4, 1e-3, 3e-3],
-    "kron": [3e-4, 1e-3, 3e-3],
-    "muon": [3e-3, 1e-2, 3e-2],
+    "adamw": [1e-3, 3e-3, 1e-2],
+    "kron-unblocked": KRON_LRS,
+    "kron": KRON_LRS,
+    "muon": [3e-3, 1e-2, 3e-2, 1e-1],
 }
+"""Learning-rate grids of the quality check (kron's scale differs from Adam's: its tuned rates in
+``learndyn/tasks/learning_rates.toml`` are 0.1-1)."""
 
 
 def run(quick: bool, widths: list[int] | None = None, extra: list[str] | None = None) -> dict[str, Any]:
