@@ -14,7 +14,16 @@ import torch
 from torch import nn
 
 from learndyn.optim import CovariantGD
-from learndyn.optim.blocking import block_diagonal, side_layout
+from learndyn.optim.blocking import (
+    Side,
+    block_diagonal,
+    left_mul,
+    left_statistics_ema_,
+    right_mul,
+    right_statistics_ema_,
+    side_layout,
+    trace,
+)
 from learndyn.optim.roots import inverse_root_float32
 from learndyn.validation import LearndynValueError
 
@@ -84,9 +93,29 @@ def test_one_block_equals_unblocked_kron(eps_mode):
     kw = dict(KW, eps_mode=eps_mode, precondition_every=3, stale_damping="trace")
     unblocked, _, _ = _ours(W0, xs, ys, max_block=None, **kw)
     one, opt, W = _ours(W0, xs, ys, max_block=9, **kw)
-    assert opt.state[W]["kron_L"].shape == (1, 9, 9)  # the blocked path, with one block per side
-    assert opt.state[W]["kron_R"].shape == (1, 7, 7)
+    assert opt.state[W]["kron_L"].shape == (9, 9)  # a side that fits one block keeps the unblocked state
     assert (one - unblocked).abs().max() <= 1e-10
+
+
+def test_the_blocked_kernels_with_one_block_equal_the_unblocked_ones():
+    """The blocked code path itself (statistics, both products, trace) with ``nb = 1`` in float64."""
+    gen = torch.Generator().manual_seed(3)
+    V = torch.randn(2, 9, 7, generator=gen, dtype=torch.float64)
+    A = torch.randn(2, 9, 9, generator=gen, dtype=torch.float64)
+    C = torch.randn(2, 7, 7, generator=gen, dtype=torch.float64)
+    full_l, full_r = Side("full", 9), Side("full", 7)
+    one_l, one_r = Side("blocks", 9, 1, 9), Side("blocks", 7, 1, 7)
+    L0, R0 = A @ A.mT, C @ C.mT
+    L1, R1 = L0.clone().unsqueeze(1), R0.clone().unsqueeze(1)
+    left_statistics_ema_(L0, V, full_l, 0.9)
+    right_statistics_ema_(R0, V, full_r, 0.9)
+    left_statistics_ema_(L1, V, one_l, 0.9)
+    right_statistics_ema_(R1, V, one_r, 0.9)
+    assert (L1.squeeze(1) - L0).abs().max() <= 1e-10 and (R1.squeeze(1) - R0).abs().max() <= 1e-10
+    D0 = right_mul(left_mul(A, V, full_l), C, full_r)
+    D1 = right_mul(left_mul(A.unsqueeze(1), V, one_l), C.unsqueeze(1), one_r)
+    assert (D1 - D0).abs().max() <= 1e-10
+    assert (trace(L1) - trace(L0)).abs().max() <= 1e-10
 
 
 @pytest.mark.parametrize("eps_mode", ["inside", "outside"])

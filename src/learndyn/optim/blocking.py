@@ -5,7 +5,7 @@ the right factor ``R``) is kept in one of three forms (:class:`Side`):
 
 ``'diag'``  (``k > max_factor_dim``)  a vector ``(k,)``: only ``diag(L)``;
 ``'full'``  (unblocked)               a matrix ``(k, k)``;
-``'blocks'`` (``max_block`` set)      ``nb`` diagonal blocks ``(nb, b, b)``, ``nb = ⌈k/max_block⌉``,
+``'blocks'`` (``k > max_block``)      ``nb`` diagonal blocks ``(nb, b, b)``, ``nb = ⌈k/max_block⌉``,
                                       ``b = ⌈k/nb⌉ ≤ max_block``.
 
 With blocks the factor is the block-diagonal part of the full one: for the left side, with ``V`` split into
@@ -68,10 +68,11 @@ class Side:
 
 def side_layout(size: int, max_factor_dim: int | None, max_block: int | None) -> Side:
     """The :class:`Side` of a side of length ``size``: diagonal beyond ``max_factor_dim``, else ``⌈size /
-    max_block⌉`` blocks of equal size ``⌈size/nb⌉`` when ``max_block`` is set (``None``: one full factor)."""
+    max_block⌉`` blocks of equal size ``⌈size/nb⌉`` when ``max_block`` is set and smaller than ``size``,
+    else one full factor (a side that fits in one block keeps the unblocked ``(k, k)`` layout and state)."""
     if max_factor_dim is not None and size > max_factor_dim:
         return Side("diag", size)
-    if max_block is None:
+    if max_block is None or size <= max_block:
         return Side("full", size)
     nb = -(-size // max_block)
     return Side("blocks", size, nb, -(-size // nb))

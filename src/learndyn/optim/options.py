@@ -24,7 +24,7 @@ EPS_MODES = ("inside", "outside")
 ROOT_METHODS = ("eigh", "newton")
 STALE_DAMPINGS = ("trace", "none")
 ROOT_DTYPES = ("float64", "float32")
-DEFAULT_MAX_BLOCK: int | None = None
+DEFAULT_MAX_BLOCK: int | None = 64
 """``'kron'``'s block size (``None``: unblocked); see docs/optimizers.md, "Cost of kron"."""
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """2 GiB: the most the metric state of one parameter group may take before construction refuses."""
