@@ -75,7 +75,8 @@ class CovariantGD(Optimizer):
         per matrix-shaped parameter (conv weights as ``(out, in·k·k)``) Kronecker factors ``L = EMA[V Vᵀ]``,
         ``R = EMA[Vᵀ V]`` with ``S ≈ L^{½} ⊗ R^{½}``, each factor raised to ``α/2`` (Shampoo's ¼ at α = ½);
         ``ε`` damps each factor for ``'inside'``. Vectors and scalars use ``'diag'``. A side longer than
-        ``max_factor_dim`` keeps only its diagonal.
+        ``max_factor_dim`` keeps only its diagonal; a side longer than ``max_block`` (default 64) keeps the
+        diagonal blocks of its factor, at most ``max_block`` wide (:mod:`learndyn.optim.blocking`).
     ``'block'``
         a full ``(n, n)`` matrix per parameter tensor of ``n`` elements.
     ``'full'``
@@ -149,7 +150,8 @@ class CovariantGD(Optimizer):
     forward + backward pass of a linear layer at batch ``B`` is ``6Bmn``. So for square layers (``m = n = d``)
     the preconditioning alone is ``2d/(3B)`` times the layer's forward + backward: ``kron`` costs a small
     multiple of ``'diag'`` only once ``B`` is comparable to ``d``. Same-shaped layers share stacked buffers,
-    batched products and decompositions.
+    batched products and decompositions. With blocks of ``b = max_block`` every ``d`` above becomes ``b``
+    (preconditioning ``2b/(3B)`` of the forward + backward); measured in docs/optimizers.md, "Cost of kron".
 
     Args:
         params: parameters or parameter groups (dicts; any option below may be set per group).
