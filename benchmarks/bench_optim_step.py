@@ -108,7 +108,10 @@ def kron_flop_ratio(width: int) -> float:
     kron's default blocks (``b = min(side, max_block)``, see bench_kron_cost). The step-time ratio of kron
     to Adam cannot fall much below ``1 + this`` unless the preconditioned direction is reused across steps.
     """
-    from learndyn.optim.options import DEFAULT_MAX_BLOCK
+    try:
+        from learndyn.optim.options import DEFAULT_MAX_BLOCK
+    except ImportError:  # measuring Adam only
+        DEFAULT_MAX_BLOCK = None  # noqa: N806
 
     def side(k: int) -> int:  # the block size kron uses for a side of length k (its default max_block)
         return k if DEFAULT_MAX_BLOCK is None else min(k, DEFAULT_MAX_BLOCK)
