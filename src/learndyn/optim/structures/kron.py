@@ -27,7 +27,6 @@ from learndyn.optim import functional as Fn
 from learndyn.optim.blocking import (
     Side,
     as_matrices,
-    block_diagonal,
     left_mul,
     left_statistics_ema_,
     pad,
@@ -369,10 +368,17 @@ class Kron(Structure):
             return None
         bc2 = stat_bias_correction(group, st["step"])
         m, n, _, _ = kron_sides(p, None)
-        L, R = (
-            x if x.ndim < 3 else block_diagonal(x)[:k, :k] for x, k in ((st["kron_L"], m), (st["kron_R"], n))
-        )
-        return Fn.kron_sqrt_diagonal(L / bc2, R / bc2)
+        left, right = _sqrt_diagonal(st["kron_L"] / bc2, m), _sqrt_diagonal(st["kron_R"] / bc2, n)
+        return (left.unsqueeze(-1) * right.unsqueeze(-2)).to(st["kron_L"].dtype)
+
+
+def _sqrt_diagonal(X: Tensor, k: int) -> Tensor:
+    """``diag(X^{½})`` (float64, length ``k``) of one factor: a diagonal ``(k,)``, a matrix ``(k, k)`` or
+    blocks ``(nb, b, b)`` (each block on its own: ``diag(blockdiag(X_i)^{½})``, padding dropped)."""
+    if X.ndim == 1:
+        return X.to(COMPUTE_DTYPE).clamp_min(0).sqrt()
+    evals, evecs = eigh_psd(X)
+    return (evecs.square() * evals.sqrt().unsqueeze(-2)).sum(-1).reshape(-1)[:k]
 
 
 def _direction_outside(UL: Tensor, UR: Tensor, C: Tensor, F: Tensor, left: Side, right: Side) -> Tensor:
