@@ -245,3 +245,15 @@ def test_amortised_roots_refresh_the_eigenbasis_by_one_power_qr_step(eps_mode):
     assert (ours - torch.tensor(W)).abs().max() <= 1e-10
     plain, _, _ = _ours(W0, xs, ys, **dict(kw, eigh_every=1))
     assert (plain - ours).abs().max() > 1e-8  # the refresh is not a full decomposition
+
+
+def test_blocked_kron_steps_complex_parameters_as_their_real_views():
+    torch.manual_seed(0)
+    W = nn.Parameter(torch.randn(10, 5, dtype=torch.complex128))
+    opt = CovariantGD([W], lr=1e-2, structure="kron", max_block=4)
+    for _ in range(2):
+        opt.zero_grad()
+        (W.abs() ** 2).sum().backward()
+        opt.step()
+    assert opt.state[W]["kron_R"].shape == (3, 4, 4)  # the real view is (10, 10): 3 blocks of 4
+    assert opt.second_moment_diagonal(W).shape == (10, 5, 2)

@@ -40,6 +40,7 @@ from learndyn.optim.roots import eigh_float32, inverse_root_float32, refresh_eig
 from learndyn.optim.structures.base import (
     GroupStep,
     Structure,
+    real,
     root_due,
     stale_bounded,
     stat_beta,
@@ -367,7 +368,7 @@ class Kron(Structure):
         if "kron_L" not in st:
             return None
         bc2 = stat_bias_correction(group, st["step"])
-        m, n, _, _ = kron_sides(p, None)
+        m, n, _, _ = kron_sides(real(p), None)  # complex p: its real view, as the step sees it
         left, right = _sqrt_diagonal(st["kron_L"] / bc2, m), _sqrt_diagonal(st["kron_R"] / bc2, n)
         return (left.unsqueeze(-1) * right.unsqueeze(-2)).to(st["kron_L"].dtype)
 
