@@ -159,9 +159,10 @@ def test_memory_guard_uses_the_budget_and_kron_suggests_max_factor_dim():
     with pytest.raises(ValueError, match=r"400 parameters needs 2,560,000 bytes \(2\.4 MiB\)"):
         CovariantGD([p], structure="full", memory_budget=2 * 400 * 400 * 8 - 1)
     big = nn.Parameter(torch.zeros(30_000, 10))
-    with pytest.raises(ValueError, match=r"max_factor_dim"):
-        CovariantGD([big], structure="kron")
-    CovariantGD([big], structure="kron", max_factor_dim=1024)
+    with pytest.raises(ValueError, match=r"max_factor_dim or max_block"):
+        CovariantGD([big], structure="kron", max_block=None)  # unblocked: a 30,000² factor
+    CovariantGD([big], structure="kron", max_block=None, max_factor_dim=1024)
+    CovariantGD([big], structure="kron")  # the default blocks of 64 fit
 
 
 # ------------------------------------------------------------------------------- groups and protocol

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from learndyn.optim import functional as Fn
 from learndyn.optim.options import (
+    DEFAULT_MAX_BLOCK,
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_PRECONDITION_WARMUP,
     LEGACY_DEFAULTS,
@@ -74,7 +75,8 @@ class CovariantGD(Optimizer):
         per matrix-shaped parameter (conv weights as ``(out, in·k·k)``) Kronecker factors ``L = EMA[V Vᵀ]``,
         ``R = EMA[Vᵀ V]`` with ``S ≈ L^{½} ⊗ R^{½}``, each factor raised to ``α/2`` (Shampoo's ¼ at α = ½);
         ``ε`` damps each factor for ``'inside'``. Vectors and scalars use ``'diag'``. A side longer than
-        ``max_factor_dim`` keeps only its diagonal.
+        ``max_factor_dim`` keeps only its diagonal; a side longer than ``max_block`` (default 64) keeps the
+        diagonal blocks of its factor, at most ``max_block`` wide (:mod:`learndyn.optim.blocking`).
     ``'block'``
         a full ``(n, n)`` matrix per parameter tensor of ``n`` elements.
     ``'full'``
@@ -148,7 +150,8 @@ class CovariantGD(Optimizer):
     forward + backward pass of a linear layer at batch ``B`` is ``6Bmn``. So for square layers (``m = n = d``)
     the preconditioning alone is ``2d/(3B)`` times the layer's forward + backward: ``kron`` costs a small
     multiple of ``'diag'`` only once ``B`` is comparable to ``d``. Same-shaped layers share stacked buffers,
-    batched products and decompositions.
+    batched products and decompositions. With blocks of ``b = max_block`` every ``d`` above becomes ``b``
+    (preconditioning ``2b/(3B)`` of the forward + backward); measured in docs/optimizers.md, "Cost of kron".
 
     Args:
         params: parameters or parameter groups (dicts; any option below may be set per group).
@@ -172,6 +175,12 @@ class CovariantGD(Optimizer):
         eps_root: extra damping ``ε_r ≥ 0`` added to ``Ŝ`` inside the power in both modes (optax's
             ``eps_root``; AdaBelief's accumulated ε is ``eps_root = eps/(1−β₂)``).
         max_factor_dim: ``'kron'`` sides longer than this keep a diagonal factor (``None``: never).
+        max_block: ``'kron'`` sides are split into block-diagonal factors of at most this size (``None``:
+            one full factor); see :mod:`learndyn.optim.blocking` and docs/optimizers.md, "Cost of kron".
+        root_dtype: ``'float64'`` or ``'float32'``: the dtype of ``'kron'``'s eigendecompositions
+            (``root_method='eigh'``; see :mod:`learndyn.optim.roots`).
+        eigh_every: ``'kron'`` decomposes its factors fully on every ``k``-th root only; the roots in between
+            refresh the cached eigenbasis by one power-iteration + QR step (SOAP's refresh; 1: always eigh).
         statistics_every: update the matrix statistics every ``k ≥ 1`` steps (see above; 1: every step).
         precondition_warmup: recompute matrix roots on every step ``t ≤ w`` (``w ≥ 0``, default 100; 0: only
             on the ``precondition_every`` schedule). See "Stale roots" above.
@@ -217,6 +226,9 @@ class CovariantGD(Optimizer):
         decoupled_weight_decay: bool = True,
         eps_root: float = 0.0,
         max_factor_dim: int | None = None,
+        max_block: int | None = DEFAULT_MAX_BLOCK,
+        root_dtype: str = "float64",
+        eigh_every: int = 1,
         statistics_every: int = 1,
         precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
         stale_damping: str = "trace",
@@ -245,6 +257,9 @@ class CovariantGD(Optimizer):
                 decoupled_weight_decay=decoupled_weight_decay,
                 eps_root=eps_root,
                 max_factor_dim=max_factor_dim,
+                max_block=max_block,
+                root_dtype=root_dtype,
+                eigh_every=eigh_every,
                 statistics_every=statistics_every,
                 precondition_warmup=precondition_warmup,
                 stale_damping=stale_damping,

@@ -23,6 +23,9 @@ MOMENTS = ("second", "covariance")
 EPS_MODES = ("inside", "outside")
 ROOT_METHODS = ("eigh", "newton")
 STALE_DAMPINGS = ("trace", "none")
+ROOT_DTYPES = ("float64", "float32")
+DEFAULT_MAX_BLOCK: int | None = 64
+"""``'kron'``'s block size (``None``: unblocked); see docs/optimizers.md, "Cost of kron"."""
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """2 GiB: the most the metric state of one parameter group may take before construction refuses."""
 DEFAULT_PRECONDITION_WARMUP = 100
@@ -40,6 +43,9 @@ TORCH_FLAGS = {
 """torch.optim's standard flags and their defaults (see docs/optimizers.md, "torch.optim conventions")."""
 
 LEGACY_DEFAULTS = {
+    "max_block": None,
+    "root_dtype": "float64",
+    "eigh_every": 1,
     "statistics_every": 1,
     "precondition_warmup": 0,
     "stale_damping": "none",
@@ -134,6 +140,10 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
     check_int("rank", o["rank"], low=1, owner=OWNER)
     if o["max_factor_dim"] is not None:
         check_int("max_factor_dim", o["max_factor_dim"], low=1, owner=OWNER)
+    if o.setdefault("max_block", None) is not None:
+        check_int("max_block", o["max_block"], low=1, owner=OWNER)
+    check_choice("root_dtype", o.setdefault("root_dtype", "float64"), ROOT_DTYPES, owner=OWNER)
+    check_int("eigh_every", o.setdefault("eigh_every", 1), low=1, owner=OWNER)
     if o["memory_budget"] is not None:
         o["memory_budget"] = check_real("memory_budget", o["memory_budget"], low=0.0, owner=OWNER)
     _check_torch_flags(o)
@@ -175,5 +185,5 @@ def check_memory(structure: str, params: Sequence[Tensor], opts: dict[str, Any])
             f"{OWNER}.structure={structure!r} for {P:,} parameters needs {need:,} bytes "
             f"({human_bytes(need)}) of metric state, more than memory_budget={int(budget):,} bytes "
             f"({human_bytes(budget)}); allowed: a cheaper structure ('diag', 'kron', 'lowrank'), "
-            "max_factor_dim for 'kron', or a larger memory_budget"
+            "max_factor_dim or max_block for 'kron', or a larger memory_budget"
         )

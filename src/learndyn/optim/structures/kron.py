@@ -24,10 +24,23 @@ import torch
 from torch import Tensor
 
 from learndyn.optim import functional as Fn
-from learndyn.optim.matfun import COMPUTE_DTYPE
+from learndyn.optim.blocking import (
+    Side,
+    as_matrices,
+    left_mul,
+    left_statistics_ema_,
+    pad,
+    right_mul,
+    right_statistics_ema_,
+    side_layout,
+    trace,
+)
+from learndyn.optim.matfun import COMPUTE_DTYPE, eigh_psd, spectral_coefficients, symmetrize
+from learndyn.optim.roots import eigh_float32, inverse_root_float32, refresh_eigenbasis
 from learndyn.optim.structures.base import (
     GroupStep,
     Structure,
+    real,
     root_due,
     stale_bounded,
     stat_beta,
@@ -38,17 +51,20 @@ _MAX_BUCKET_CACHE = 64
 """Distinct buckets whose stacked buffers are kept (more are only seen when gradients come and go)."""
 
 
-def _trace(X: Tensor) -> Tensor:
-    """Traces of a stack of matrices ``(B, k, k)`` or of diagonal factors ``(B, k)``."""
-    return X.diagonal(dim1=-2, dim2=-1).sum(-1) if X.ndim == 3 else X.sum(-1)
-
-
 def kron_sides(p: Tensor, max_factor_dim: int | None) -> tuple[int, int, bool, bool]:
     """``(m, n, left_diagonal, right_diagonal)`` of a matrix-shaped parameter ``p``."""
     m = p.shape[0]
     n = p.numel() // m
     mfd = max_factor_dim
     return m, n, mfd is not None and m > mfd, mfd is not None and n > mfd
+
+
+def kron_layout(p: Tensor, max_factor_dim: int | None, max_block: int | None) -> tuple[int, int, Side, Side]:
+    """``(m, n, left, right)``: the matrix shape of ``p`` and the :class:`~learndyn.optim.blocking.Side` of
+    each factor (diagonal beyond ``max_factor_dim``, blocks of at most ``max_block``, else full)."""
+    m = p.shape[0]
+    n = p.numel() // m
+    return m, n, side_layout(m, max_factor_dim, max_block), side_layout(n, max_factor_dim, max_block)
 
 
 class _Stacks:
@@ -102,11 +118,12 @@ class Kron(Structure):
         return p.ndim >= 2 and p.numel() > 0
 
     def elements(self, params: Sequence[Tensor], opts: Mapping[str, Any]) -> int:
-        elems, mfd = 0, opts.get("max_factor_dim")
+        elems = 0
         for p in params:
-            m, n, _, _ = kron_sides(p, None)
-            side = sum(k if (mfd is not None and k > mfd) else k * k for k in (m, n))
-            elems += 2 * side + (m * n if opts.get("eps_mode") == "outside" else 0)
+            _, _, left, right = kron_layout(p, opts.get("max_factor_dim"), opts.get("max_block"))
+            elems += 2 * (left.elements() + right.elements())
+            if opts.get("eps_mode") == "outside":
+                elems += left.padded * right.padded
         return elems
 
     def directions(self, ctx: GroupStep) -> list[Tensor]:
@@ -114,14 +131,16 @@ class Kron(Structure):
 
         Each bucket's factors, cached roots and eigenbases live in persistent stacked buffers
         (:class:`_Stacks`); the per-parameter state entries are views into them, so a step stacks only
-        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors.
+        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors. Blocked sides
+        (``max_block``) work on the zero-padded ``V``/``F`` with one batched product over all blocks.
         """
         group, params, states = ctx.group, ctx.params, ctx.states
-        keys = [kron_sides(p, group["max_factor_dim"]) for p in params]
-        for p, st, (m, n, ld, rd) in zip(params, states, keys, strict=True):
+        mfd, mb = group["max_factor_dim"], group.get("max_block")
+        keys = [kron_layout(p, mfd, mb) for p in params]
+        for p, st, (_, _, left, right) in zip(params, states, keys, strict=True):
             if "kron_L" not in st:
-                st["kron_L"] = p.new_zeros((m,) if ld else (m, m))
-                st["kron_R"] = p.new_zeros((n,) if rd else (n, n))
+                st["kron_L"] = p.new_zeros(left.factor_shape())
+                st["kron_R"] = p.new_zeros(right.factor_shape())
         buckets: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             buckets.setdefault((*k, params[i].dtype, params[i].device), []).append(i)
@@ -130,47 +149,57 @@ class Kron(Structure):
         every, beta_k = group["statistics_every"], stat_beta(group)
         dirs: list[Tensor | None] = [None] * len(params)
         for key, idx in buckets.items():
-            m, n, ld, rd = key[:4]
+            m, n, left, right = key[:4]
             sts = [states[i] for i in idx]
             stk = _stacks(ctx.cache, key, [ctx.keys[i] for i in idx])
             L, R = stk.stacked("kron_L", sts), stk.stacked("kron_R", sts)
             # statistics (every k steps): L ← βᵏ L + (1−βᵏ) V Vᵀ, fused into one baddbmm per side
             upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
             if upd:
-                V = torch.stack([ctx.vs[idx[j]].reshape(m, n) for j in upd])
+                V = pad(torch.stack([ctx.vs[idx[j]].reshape(m, n) for j in upd]), left, right)
                 if len(upd) == len(idx):
-                    Fn.kron_statistics_ema_(L, R, V, beta_k)
+                    left_statistics_ema_(L, V, left, beta_k)
+                    right_statistics_ema_(R, V, right, beta_k)
                 else:  # parameters out of step with each other (some had no gradient on some steps)
                     sel = torch.tensor(upd, device=L.device)
                     Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
-                    Fn.kron_statistics_ema_(Ls, Rs, V, beta_k)
+                    left_statistics_ema_(Ls, V, left, beta_k)
+                    right_statistics_ema_(Rs, V, right, beta_k)
                     L.index_copy_(0, sel, Ls)
                     R.index_copy_(0, sel, Rs)
             # roots (amortised)
             todo = [j for j, s in enumerate(sts) if root_due(group, s, cache_key, s["step"])]
             if todo:
-                self._roots(group, stk, sts, todo, L, R, ld, rd, inside, params[idx[0]].dtype)
+                self._roots(group, stk, sts, todo, L, R, left, right, inside, params[idx[0]].dtype)
             # directions
+            # F: the first moments, kept in a stacked buffer (state views, updated in place by the
+            # optimizer), so no copy; their bias correction 1/(1−β₁ᵗ) is applied to D (linear in F)
+            scale: Tensor | float = 1.0
             if group["first_moment"]:
-                assert ctx.exp_avgs is not None
-                F = torch.stack([ctx.exp_avgs[i].reshape(m, n) for i in idx])
+                F = stk.stacked("exp_avg", sts).view(len(idx), m, n)
                 beta1, enabled = group["betas"][0], group["bias_correction"]
                 bc1 = [Fn.bias_correction(beta1, s["step"], enabled) for s in sts]
                 if all(b == bc1[0] for b in bc1):
-                    if bc1[0] != 1.0:
-                        F.div_(bc1[0])
+                    scale = 1.0 / bc1[0]
                 else:
-                    F.div_(torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1))
+                    scale = 1.0 / torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1)
             else:
                 F = torch.stack([ctx.grads[i].reshape(m, n) for i in idx])
+            Fp = pad(F, left, right)
             if inside:
-                D = Fn.kron_direction_inside(stk.stacked("kron_Linv", sts), F, stk.stacked("kron_Rinv", sts))
+                Linv, Rinv = stk.stacked("kron_Linv", sts), stk.stacked("kron_Rinv", sts)
+                D = right_mul(left_mul(Linv, Fp, left), Rinv, right)
             else:
-                D = Fn.kron_direction_outside(
-                    stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts), stk.stacked("kron_C", sts), F
-                )
+                UL, UR = stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts)
+                D = _direction_outside(UL, UR, stk.stacked("kron_C", sts), Fp, left, right)
+            if D.shape[-2:] != (m, n):
+                D = D[:, :m, :n]
             if stale_bounded(group):
-                self._cap_(group, sts, L, R, F, D)
+                cap = self._cap(group, sts, L, R, F, D)
+                if cap is not None:
+                    scale = cap * scale
+            if isinstance(scale, Tensor) or scale != 1.0:
+                D = D.mul_(scale) if D.is_contiguous() else D * scale
             for i, d in zip(idx, D.unbind(0), strict=True):
                 dirs[i] = d.reshape(params[i].shape)
         return dirs  # type: ignore[return-value]
@@ -183,8 +212,8 @@ class Kron(Structure):
         todo: list[int],
         L: Tensor,
         R: Tensor,
-        ld: bool,
-        rd: bool,
+        left: Side,
+        right: Side,
         inside: bool,
         dtype: torch.dtype,
     ) -> None:
@@ -200,20 +229,71 @@ class Kron(Structure):
                 return Xs / bc2[0]
             return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
 
+        single = group.get("root_dtype", "float64") == "float32"
+        every = group.get("eigh_every", 1)
+        amortised = every > 1 and (not inside or group["root_method"] == "eigh")
+        basis_keys = ("kron_QL", "kron_QR") if inside else ("kron_UL", "kron_UR")
+        # amortised roots: a full eigendecomposition on every `eigh_every`-th root, else a refresh of the
+        # cached eigenbasis (whole buckets that have one only; members of a bucket are normally in step)
+        refresh = (
+            amortised
+            and whole
+            and sts[0].get("kron_root_index", 0) % every != 0
+            and all(k in s for s in sts for k in basis_keys)
+        )
+
+        def decompose(X: Tensor, name: str) -> tuple[Tensor, Tensor]:
+            """``(λ, Q)`` of a stack of (blocked) factors: eigh, or one refresh of the cached basis."""
+            mats = as_matrices(X)
+            if refresh:
+                Q0 = stk.stacked(name, sts)
+                Q0 = as_matrices(Q0).to(torch.float32 if single else COMPUTE_DTYPE)
+                return refresh_eigenbasis(mats, Q0)
+            if single:
+                return eigh_float32(mats)
+            return eigh_psd(mats)
+
+        out: dict[str, Tensor] = {}
         if inside:
             method = group["root_method"]
-            out = {
-                "kron_Linv": Fn.kron_inverse_root_stack(hat(L), alpha, eps, eps_root, method, diagonal=ld),
-                "kron_Rinv": Fn.kron_inverse_root_stack(hat(R), alpha, eps, eps_root, method, diagonal=rd),
-            }
+
+            def inv_root(X: Tensor, side: Side, name: str) -> Tensor:
+                Xh = hat(X)
+                if side.kind == "diag":
+                    return Fn.kron_inverse_root_stack(Xh, alpha, eps, eps_root, method, diagonal=True)
+                if amortised:
+                    lam, Q = decompose(Xh, name)
+                    out[name] = Q.view(Xh.shape)
+                    h = spectral_coefficients(lam, alpha / 2, eps, "inside", eps_root).to(Q.dtype)
+                    return symmetrize((Q * h.unsqueeze(-2)) @ Q.mT).to(Xh.dtype).view_as(Xh)
+                if single and method == "eigh":
+                    return inverse_root_float32(as_matrices(Xh), alpha / 2, eps, eps_root).view_as(Xh)
+                return Fn.kron_inverse_root_stack(as_matrices(Xh), alpha, eps, eps_root, method).view_as(Xh)
+
+            out["kron_Linv"] = inv_root(L, left, "kron_QL")
+            out["kron_Rinv"] = inv_root(R, right, "kron_QR")
         else:
-            UL, lp = Fn.kron_eigenbasis_stack(hat(L), alpha, eps_root, diagonal=ld)
-            UR, rp = Fn.kron_eigenbasis_stack(hat(R), alpha, eps_root, diagonal=rd)
+
+            def basis(X: Tensor, side: Side, name: str) -> tuple[Tensor, Tensor]:
+                Xh = hat(X)
+                if side.kind == "diag":
+                    return Fn.kron_eigenbasis_stack(Xh, alpha, eps_root, diagonal=True)
+                if amortised or single:
+                    lam, U = decompose(Xh, name)
+                    return U.view(Xh.shape), (lam + eps_root).pow(alpha / 2).reshape(Xh.shape[0], -1)
+                U, lp = Fn.kron_eigenbasis_stack(as_matrices(Xh), alpha, eps_root)
+                return U.view(Xh.shape), lp.reshape(Xh.shape[0], -1)
+
+            UL, lp = basis(L, left, "kron_UL")
+            UR, rp = basis(R, right, "kron_UR")
             out = {
                 "kron_UL": UL.to(dtype),
                 "kron_UR": UR.to(dtype),
                 "kron_C": Fn.kron_outside_coefficients(lp, rp, eps).to(dtype),
             }
+        if amortised:
+            for j in todo:
+                sts[j]["kron_root_index"] = sts[j].get("kron_root_index", 0) + 1
         for name, buf in out.items():
             if whole:
                 stk.install(name, buf, sts)
@@ -223,8 +303,8 @@ class Kron(Structure):
         # where the root was taken, for stale_damping='trace': tr L, tr R (raw) and the statistics count
         traces = torch.stack(
             [
-                _trace(L if sel is None else L.index_select(0, sel)),
-                _trace(R if sel is None else R.index_select(0, sel)),
+                trace(L if sel is None else L.index_select(0, sel)),
+                trace(R if sel is None else R.index_select(0, sel)),
             ],
             dim=-1,
         )
@@ -233,24 +313,27 @@ class Kron(Structure):
             sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
 
     @staticmethod
-    def _cap_(group: Mapping[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor) -> None:
-        """``stale_damping='trace'``, in place on the stacked directions ``D``: on a stale step scale ``D`` to
-        at most ``G‖F‖``, ``G`` the gain bound of :func:`~learndyn.optim.functional.kron_stale_gain` from the
-        statistics added to each factor since its root (no extra matrix products)."""
+    def _cap(
+        group: Mapping[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor
+    ) -> Tensor | None:
+        """``stale_damping='trace'``: the factors ``(B, 1, 1)`` that scale the stacked directions ``D`` of the
+        stale members to at most ``G‖F‖`` (1 elsewhere), ``G`` the gain bound of
+        :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each factor since its
+        root (no extra matrix products); ``None`` when nothing is to be scaled."""
         k = group["statistics_every"]
         counts = [Fn.statistics_count(s["step"], k) for s in sts]
         stale = [  # roots cached before this option existed carry no count: left as they are
             j for j, (s, u) in enumerate(zip(sts, counts, strict=True)) if u != s.get("kron_root_count", u)
         ]
         if not stale:
-            return
+            return None
         whole = len(stale) == len(sts)
         sel = None if whole else torch.tensor(stale, device=D.device)
 
         def pick(X: Tensor) -> Tensor:
             return X if sel is None else X.index_select(0, sel)
 
-        now = torch.stack([_trace(pick(L)), _trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
+        now = torch.stack([trace(pick(L)), trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
         root = torch.stack([sts[j]["kron_root_trace"] for j in stale]).to(COMPUTE_DTYPE)
         beta, enabled = stat_beta(group), group["bias_correction"]
         pairs = {(counts[j], sts[j]["kron_root_count"]) for j in stale}
@@ -267,25 +350,52 @@ class Kron(Structure):
         gain = Fn.kron_stale_gain(
             tau[:, 0], tau[:, 1], group["alpha"], group["eps"], group["eps_mode"], group["eps_root"]
         )
-        Ds = pick(D)
         f_norm = torch.linalg.vector_norm(pick(F), dim=(-2, -1)).to(COMPUTE_DTYPE)
-        d_norm = torch.linalg.vector_norm(Ds, dim=(-2, -1)).to(COMPUTE_DTYPE)
-        scale = torch.where(d_norm > gain * f_norm, gain * f_norm / d_norm, torch.ones_like(d_norm))
-        scale = scale.to(D.dtype).view(-1, 1, 1)  # applied without a host sync to test for a binding cap
-        if sel is None:
-            D.mul_(scale)
-        else:
-            D.index_copy_(0, sel, Ds * scale)
+        d_norm = torch.linalg.vector_norm(pick(D), dim=(-2, -1)).to(COMPUTE_DTYPE)
+        binding = d_norm > gain * f_norm
+        if D.device.type == "cpu" and not bool(binding.any()):  # a free test on a CPU: skip the product
+            return None
+        scale = torch.where(binding, gain * f_norm / d_norm, torch.ones_like(d_norm)).to(D.dtype)
+        if sel is not None:
+            scale = torch.ones(D.shape[0], dtype=D.dtype, device=D.device).index_copy_(0, sel, scale)
+        return scale.view(-1, 1, 1)
 
     def diagonal(
         self, group: Mapping[str, Any], p: Tensor, state: Mapping[Tensor, dict[str, Any]]
     ) -> Tensor | None:
-        """The diagonal of ``L̂^{½} ⊗ R̂^{½}``."""
+        """The diagonal of ``L̂^{½} ⊗ R̂^{½}`` (blocked factors: of their block-diagonal matrices)."""
         st = state.get(p, {})
         if "kron_L" not in st:
             return None
         bc2 = stat_bias_correction(group, st["step"])
-        return Fn.kron_sqrt_diagonal(st["kron_L"] / bc2, st["kron_R"] / bc2)
+        m, n, _, _ = kron_sides(real(p), None)  # complex p: its real view, as the step sees it
+        left, right = _sqrt_diagonal(st["kron_L"] / bc2, m), _sqrt_diagonal(st["kron_R"] / bc2, n)
+        return (left.unsqueeze(-1) * right.unsqueeze(-2)).to(st["kron_L"].dtype)
+
+
+def _sqrt_diagonal(X: Tensor, k: int) -> Tensor:
+    """``diag(X^{½})`` (float64, length ``k``) of one factor: a diagonal ``(k,)``, a matrix ``(k, k)`` or
+    blocks ``(nb, b, b)`` (each block on its own: ``diag(blockdiag(X_i)^{½})``, padding dropped)."""
+    if X.ndim == 1:
+        return X.to(COMPUTE_DTYPE).clamp_min(0).sqrt()
+    evals, evecs = eigh_psd(X)
+    return (evecs.square() * evals.sqrt().unsqueeze(-2)).sum(-1).reshape(-1)[:k]
+
+
+def _direction_outside(UL: Tensor, UR: Tensor, C: Tensor, F: Tensor, left: Side, right: Side) -> Tensor:
+    """``g⁻¹F = U_L [(U_Lᵀ F U_R) ⊙ C] U_Rᵀ`` for stacks of (blocked) eigenbases; a diagonal side has an
+    empty basis (the identity)."""
+    X = F
+    if left.kind != "diag":
+        X = left_mul(UL.mT, X, left)
+    if right.kind != "diag":
+        X = right_mul(X, UR, right)
+    X = X * C
+    if left.kind != "diag":
+        X = left_mul(UL, X, left)
+    if right.kind != "diag":
+        X = right_mul(X, UR.mT, right)
+    return X
 
 
 KRON = Kron()
