@@ -1,0 +1,157 @@
+"""Learning-rate transfer by grafting: grafted kron and full CovariantGD at Adam's tuned lr vs their own best.
+
+Protocol, per task of the optimizer comparison that is cheap enough on a CPU (``TASKS``): every optimizer runs
+``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget) from seed 0 at every learning rate of the
+half-decade grid ``GRID`` (``1e-4 .. 1``) with :func:`learndyn.tasks.compare.train`; its *tuned lr* is the
+grid value with the lowest final full-data loss (diverged runs count as ``inf``). Adam is
+``torch.optim.Adam``; ``kron``/``full`` are the comparison's ``cgd-<structure>-a<α>`` labels (roots every 10
+steps, 100 warm-up steps) with ``graft='adam'``. For each grafted optimizer the row reports its final loss at
+*Adam's* tuned lr, its own tuned lr and best final loss, and their ratio; the target is ratio ≤ 1.10 on every
+task. For context the same optimizer *without* grafting is run at Adam's lr (kron also over the whole grid,
+so that its own best is known; full's ungrafted grid is too slow for this benchmark). ``full`` is skipped
+above ``MAX_FULL`` parameters (digits).
+
+Tuning and evaluation share the seed (one seed, final loss): the ratio is a statement about the lr landscape
+of that run, not a held-out estimate. ``--quick``: two tasks, kron at α = ½, three lrs, 300 steps.
+
+Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from learndyn.optim.spec import OptimizerSpec
+from learndyn.tasks import get_task
+from learndyn.tasks.compare import train
+
+NAME = "graft_lr"
+TASKS = ("rosenbrock-2d", "rosenbrock-100d", "multiplication", "deep-linear", "digits")
+GRID = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-8, 1))  # 1e-4, 3.16e-4, ..., 0.316, 1
+STEPS = 1000
+ALPHAS = (0.5, 1.0)
+STRUCTURES = ("kron", "full")
+MAX_FULL = 1000
+TARGET = 1.10
+
+
+def _run(job: tuple[str, str, bool, float, int]) -> tuple[tuple[str, str, bool, float], dict[str, Any]]:
+    task_name, label, grafted, lr, steps = job
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the override warning of the labels' precondition_every=10
+    spec = OptimizerSpec.parse(label)
+    if grafted:
+        spec = spec.with_options(graft="adam")
+    r = train(get_task(task_name), spec, lr, seed=0, steps=steps, max_full_params=MAX_FULL)
+    return (task_name, label, grafted, lr), {"final": r.final_loss, "status": r.status,
+                                             "ms": 1e3 * r.step_time}
+
+
+def _worker(jobs: Any, out: Any) -> None:
+    while (job := jobs.get()) is not None:
+        out.put(_run(job))
+
+
+def _map(jobs: list[tuple[str, str, bool, float, int]]) -> dict[tuple[str, str, bool, float], dict]:
+    """``_run`` over ``jobs``, in ``GRAFT_BENCH_WORKERS`` forked processes pulling from one queue (forked, so
+    this module need not be importable by name: run.py loads it from its file)."""
+    workers = min(int(os.environ.get("GRAFT_BENCH_WORKERS", "1")), len(jobs))
+    if workers <= 1:
+        return dict(map(_run, jobs))
+    ctx = mp.get_context("fork")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for job in jobs:
+        todo.put(job)
+    procs = [ctx.Process(target=_worker, args=(todo, done)) for _ in range(workers)]
+    for proc in procs:
+        todo.put(None)
+        proc.start()
+    results = dict(done.get() for _ in jobs)
+    for proc in procs:
+        proc.join()
+    return results
+
+
+def _best(
+    results: dict, task: str, label: str, grafted: bool, grid: tuple[float, ...]
+) -> tuple[float, float]:
+    """``(lr, final loss)`` with the lowest final loss over the grid (ties: the smaller lr)."""
+    finals = [(results[(task, label, grafted, lr)]["final"], lr) for lr in grid]
+    runs = [(f, lr) for f, lr in finals if not math.isnan(f)]
+    final, lr = min(runs) if runs else (math.inf, grid[0])
+    return lr, final
+
+
+def run(quick: bool) -> dict[str, Any]:
+    tasks = ("rosenbrock-2d", "multiplication") if quick else TASKS
+    grid = (1e-3, 1e-2, 1e-1) if quick else GRID
+    steps = 300 if quick else STEPS
+    structures, alphas = (("kron",), (0.5,)) if quick else (STRUCTURES, ALPHAS)
+    cgd = [f"cgd-{s}-a{a:g}" for s in structures for a in alphas]
+    n_params = {t: sum(p.numel() for p in get_task(t).make_model(0).parameters()) for t in tasks}
+    jobs = [(t, "adam", False, lr, steps) for t in tasks for lr in grid]
+    for t in tasks:
+        for label in cgd:
+            if "full" in label and n_params[t] > MAX_FULL:
+                continue
+            jobs += [(t, label, True, lr, steps) for lr in grid]
+            if "kron" in label:  # ungrafted over the grid too (full's is too slow: only at Adam's lr below)
+                jobs += [(t, label, False, lr, steps) for lr in grid]
+    results = _map(jobs)
+    adam_lrs = {t: _best(results, t, "adam", False, grid)[0] for t in tasks}
+    results.update(_map([
+        (t, label, False, adam_lrs[t], steps) for t in tasks for label in cgd
+        if (t, label, True, grid[0]) in results and (t, label, False, grid[0]) not in results
+    ]))
+    rows, checks = [], []
+    for t in tasks:
+        adam_lr, adam_final = _best(results, t, "adam", False, grid)
+        rows.append({"task": t, "params": n_params[t], "optimizer": "adam", "adam_lr": adam_lr,
+                     "final_at_adam_lr": adam_final, "own_lr": adam_lr, "own_best": adam_final, "ratio": 1.0,
+                     "ungrafted_at_adam_lr": None, "ungrafted_own_lr": None, "ungrafted_own_best": None,
+                     "ms_per_step": results[(t, "adam", False, adam_lr)]["ms"]})
+        for label in cgd:
+            if (t, label, True, grid[0]) not in results:
+                continue
+            at_adam = results[(t, label, True, adam_lr)]
+            own_lr, own_best = _best(results, t, label, True, grid)
+            swept = (t, label, False, grid[0]) in results
+            plain_lr, plain_best = _best(results, t, label, False, grid) if swept else (None, None)
+            ratio = at_adam["final"] / own_best if own_best > 0 else math.inf
+            if at_adam["final"] == own_best:
+                ratio = 1.0
+            rows.append({"task": t, "params": n_params[t], "optimizer": f"{label}+graft", "adam_lr": adam_lr,
+                         "final_at_adam_lr": at_adam["final"], "own_lr": own_lr, "own_best": own_best,
+                         "ratio": ratio,
+                         "ungrafted_at_adam_lr": results[(t, label, False, adam_lr)]["final"],
+                         "ungrafted_own_lr": plain_lr, "ungrafted_own_best": plain_best,
+                         "ms_per_step": at_adam["ms"]})
+            checks.append({"check": f"{t}: {label}+graft at Adam's lr / own best", "value": ratio,
+                           "target": f"<= {TARGET}", "passed": bool(ratio <= TARGET)})
+    curves = [{"task": t, "optimizer": lab + ("+graft" if g else ""), "lr": lr, "final": v["final"],
+               "status": v["status"]} for (t, lab, g, lr), v in sorted(results.items(), key=str)]
+    notes = [
+        f"{steps} steps, seed 0, lr grid {', '.join(f'{x:g}' for x in grid)}; tuned lr = lowest final "
+        "full-data loss on the grid (same seed)",
+        "ratio = final loss at Adam's tuned lr / own best final loss (1 when Adam's lr is the own best)",
+        f"full skipped above {MAX_FULL} parameters; kron leaves vectors (and rosenbrock's single vector) to "
+        "diag, so on rosenbrock-2d/100d 'kron' is grafted diag at that alpha",
+        "CovariantGD labels: precondition_every=10, precondition_warmup=100, eps=1e-8 inside",
+    ]
+    return {"rows": rows, "checks": checks, "notes": notes, "grid_runs": curves}
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import main
+
+    raise SystemExit(main(["--only", NAME, *sys.argv[1:]]))
