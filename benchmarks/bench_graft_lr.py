@@ -13,15 +13,20 @@ same label *without* grafting at Adam's lr. ``full`` is skipped above ``MAX_FULL
 Tuning and evaluation share the seed (one seed): the ratio is a statement about the lr landscape of that
 run, not a held-out estimate. ``--quick``: two tasks, kron at α = ½, three lrs, 300 steps.
 
-Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each).
+Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each);
+``GRAFT_BENCH_CACHE=path`` appends each finished run to a JSON-lines file and reuses it on the next call
+(delete it after changing the code); ``GRAFT_BENCH_TASKS=a,b`` restricts the tasks. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +36,7 @@ from learndyn.tasks import get_task
 from learndyn.tasks.compare import train
 
 NAME = "graft_lr"
-TASKS = ("rosenbrock-2d", "rosenbrock-100d", "multiplication", "deep-linear", "digits")
+TASKS = ("multiplication", "deep-linear", "rosenbrock-2d", "rosenbrock-100d", "digits")
 GRID = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-8, 1))  # 1e-4, 3.16e-4, ..., 0.316, 1
 STEPS = 1000
 ALPHAS = (0.5, 1.0)
@@ -49,7 +54,8 @@ def _run(job: tuple[str, str, bool, float, int]) -> tuple[tuple[str, str, bool, 
     spec = OptimizerSpec.parse(label)
     if grafted:
         spec = spec.with_options(graft="adam")
-    r = train(get_task(task_name), spec, lr, seed=0, steps=steps, max_full_params=MAX_FULL)
+    r = train(get_task(task_name), spec, lr, seed=0, steps=steps, eval_every=max(1, steps // 20),
+              max_full_params=MAX_FULL)
     return (task_name, label, grafted, lr), {"final": r.final_loss, "status": r.status,
                                              "ms": 1e3 * r.step_time}
 
@@ -62,9 +68,29 @@ def _worker(jobs: Any, out: Any) -> None:
 def _map(jobs: list[tuple[str, str, bool, float, int]]) -> dict[tuple[str, str, bool, float], dict]:
     """``_run`` over ``jobs``, in ``GRAFT_BENCH_WORKERS`` forked processes pulling from one queue (forked, so
     this module need not be importable by name: run.py loads it from its file)."""
+    cache = os.environ.get("GRAFT_BENCH_CACHE")
+    results: dict[tuple[str, str, bool, float], dict] = {}
+    if cache and Path(cache).exists():
+        wanted = {job[:4] for job in jobs}
+        for line in Path(cache).read_text().splitlines():
+            key, value = json.loads(line)
+            if tuple(key) in wanted:
+                results[tuple(key)] = value
+    jobs = [job for job in jobs if job[:4] not in results]
     workers = min(int(os.environ.get("GRAFT_BENCH_WORKERS", "1")), len(jobs))
+
+    def record(key: tuple, value: dict) -> None:
+        results[key] = value
+        print(f"graft_lr: {len(results)} runs done: {key} {value['status']} {value['final']:.3g}",
+              file=sys.stderr, flush=True)
+        if cache:
+            with open(cache, "a") as fh:
+                fh.write(json.dumps([list(key), value]) + "\n")
+
     if workers <= 1:
-        return dict(map(_run, jobs))
+        for job in jobs:
+            record(*_run(job))
+        return results
     ctx = mp.get_context("fork")
     todo, done = ctx.Queue(), ctx.Queue()
     for job in jobs:
@@ -73,7 +99,8 @@ def _map(jobs: list[tuple[str, str, bool, float, int]]) -> dict[tuple[str, str, 
     for proc in procs:
         todo.put(None)
         proc.start()
-    results = dict(done.get() for _ in jobs)
+    for _ in jobs:
+        record(*done.get())
     for proc in procs:
         proc.join()
     return results
@@ -96,6 +123,8 @@ def _window(center: float, half_decades: int) -> tuple[float, ...]:
 
 def run(quick: bool) -> dict[str, Any]:
     tasks = ("rosenbrock-2d", "multiplication") if quick else TASKS
+    if os.environ.get("GRAFT_BENCH_TASKS"):
+        tasks = tuple(t for t in os.environ["GRAFT_BENCH_TASKS"].split(",") if t)
     grid = (1e-3, 1e-2, 1e-1) if quick else GRID
     steps = 300 if quick else STEPS
     structures, alphas = (("kron",), (0.5,)) if quick else (STRUCTURES, ALPHAS)
@@ -154,9 +183,6 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from run import main
 
