@@ -181,3 +181,32 @@ def test_graft_state_is_counted_and_resumes() -> None:
             o.step()
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_eps_rel_on_a_stale_full_step_uses_the_current_trace() -> None:
+    """Step 2 reuses step 1's eigenbasis (``stale_damping='trace'``): spectrum ``h(cλ₀ + τ + ε_rel·tr Ŝ₂/P)``
+    with ``c``, ``τ`` of the bound ``Ŝ₂ ⪯ c Ŝ₀ + τ I``, written out here."""
+    model = _model()
+    params = list(model.parameters())
+    alpha, eps_rel = 1.0, 0.1
+    opt = CovariantGD(params, lr=LR, alpha=alpha, structure="full", betas=(B1, B2), eps=EPS,
+                      eps_rel=eps_rel, precondition_every=2, precondition_warmup=0)
+    grads, deltas = [], []
+    for x, y in _batches(2):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+        before = torch.cat([p.detach().reshape(-1) for p in params])
+        opt.step()
+        deltas.append(torch.cat([p.detach().reshape(-1) for p in params]) - before)
+    g1, g2 = grads
+    S1 = (1 - B2) * torch.outer(g1, g1)
+    S2 = B2 * S1 + (1 - B2) * torch.outer(g2, g2)
+    b1, b2 = 1 - B2, 1 - B2**2
+    lam0, U0 = torch.linalg.eigh(S1 / b1)
+    c = B2 * b1 / b2
+    tau = (torch.trace(S2) - B2 * torch.trace(S1)) / b2
+    shift = eps_rel * torch.trace(S2 / b2) / g1.numel()
+    h = (c * lam0.clamp_min(0) + tau + shift + EPS).pow(-alpha)
+    F2 = (B1 * (1 - B1) * g1 + (1 - B1) * g2) / (1 - B1**2)
+    torch.testing.assert_close(deltas[1], -LR * (U0 @ (h * (U0.T @ F2))), rtol=1e-6, atol=1e-9)
