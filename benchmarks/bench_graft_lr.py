@@ -8,7 +8,7 @@ comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up
 each tuned on half decades around Adam's tuned lr (``KRON_WINDOW``/``FULL_WINDOW`` half decades either side:
 a CPU budget, so an own best on the window's edge is flagged). Per grafted optimizer: its final loss at
 *Adam's* tuned lr, its own tuned lr and best final loss, their ratio (target ≤ 1.10 on every task), and the
-same label *without* grafting at Adam's lr. ``full`` is skipped above ``MAX_FULL`` parameters (digits).
+same label *without* grafting at Adam's lr. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped above ``MAX_FULL`` parameters (digits).
 
 The same comparison is also reported on the tail loss (geometric mean over the last quarter of the
 evaluations), as one seed's last value is noisy. Tuning and evaluation share the seed (one seed): the
@@ -45,6 +45,7 @@ ALPHAS = (0.5, 1.0)
 STRUCTURES = ("kron", "full")
 MAX_FULL = 1000
 KRON_WINDOW = 2
+EPS_REL = 0.1
 FULL_WINDOW = 1
 TARGET = 1.10
 
@@ -53,7 +54,10 @@ def _run(job: tuple[str, str, bool, float, int]) -> tuple[tuple[str, str, bool, 
     task_name, label, grafted, lr, steps = job
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the override warning of the labels' precondition_every=10
-    spec = OptimizerSpec.parse(label)
+    base, *extra = label.split("+")  # e.g. 'cgd-full-a1+eps_rel=0.1'
+    spec = OptimizerSpec.parse(base)
+    if extra:
+        spec = spec.with_options(**{k: float(v) for k, v in (e.split("=") for e in extra)})
     if grafted:
         spec = spec.with_options(graft="adam")
     r = train(get_task(task_name), spec, lr, seed=0, steps=steps, eval_every=max(1, steps // 20),
@@ -134,6 +138,8 @@ def run(quick: bool) -> dict[str, Any]:
     steps = 300 if quick else STEPS
     structures, alphas = (("kron",), (0.5,)) if quick else (STRUCTURES, ALPHAS)
     cgd = [f"cgd-{s}-a{a:g}" for s in structures for a in alphas]
+    if not quick:  # α = 1 with relative damping as well (see docs/optimizers.md)
+        cgd += [f"cgd-{s}-a1+eps_rel={EPS_REL:g}" for s in structures]
     n_params = {t: sum(p.numel() for p in get_task(t).make_model(0).parameters()) for t in tasks}
     results = _map([(t, "adam", False, lr, steps) for t in tasks for lr in grid])
     adam_lrs = {t: _best(results, t, "adam", False, grid)[0] for t in tasks}
