@@ -8,7 +8,8 @@ comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up
 each tuned on half decades around Adam's tuned lr (``KRON_WINDOW``/``FULL_WINDOW`` half decades either side:
 a CPU budget, so an own best on the window's edge is flagged). Per grafted optimizer: its final loss at
 *Adam's* tuned lr, its own tuned lr and best final loss, their ratio (target ≤ 1.10 on every task), and the
-same label *without* grafting at Adam's lr. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped above ``MAX_FULL`` parameters (digits).
+same label *without* grafting at Adam's lr. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped
+above ``MAX_FULL`` parameters (digits).
 
 The same comparison is also reported on the tail loss (geometric mean over the last quarter of the
 evaluations), as one seed's last value is noisy. Tuning and evaluation share the seed (one seed): the
