@@ -156,6 +156,7 @@ def test_override_warning_fires_once(monkeypatch: pytest.MonkeyPatch) -> None:
             CovariantGD(_model().parameters(), structure="kron", precondition_every=10)
     hits = [w for w in caught if "overrides precondition_every" in str(w.message)]
     assert len(hits) == 1 and "precondition_warmup=100" in str(hits[0].message)
+    assert hits[0].filename == __file__  # points at the caller's line
 
 
 def test_graft_state_is_counted_and_resumes() -> None:

@@ -181,14 +181,14 @@ def _warn_overrides(o: dict[str, Any]) -> None:
             f"{OWNER}: precondition_warmup={warmup} overrides precondition_every={every} on steps "
             f"1..{warmup} (roots are recomputed on every one of them); set precondition_warmup=0 to follow "
             "precondition_every from the start",
-            stacklevel=6,
+            stacklevel=5,
         )
     if stats > every:
         _warn_once(
             "statistics_every",
             f"{OWNER}: statistics_every={stats} overrides precondition_every={every}: a root is only "
             f"recomputed when its statistics changed, i.e. at most every {stats} steps",
-            stacklevel=6,
+            stacklevel=5,
         )
 
 
