@@ -1,7 +1,8 @@
 """Learning-rate transfer by grafting: grafted kron and full CovariantGD at Adam's tuned lr vs their own best.
 
 Protocol, per task of the optimizer comparison that is cheap enough on a CPU (``TASKS``): every run is
-``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget) from seed 0 with
+``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget) from seed 0 (or the median over
+``GRAFT_BENCH_SEEDS=0,1,2``) with
 :func:`learndyn.tasks.compare.train`, scored by its final full-data loss (diverged: ``inf``). Adam
 (``torch.optim.Adam``) is tuned on the half-decade grid ``GRID`` (``1e-4 .. 1``). ``kron``/``full`` are the
 comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up steps) with ``graft='adam'``,
@@ -27,6 +28,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -51,8 +53,13 @@ FULL_WINDOW = 1
 TARGET = 1.10
 
 
-def _run(job: tuple[str, str, bool, float, int]) -> tuple[tuple[str, str, bool, float], dict[str, Any]]:
-    task_name, label, grafted, lr, steps = job
+def _seeds() -> tuple[int, ...]:
+    """``GRAFT_BENCH_SEEDS`` (comma-separated; default ``0``)."""
+    return tuple(int(x) for x in os.environ.get("GRAFT_BENCH_SEEDS", "0").split(",") if x.strip())
+
+
+def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, Any]]:
+    task_name, label, grafted, lr, steps, seed = job
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the override warning of the labels' precondition_every=10
     base, *extra = label.split("+")  # e.g. 'cgd-full-a1+eps_rel=0.1'
@@ -61,12 +68,12 @@ def _run(job: tuple[str, str, bool, float, int]) -> tuple[tuple[str, str, bool, 
         spec = spec.with_options(**{k: float(v) for k, v in (e.split("=") for e in extra)})
     if grafted:
         spec = spec.with_options(graft="adam")
-    r = train(get_task(task_name), spec, lr, seed=0, steps=steps, eval_every=max(1, steps // 20),
+    r = train(get_task(task_name), spec, lr, seed=seed, steps=steps, eval_every=max(1, steps // 20),
               max_full_params=MAX_FULL)
     tail = r.losses[len(r.losses) * 3 // 4:] if r.status == "ok" else []
     tail_mean = math.exp(sum(math.log(max(x, 1e-300)) for x in tail) / len(tail)) if len(tail) else math.inf
-    return (task_name, label, grafted, lr), {"final": r.final_loss, "tail": tail_mean, "status": r.status,
-                                             "ms": 1e3 * r.step_time}
+    value = {"final": r.final_loss, "tail": tail_mean, "status": r.status, "ms": 1e3 * r.step_time}
+    return (task_name, label, grafted, lr, seed), value
 
 
 def _worker(jobs: Any, out: Any) -> None:
@@ -74,18 +81,36 @@ def _worker(jobs: Any, out: Any) -> None:
         out.put(_run(job))
 
 
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median final and tail loss over seeds (a diverged seed counts as ``inf``), mean ms per step."""
+    bad = [r["status"] for r in runs if r["status"] != "ok"]
+    ms = [r["ms"] for r in runs if math.isfinite(r["ms"])]
+    return {"final": statistics.median(r["final"] for r in runs),
+            "tail": statistics.median(r["tail"] for r in runs),
+            "status": "ok" if not bad else f"{len(bad)}/{len(runs)} {bad[0]}",
+            "ms": sum(ms) / len(ms) if ms else math.nan, "seeds": [r["final"] for r in runs]}
+
+
 def _map(jobs: list[tuple[str, str, bool, float, int]]) -> dict[tuple[str, str, bool, float], dict]:
-    """``_run`` over ``jobs``, in ``GRAFT_BENCH_WORKERS`` forked processes pulling from one queue (forked, so
-    this module need not be importable by name: run.py loads it from its file)."""
+    """``_run`` over ``jobs`` for every seed of :func:`_seeds`, aggregated over seeds (:func:`_aggregate`);
+    in ``GRAFT_BENCH_WORKERS`` forked processes pulling from one queue (forked, so this module need not be
+    importable by name: run.py loads it from its file)."""
+    seeds = _seeds()
+    per_seed = _map_seeds([(*job, seed) for job in jobs for seed in seeds])
+    return {job[:4]: _aggregate([per_seed[(*job[:4], seed)] for seed in seeds]) for job in jobs}
+
+
+def _map_seeds(jobs: list[tuple[str, str, bool, float, int, int]]) -> dict[tuple, dict]:
     cache = os.environ.get("GRAFT_BENCH_CACHE")
-    results: dict[tuple[str, str, bool, float], dict] = {}
+    results: dict[tuple, dict] = {}
     if cache and Path(cache).exists():
-        wanted = {job[:4] for job in jobs}
+        wanted = {(*job[:4], job[5]) for job in jobs}
         for line in Path(cache).read_text().splitlines():
             key, value = json.loads(line)
-            if tuple(key) in wanted and "tail" in value:
-                results[tuple(key)] = value
-    jobs = [job for job in jobs if job[:4] not in results]
+            key = tuple(key) if len(key) == 5 else (*key, 0)  # lines written before seeds were keyed
+            if key in wanted and "tail" in value:
+                results[key] = value
+    jobs = [job for job in jobs if (*job[:4], job[5]) not in results]
     workers = min(int(os.environ.get("GRAFT_BENCH_WORKERS", "1")), len(jobs))
 
     def record(key: tuple, value: dict) -> None:
@@ -186,9 +211,10 @@ def run(quick: bool) -> dict[str, Any]:
                "tail": v["tail"], "status": v["status"]}
               for (t, lab, g, lr), v in sorted(results.items(), key=str)]
     notes = [
-        f"{steps} steps, seed 0; Adam tuned on the grid {', '.join(f'{x:g}' for x in grid)}; each grafted "
+        f"{steps} steps, seeds {_seeds()} (median); Adam tuned on the grid "
+        f"{', '.join(f'{x:g}' for x in grid)}; each grafted "
         f"optimizer tuned on half decades around Adam's lr (kron ±{KRON_WINDOW}, full ±{FULL_WINDOW} half "
-        "decades); tuned lr = lowest final full-data loss (same seed)",
+        "decades); tuned lr = lowest final full-data loss (same seeds)",
         "ratio = final loss at Adam's tuned lr / own best final loss (1 when Adam's lr is the own best); "
         "own_lr_at_window_edge: the own best may lie further out",
         "tail = geometric mean of the full-data loss over the last quarter of the evaluations (every "
