@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from learndyn.optim import functional as Fn
+from learndyn.optim.graft import graft
 from learndyn.optim.options import (
     DEFAULT_MAX_BLOCK,
     DEFAULT_MEMORY_BUDGET,
@@ -29,7 +30,7 @@ from learndyn.optim.options import (
     validate_options,
 )
 from learndyn.optim.structures import STRUCTURES
-from learndyn.optim.structures.base import GroupStep, group_dtype, real
+from learndyn.optim.structures.base import GroupStep, Structure, apply_directions, group_dtype, real
 from learndyn.optim.structures.diag import DIAG
 from learndyn.validation import LearndynValueError
 
@@ -186,6 +187,13 @@ class CovariantGD(Optimizer):
             on the ``precondition_every`` schedule). See "Stale roots" above.
         stale_damping: ``'trace'`` (default) or ``'none'``: bound the reused roots of kron/block/full by the
             statistics added since they were computed (see above).
+        graft: ``'none'`` (default) or ``'adam'``: keep each parameter tensor's direction ``g⁻¹F`` but give it
+            the norm of Adam's update ``F ⊘ (√ŝ + ε)`` from the same moments, per tensor (Distributed
+            Shampoo's grafting; :mod:`learndyn.optim.graft`): ``lr`` then means Adam's learning rate for
+            every structure and ``α``. Costs one elementwise second moment per parameter.
+        eps_rel: ``ε_rel ≥ 0`` (default 0): damping relative to the statistics' scale for the matrix roots of
+            ``'kron'`` (each factor), ``'block'`` and ``'full'``: ``Ŝ ← Ŝ + ε_rel·(tr Ŝ/n)·I`` inside the
+            power, on top of ``eps``/``eps_root`` (:func:`~learndyn.optim.functional.relative_damping`).
         maximize: ascend instead of descend (the gradient is negated), as in torch.optim.
         foreach, fused: accepted for torch.optim compatibility; the step always runs its multi-tensor
             kernels (``foreach=False``/``fused=True`` warn once and change nothing).
@@ -232,6 +240,8 @@ class CovariantGD(Optimizer):
         statistics_every: int = 1,
         precondition_warmup: int = DEFAULT_PRECONDITION_WARMUP,
         stale_damping: str = "trace",
+        graft: str = "none",
+        eps_rel: float = 0.0,
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
@@ -263,6 +273,8 @@ class CovariantGD(Optimizer):
                 statistics_every=statistics_every,
                 precondition_warmup=precondition_warmup,
                 stale_damping=stale_damping,
+                graft=graft,
+                eps_rel=eps_rel,
                 maximize=maximize,
                 foreach=foreach,
                 fused=fused,
@@ -370,11 +382,27 @@ class CovariantGD(Optimizer):
             cache=self.__dict__.setdefault("_structure_cache", {}).setdefault(structure.name, {}),
         )
         own = [i for i, p in enumerate(params) if structure.covers(p)]
+        if group["graft"] != "none":
+            self._grafted_step(ctx, structure, own)
+            return
         if len(own) < len(params):
             DIAG.step(ctx.subset([i for i, p in enumerate(params) if not structure.covers(p)]))
             ctx = ctx.subset(own)
         if own:
             structure.step(ctx)
+
+    @staticmethod
+    def _grafted_step(ctx: GroupStep, structure: Structure, own: list[int]) -> None:
+        """``graft != 'none'``: every direction (the structure's; ``'diag'``'s for what it does not cover)
+        gets the per-tensor norm of the reference update (:mod:`learndyn.optim.graft`), then one update."""
+        dirs: list[Tensor | None] = [None] * len(ctx.params)
+        covered = set(own)
+        rest = [i for i in range(len(ctx.params)) if i not in covered]
+        for idx, s in ((rest, DIAG), (own, structure)):
+            if idx:
+                for i, d in zip(idx, s.directions(ctx.subset(idx)), strict=True):
+                    dirs[i] = d
+        apply_directions(ctx, graft(ctx, dirs))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------ state dicts
 

@@ -116,6 +116,21 @@ def foreach_ema_square_(sq_avgs: list[Tensor], vs: list[Tensor], beta: float) ->
         torch._foreach_addcmul_(sq_avgs, vs, vs, value=1.0 - beta)
 
 
+def relative_damping(X: Tensor, eps_rel: float, *, diagonal: bool = False) -> Tensor:
+    """``X + ε_rel·(tr X / n)·I`` for (a stack of) PSD matrices ``X`` ``(..., n, n)``: damping relative to the
+    statistics' mean eigenvalue, so that it scales with ``Ŝ`` (a fixed ``ε`` may be many orders of magnitude
+    below ``Ŝ``'s spectrum, leaving rank-deficient early statistics nearly undamped). ``diagonal=True``: ``X``
+    holds the diagonals ``(..., n)`` of diagonal matrices (``X + ε_rel·mean(X)``). ``ε_rel = 0`` returns
+    ``X`` itself. Like ``eps_root`` the shift sits inside the power in both ``eps_mode``s."""
+    if not eps_rel:
+        return X
+    if diagonal:
+        return X + eps_rel * X.mean(dim=-1, keepdim=True)
+    n = X.shape[-1]
+    mean = X.diagonal(dim1=-2, dim2=-1).sum(-1) / max(n, 1)
+    return X + (eps_rel * mean)[..., None, None] * torch.eye(n, dtype=X.dtype, device=X.device)
+
+
 def ema_outer_(S: Tensor, v: Tensor, beta: float) -> None:
     """Full second moment, in place: ``S ← β·S + (1−β)·v vᵀ``; ``S`` ``(..., n, n)``, ``v`` ``(..., n)``."""
     S.mul_(beta)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from learndyn.optim.graft import GRAFTS
 from learndyn.optim.matfun import fractional_exponent
 from learndyn.optim.structures import STRUCTURES
 from learndyn.optim.structures.diag import DIAG
@@ -26,6 +27,8 @@ STALE_DAMPINGS = ("trace", "none")
 ROOT_DTYPES = ("float64", "float32")
 DEFAULT_MAX_BLOCK: int | None = 64
 """``'kron'``'s block size (``None``: unblocked); see docs/optimizers.md, "Cost of kron"."""
+RELATIVE_EPS_STRUCTURES = ("kron", "block", "full")
+"""Structures whose matrix roots ``eps_rel`` damps."""
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """2 GiB: the most the metric state of one parameter group may take before construction refuses."""
 DEFAULT_PRECONDITION_WARMUP = 100
@@ -46,6 +49,8 @@ LEGACY_DEFAULTS = {
     "max_block": None,
     "root_dtype": "float64",
     "eigh_every": 1,
+    "graft": "none",
+    "eps_rel": 0.0,
     "statistics_every": 1,
     "precondition_warmup": 0,
     "stale_damping": "none",
@@ -56,10 +61,10 @@ LEGACY_DEFAULTS = {
 _WARNED: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def _warn_once(key: str, message: str, stacklevel: int = 4) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def human_bytes(nbytes: float) -> str:
@@ -115,6 +120,7 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
     check_choice("eps_mode", o["eps_mode"], EPS_MODES, owner=OWNER)
     check_choice("root_method", o["root_method"], ROOT_METHODS, owner=OWNER)
     check_choice("stale_damping", o["stale_damping"], STALE_DAMPINGS, owner=OWNER)
+    check_choice("graft", o["graft"], GRAFTS, owner=OWNER)
     betas = o["betas"]
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise LearndynValueError(
@@ -131,6 +137,12 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
         )
     o["eps"] = check_real("eps", o["eps"], low=0.0, owner=OWNER)
     o["eps_root"] = check_real("eps_root", o["eps_root"], low=0.0, owner=OWNER)
+    o["eps_rel"] = check_real("eps_rel", o["eps_rel"], low=0.0, owner=OWNER)
+    if o["eps_rel"] and o["structure"] not in RELATIVE_EPS_STRUCTURES:
+        raise LearndynValueError(
+            f"{OWNER}.eps_rel={o['eps_rel']!r} is not allowed with structure={o['structure']!r} (it damps "
+            f"matrix roots); allowed: eps_rel=0, or structure in {RELATIVE_EPS_STRUCTURES}"
+        )
     o["weight_decay"] = check_real("weight_decay", o["weight_decay"], low=0.0, owner=OWNER)
     for name in ("first_moment", "bias_correction", "decoupled_weight_decay"):
         _check_bool(name, o[name])
@@ -163,7 +175,31 @@ def validate_options(opts: dict[str, Any]) -> dict[str, Any]:
         suffix = "" if power == 1.0 else f"/{round(1 / power)}"
         fractional_exponent(o["alpha"] * power, name=f"{OWNER}.alpha{suffix}")
     structure.validate(o)
+    _warn_overrides(o)
     return o
+
+
+def _warn_overrides(o: dict[str, Any]) -> None:
+    """Warn once per process when one option silently overrides another (the run is valid, but an option
+    the user set does not do what it says for part or all of it)."""
+    if STRUCTURES[o["structure"]].root_power is None or o["alpha"] == 0:
+        return  # no matrix roots: the schedules below have nothing to schedule
+    every, warmup, stats = o["precondition_every"], o["precondition_warmup"], o["statistics_every"]
+    if every > 1 and warmup > 1:
+        _warn_once(
+            "precondition_warmup",
+            f"{OWNER}: precondition_warmup={warmup} overrides precondition_every={every} on steps "
+            f"1..{warmup} (roots are recomputed on every one of them); set precondition_warmup=0 to follow "
+            "precondition_every from the start",
+            stacklevel=5,
+        )
+    if stats > every:
+        _warn_once(
+            "statistics_every",
+            f"{OWNER}: statistics_every={stats} overrides precondition_every={every}: a root is only "
+            f"recomputed when its statistics changed, i.e. at most every {stats} steps",
+            stacklevel=5,
+        )
 
 
 def memory_requirement(structure: str, params: Sequence[Tensor], opts: dict[str, Any]) -> int:
@@ -172,7 +208,8 @@ def memory_requirement(structure: str, params: Sequence[Tensor], opts: dict[str,
     s = STRUCTURES[structure]
     own = [p for p in params if s.covers(p)]
     rest = [p for p in params if not s.covers(p)]
-    return s.memory(own, opts) + DIAG.memory(rest, opts)
+    graft = DIAG.memory(params, opts) if opts.get("graft", "none") != "none" else 0
+    return s.memory(own, opts) + DIAG.memory(rest, opts) + graft
 
 
 def check_memory(structure: str, params: Sequence[Tensor], opts: dict[str, Any]) -> None:

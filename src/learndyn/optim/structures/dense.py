@@ -45,6 +45,7 @@ def _eigen_cached(group: Mapping[str, Any]) -> bool:
 
 
 def _inverse_metric(group: Mapping[str, Any], S_hat: Tensor) -> Tensor:
+    S_hat = Fn.relative_damping(S_hat, group["eps_rel"])
     return inverse_metric(
         S_hat, group["alpha"], group["eps"], group["eps_mode"], group["eps_root"], group["root_method"]
     )
@@ -77,6 +78,9 @@ def _stale_coefficients(group: Mapping[str, Any], st: dict, step: int, prefix: s
             trace, root_trace, count, root_count, stat_beta(group), group["bias_correction"]
         )
         lam = c * lam + tau
+    if group["eps_rel"]:  # ε_rel · tr(Ŝ_t)/n, as the uncached root's relative_damping of Ŝ_t
+        trace_hat = st[f"{prefix}_S"].diagonal().sum().to(COMPUTE_DTYPE) / stat_bias_correction(group, step)
+        lam = lam + group["eps_rel"] * trace_hat / max(lam.shape[-1], 1)
     return spectral_coefficients(lam, group["alpha"], group["eps"], group["eps_mode"], group["eps_root"])
 
 

@@ -226,8 +226,10 @@ class Kron(Structure):
         def hat(X: Tensor) -> Tensor:
             Xs = X if sel is None else X.index_select(0, sel)
             if all(b == bc2[0] for b in bc2):
-                return Xs / bc2[0]
-            return Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
+                Xs = Xs / bc2[0]
+            else:
+                Xs = Xs / torch.tensor(bc2, dtype=X.dtype, device=X.device).view(-1, *[1] * (X.ndim - 1))
+            return Fn.relative_damping(Xs, group["eps_rel"], diagonal=Xs.ndim == 2)  # eps_rel, per factor
 
         single = group.get("root_dtype", "float64") == "float32"
         every = group.get("eigh_every", 1)

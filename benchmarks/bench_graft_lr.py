@@ -1,0 +1,234 @@
+"""Learning-rate transfer by grafting: grafted kron and full CovariantGD at Adam's tuned lr vs their own best.
+
+Protocol, per task of the optimizer comparison that is cheap enough on a CPU (``TASKS``): every run is
+``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget) from seed 0 (or the median over
+``GRAFT_BENCH_SEEDS=0,1,2``) with
+:func:`learndyn.tasks.compare.train`, scored by its final full-data loss (diverged: ``inf``). Adam
+(``torch.optim.Adam``) is tuned on the half-decade grid ``GRID`` (``1e-4 .. 1``). ``kron``/``full`` are the
+comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up steps) with ``graft='adam'``,
+each tuned on half decades around Adam's tuned lr (``KRON_WINDOW``/``FULL_WINDOW`` half decades either side:
+a CPU budget, so an own best on the window's edge is flagged). Per grafted optimizer: its final loss at
+*Adam's* tuned lr, its own tuned lr and best final loss, their ratio (target ≤ 1.10 on every task), and the
+same label *without* grafting at Adam's lr. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped
+above ``MAX_FULL`` parameters (digits).
+
+The same comparison is also reported on the tail loss (geometric mean over the last quarter of the
+evaluations), as one seed's last value is noisy. Tuning and evaluation share the seed (one seed): the
+ratio is a statement about the lr landscape of that run, not a held-out estimate.
+``--quick``: two tasks, kron at α = ½, three lrs, 300 steps.
+
+Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each);
+``GRAFT_BENCH_CACHE=path`` appends each finished run to a JSON-lines file and reuses it on the next call
+(delete it after changing the code); ``GRAFT_BENCH_TASKS=a,b`` restricts the tasks. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learndyn.optim.spec import OptimizerSpec
+from learndyn.tasks import get_task
+from learndyn.tasks.compare import train
+
+NAME = "graft_lr"
+TASKS = ("multiplication", "deep-linear", "rosenbrock-2d", "rosenbrock-100d", "digits")
+GRID = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-8, 1))  # 1e-4, 3.16e-4, ..., 0.316, 1
+STEPS = 1000
+ALPHAS = (0.5, 1.0)
+STRUCTURES = ("kron", "full")
+MAX_FULL = 1000
+KRON_WINDOW = 2
+EPS_REL = 0.1
+FULL_WINDOW = 1
+TARGET = 1.10
+
+
+def _seeds() -> tuple[int, ...]:
+    """``GRAFT_BENCH_SEEDS`` (comma-separated; default ``0``)."""
+    return tuple(int(x) for x in os.environ.get("GRAFT_BENCH_SEEDS", "0").split(",") if x.strip())
+
+
+def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, Any]]:
+    task_name, label, grafted, lr, steps, seed = job
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the override warning of the labels' precondition_every=10
+    base, *extra = label.split("+")  # e.g. 'cgd-full-a1+eps_rel=0.1'
+    spec = OptimizerSpec.parse(base)
+    if extra:
+        spec = spec.with_options(**{k: float(v) for k, v in (e.split("=") for e in extra)})
+    if grafted:
+        spec = spec.with_options(graft="adam")
+    r = train(get_task(task_name), spec, lr, seed=seed, steps=steps, eval_every=max(1, steps // 20),
+              max_full_params=MAX_FULL)
+    tail = r.losses[len(r.losses) * 3 // 4:] if r.status == "ok" else []
+    tail_mean = math.exp(sum(math.log(max(x, 1e-300)) for x in tail) / len(tail)) if len(tail) else math.inf
+    value = {"final": r.final_loss, "tail": tail_mean, "status": r.status, "ms": 1e3 * r.step_time}
+    return (task_name, label, grafted, lr, seed), value
+
+
+def _worker(jobs: Any, out: Any) -> None:
+    while (job := jobs.get()) is not None:
+        out.put(_run(job))
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median final and tail loss over seeds (a diverged seed counts as ``inf``), mean ms per step."""
+    bad = [r["status"] for r in runs if r["status"] != "ok"]
+    ms = [r["ms"] for r in runs if math.isfinite(r["ms"])]
+    return {"final": statistics.median(r["final"] for r in runs),
+            "tail": statistics.median(r["tail"] for r in runs),
+            "status": "ok" if not bad else f"{len(bad)}/{len(runs)} {bad[0]}",
+            "ms": sum(ms) / len(ms) if ms else math.nan, "seeds": [r["final"] for r in runs]}
+
+
+def _map(jobs: list[tuple[str, str, bool, float, int]]) -> dict[tuple[str, str, bool, float], dict]:
+    """``_run`` over ``jobs`` for every seed of :func:`_seeds`, aggregated over seeds (:func:`_aggregate`);
+    in ``GRAFT_BENCH_WORKERS`` forked processes pulling from one queue (forked, so this module need not be
+    importable by name: run.py loads it from its file)."""
+    seeds = _seeds()
+    per_seed = _map_seeds([(*job, seed) for job in jobs for seed in seeds])
+    return {job[:4]: _aggregate([per_seed[(*job[:4], seed)] for seed in seeds]) for job in jobs}
+
+
+def _map_seeds(jobs: list[tuple[str, str, bool, float, int, int]]) -> dict[tuple, dict]:
+    cache = os.environ.get("GRAFT_BENCH_CACHE")
+    results: dict[tuple, dict] = {}
+    if cache and Path(cache).exists():
+        wanted = {(*job[:4], job[5]) for job in jobs}
+        for line in Path(cache).read_text().splitlines():
+            key, value = json.loads(line)
+            key = tuple(key) if len(key) == 5 else (*key, 0)  # lines written before seeds were keyed
+            if key in wanted and "tail" in value:
+                results[key] = value
+    jobs = [job for job in jobs if (*job[:4], job[5]) not in results]
+    workers = min(int(os.environ.get("GRAFT_BENCH_WORKERS", "1")), len(jobs))
+
+    def record(key: tuple, value: dict) -> None:
+        results[key] = value
+        print(f"graft_lr: {len(results)} runs done: {key} {value['status']} {value['final']:.3g}",
+              file=sys.stderr, flush=True)
+        if cache:
+            with open(cache, "a") as fh:
+                fh.write(json.dumps([list(key), value]) + "\n")
+
+    if workers <= 1:
+        for job in jobs:
+            record(*_run(job))
+        return results
+    ctx = mp.get_context("fork")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for job in jobs:
+        todo.put(job)
+    procs = [ctx.Process(target=_worker, args=(todo, done)) for _ in range(workers)]
+    for proc in procs:
+        todo.put(None)
+        proc.start()
+    for _ in jobs:
+        record(*done.get())
+    for proc in procs:
+        proc.join()
+    return results
+
+
+def _best(
+    results: dict, task: str, label: str, grafted: bool, grid: tuple[float, ...], metric: str = "final"
+) -> tuple[float, float]:
+    """``(lr, loss)`` with the lowest ``metric`` (``'final'`` loss or ``'tail'`` mean) over the grid (ties:
+    the smaller lr)."""
+    finals = [(results[(task, label, grafted, lr)][metric], lr) for lr in grid]
+    runs = [(f, lr) for f, lr in finals if not math.isnan(f)]
+    final, lr = min(runs) if runs else (math.inf, grid[0])
+    return lr, final
+
+
+def _window(center: float, half_decades: int) -> tuple[float, ...]:
+    """``center · 10^{k/2}`` for ``|k| ≤ half_decades`` (3 significant digits)."""
+    return tuple(float(f"{center * 10 ** (k / 2):.3g}") for k in range(-half_decades, half_decades + 1))
+
+
+def run(quick: bool) -> dict[str, Any]:
+    tasks = ("rosenbrock-2d", "multiplication") if quick else TASKS
+    if os.environ.get("GRAFT_BENCH_TASKS"):
+        tasks = tuple(t for t in os.environ["GRAFT_BENCH_TASKS"].split(",") if t)
+    grid = (1e-3, 1e-2, 1e-1) if quick else GRID
+    steps = 300 if quick else STEPS
+    structures, alphas = (("kron",), (0.5,)) if quick else (STRUCTURES, ALPHAS)
+    cgd = [f"cgd-{s}-a{a:g}" for s in structures for a in alphas]
+    if not quick:  # α = 1 with relative damping as well (see docs/optimizers.md)
+        cgd += [f"cgd-{s}-a1+eps_rel={EPS_REL:g}" for s in structures]
+    n_params = {t: sum(p.numel() for p in get_task(t).make_model(0).parameters()) for t in tasks}
+    results = _map([(t, "adam", False, lr, steps) for t in tasks for lr in grid])
+    adam_lrs = {t: _best(results, t, "adam", False, grid)[0] for t in tasks}
+    windows: dict[tuple[str, str], tuple[float, ...]] = {}
+    jobs = []
+    for t in tasks:
+        for label in cgd:
+            if "full" in label and n_params[t] > MAX_FULL:
+                continue
+            width = 1 if quick else (FULL_WINDOW if "full" in label else KRON_WINDOW)
+            windows[(t, label)] = _window(adam_lrs[t], width)
+            jobs += [(t, label, True, lr, steps) for lr in windows[(t, label)]]
+            jobs.append((t, label, False, adam_lrs[t], steps))
+    results.update(_map(jobs))
+    rows, checks = [], []
+    for t in tasks:
+        adam_lr = adam_lrs[t]
+        adam_final = results[(t, "adam", False, adam_lr)]["final"]
+        rows.append({"task": t, "params": n_params[t], "optimizer": "adam", "adam_lr": adam_lr,
+                     "final_at_adam_lr": adam_final, "own_lr": adam_lr, "own_best": adam_final, "ratio": 1.0,
+                     "tail_own_lr": _best(results, t, "adam", False, grid, "tail")[0],
+                     "ungrafted_at_adam_lr": None, "ms_per_step": results[(t, "adam", False, adam_lr)]["ms"]})
+        for label in cgd:
+            if (t, label) not in windows:
+                continue
+            window = windows[(t, label)]
+            at_adam = results[(t, label, True, adam_lr)]
+            own_lr, own_best = _best(results, t, label, True, window)
+            ratio = 1.0 if at_adam["final"] == own_best else (
+                at_adam["final"] / own_best if own_best > 0 else math.inf)
+            edge = own_lr in (window[0], window[-1]) and own_lr != adam_lr
+            tail_lr, tail_best = _best(results, t, label, True, window, "tail")
+            tail_ratio = 1.0 if at_adam["tail"] == tail_best else at_adam["tail"] / tail_best
+            rows.append({"task": t, "params": n_params[t], "optimizer": f"{label}+graft", "adam_lr": adam_lr,
+                         "final_at_adam_lr": at_adam["final"], "own_lr": own_lr, "own_best": own_best,
+                         "ratio": ratio, "own_lr_at_window_edge": edge, "tail_own_lr": tail_lr,
+                         "tail_ratio": tail_ratio,
+                         "ungrafted_at_adam_lr": results[(t, label, False, adam_lr)]["final"],
+                         "ms_per_step": at_adam["ms"]})
+            checks.append({"check": f"{t}: {label}+graft at Adam's lr / own best", "value": ratio,
+                           "target": f"<= {TARGET}", "passed": bool(ratio <= TARGET)})
+    curves = [{"task": t, "optimizer": lab + ("+graft" if g else ""), "lr": lr, "final": v["final"],
+               "tail": v["tail"], "status": v["status"]}
+              for (t, lab, g, lr), v in sorted(results.items(), key=str)]
+    notes = [
+        f"{steps} steps, seeds {_seeds()} (median); Adam tuned on the grid "
+        f"{', '.join(f'{x:g}' for x in grid)}; each grafted "
+        f"optimizer tuned on half decades around Adam's lr (kron ±{KRON_WINDOW}, full ±{FULL_WINDOW} half "
+        "decades); tuned lr = lowest final full-data loss (same seeds)",
+        "ratio = final loss at Adam's tuned lr / own best final loss (1 when Adam's lr is the own best); "
+        "own_lr_at_window_edge: the own best may lie further out",
+        "tail = geometric mean of the full-data loss over the last quarter of the evaluations (every "
+        "steps/20), less noisy than the last value; tail_ratio and tail_own_lr are the same comparison on it",
+        f"full skipped above {MAX_FULL} parameters; kron leaves vectors (and rosenbrock's single vector) to "
+        "diag, so on rosenbrock-2d/100d 'kron' is grafted diag at that alpha",
+        "CovariantGD labels: precondition_every=10, precondition_warmup=100, eps=1e-8 inside; "
+        "ungrafted_at_adam_lr: the same label without grafting at Adam's lr",
+    ]
+    return {"rows": rows, "checks": checks, "notes": notes, "grid_runs": curves}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import main
+
+    raise SystemExit(main(["--only", NAME, *sys.argv[1:]]))
