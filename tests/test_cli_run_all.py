@@ -128,7 +128,9 @@ def test_all_builtin_phenomena_pass_at_test_size(cli, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "deep-linear" in result.stdout and "ssl-stepwise" in result.stdout and "grokking" in result.stdout
     assert "not run (no closed form): " in result.stdout and "optimizer-comparison" in result.stdout
+    assert "not run (too long at test size; run it alone): grokking-transformer" in result.stdout
     runs = _runs(tmp_path)
+    assert "grokking-transformer" not in set(runs["name"])
     assert {"deep-linear", "ssl-stepwise", "grokking"} <= set(runs["name"])
     assert all(s["passed"] is True for s in runs["summary"])
     assert report.exists()

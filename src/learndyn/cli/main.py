@@ -404,9 +404,12 @@ def _run_all(
         title = f"Reproduction checks (no closed form), {len(checks)} at {size}"
         renamed = [{("shortfall" if k == "agreement" else k): v for k, v in r.items()} for r in checks]
         out.print(rows_table(renamed, title=title))
-    skipped = [e.name for e in experiments if e not in chosen]
-    if skipped:
-        out.print(f"not run (no closed form): {', '.join(skipped)}")
+    no_figure = [e.name for e in experiments if not (e.closed_form or e.reproduction)]
+    if no_figure:
+        out.print(f"not run (no closed form): {', '.join(no_figure)}")
+    too_long = [e.name for e in experiments if (e.closed_form or e.reproduction) and not e.in_run_all]
+    if too_long:
+        out.print(f"not run (too long at test size; run it alone): {', '.join(too_long)}")
     if report is not None:
         from learndyn.report.html import build_html_report
 
