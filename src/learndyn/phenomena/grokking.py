@@ -107,6 +107,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -174,52 +175,62 @@ class GrokkingConfig:
 
     def __post_init__(self) -> None:
         owner = "GrokkingConfig"
-        check_int("p", self.p, low=3, high=1000, owner=owner)
-        self.train_fraction = check_real(
-            "train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, high_open=True,
-            owner=owner,
-        )
-        n_train = self.n_train()
-        if not 1 <= n_train <= self.p**2 - 1:
-            raise LearndynValueError(
-                f"{owner}.train_fraction={self.train_fraction!r} gives {n_train} of {self.p**2} pairs; "
-                "allowed: at least one training and one test pair"
-            )
+        n_train = check_modular_addition(self, owner)
         check_int("embed_dim", self.embed_dim, low=1, owner=owner)
         check_int("hidden", self.hidden, low=1, owner=owner)
         check_choice("encoding", self.encoding, ENCODINGS, owner=owner)
         check_int("hidden_layers", self.hidden_layers, low=1, high=8, owner=owner)
-        self.lr = check_real("lr", self.lr, low=0.0, high=1.0, low_open=True, owner=owner)
-        self.weight_decay = check_real("weight_decay", self.weight_decay, low=0.0, owner=owner)
-        if self.lr * self.weight_decay >= 1.0:
-            raise LearndynValueError(
-                f"{owner}.weight_decay={self.weight_decay!r} is out of range; "
-                f"allowed: lr * weight_decay < 1 (lr={self.lr!r})"
-            )
-        self.beta1 = check_real("beta1", self.beta1, low=0.0, high=1.0, high_open=True, owner=owner)
-        self.beta2 = check_real("beta2", self.beta2, low=0.0, high=1.0, high_open=True, owner=owner)
-        check_int("steps", self.steps, low=1, owner=owner)
+        check_grokking_training(self, owner)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, low=1, high=n_train, owner=owner)
-        check_int("eval_every", self.eval_every, low=1, owner=owner)
-        check_int("top_k", self.top_k, low=1, high=self.p // 2, owner=owner)
-        self.memorisation_acc = check_real(
-            "memorisation_acc", self.memorisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
-        )
-        self.generalisation_acc = check_real(
-            "generalisation_acc", self.generalisation_acc, low=0.0, high=1.0, low_open=True, owner=owner
-        )
-        check_run_fields(self, owner, tolerance=False)  # tolerance: a fraction, below
         weights = self.p * self.embed_dim + 2 * self.embed_dim * self.hidden + self.hidden * self.p
         check_memory(owner, 4.0 * weights, ("p", "embed_dim", "hidden"))  # a lower bound: the weights
-        self.min_delay_ratio = check_real(
-            "min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner
-        )
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, high=1.0, owner=owner)
 
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""
         return int(round(self.train_fraction * self.p**2))
+
+
+
+def check_modular_addition(config: Any, owner: str) -> int:
+    """Validate the task fields ``p`` and ``train_fraction`` of ``config`` in place; the number of training
+    pairs. Shared by the grokking experiments."""
+    check_int("p", config.p, low=3, high=1000, owner=owner)
+    config.train_fraction = check_real(
+        "train_fraction", config.train_fraction, low=0.0, high=1.0, low_open=True, high_open=True, owner=owner
+    )
+    n_train = config.n_train()
+    if not 1 <= n_train <= config.p**2 - 1:
+        raise LearndynValueError(
+            f"{owner}.train_fraction={config.train_fraction!r} gives {n_train} of {config.p**2} pairs; "
+            "allowed: at least one training and one test pair"
+        )
+    return n_train
+
+
+def check_grokking_training(config: Any, owner: str) -> None:
+    """Validate AdamW's fields (``lr``, ``weight_decay``, ``beta1``, ``beta2``), the schedule (``steps``,
+    ``eval_every``, ``top_k``), the phase thresholds, the run fields and the reproduction figure's
+    ``min_delay_ratio`` and ``tolerance`` of ``config`` in place. Shared by the grokking experiments."""
+    config.lr = check_real("lr", config.lr, low=0.0, high=1.0, low_open=True, owner=owner)
+    config.weight_decay = check_real("weight_decay", config.weight_decay, low=0.0, owner=owner)
+    if config.lr * config.weight_decay >= 1.0:
+        raise LearndynValueError(
+            f"{owner}.weight_decay={config.weight_decay!r} is out of range; "
+            f"allowed: lr * weight_decay < 1 (lr={config.lr!r})"
+        )
+    for name in ("beta1", "beta2"):
+        value = check_real(name, getattr(config, name), low=0.0, high=1.0, high_open=True, owner=owner)
+        setattr(config, name, value)
+    check_int("steps", config.steps, low=1, owner=owner)
+    check_int("eval_every", config.eval_every, low=1, owner=owner)
+    check_int("top_k", config.top_k, low=1, high=config.p // 2, owner=owner)
+    for name in ("memorisation_acc", "generalisation_acc"):
+        value = check_real(name, getattr(config, name), low=0.0, high=1.0, low_open=True, owner=owner)
+        setattr(config, name, value)
+    check_run_fields(config, owner, tolerance=False)  # tolerance: a fraction, below
+    config.min_delay_ratio = check_real("min_delay_ratio", config.min_delay_ratio, low=1.0, owner=owner)
+    config.tolerance = check_real("tolerance", config.tolerance, low=0.0, high=1.0, owner=owner)
 
 
 QUICK = {"p": 53, "train_fraction": 0.4, "steps": 2200}

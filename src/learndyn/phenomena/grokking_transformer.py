@@ -57,12 +57,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
 from learndyn.phenomena._figures import run_series
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import loop_checkpoint_every
 from learndyn.phenomena._threads import threaded
-from learndyn.phenomena.grokking import _result, grokking_figures, modular_addition_split
+from learndyn.phenomena.grokking import (
+    _result,
+    check_grokking_training,
+    check_modular_addition,
+    grokking_figures,
+    modular_addition_split,
+)
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.probes.fourier import fourier_spectrum, gini, topk_fraction
 from learndyn.probes.monitor import Monitor
@@ -70,7 +75,7 @@ from learndyn.probes.presets import PRESETS, make_probe
 from learndyn.probes.representation import ParameterDistanceProbe
 from learndyn.store.recorder import Recorder
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.validation import LearndynValueError, check_int
 
 NAME = "grokking-transformer"
 DESCRIPTION = "Grokking on a one-layer transformer (Nanda et al.), the full probe preset in each phase"
@@ -123,17 +128,7 @@ class GrokkingTransformerConfig:
 
     def __post_init__(self) -> None:
         owner = "GrokkingTransformerConfig"
-        check_int("p", self.p, low=3, high=1000, owner=owner)
-        self.train_fraction = check_real(
-            "train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, high_open=True,
-            owner=owner,
-        )
-        if not 1 <= self.n_train() <= self.p**2 - 1:
-            raise LearndynValueError(
-                f"{owner}.train_fraction={self.train_fraction!r} gives {self.n_train()} of {self.p**2} "
-                "pairs; "
-                "allowed: at least one training and one test pair"
-            )
+        check_modular_addition(self, owner)
         check_int("heads", self.heads, low=1, high=64, owner=owner)
         check_int("d_model", self.d_model, low=1, high=4096, owner=owner)
         if self.d_model % self.heads:
@@ -141,30 +136,14 @@ class GrokkingTransformerConfig:
                 f"{owner}.d_model={self.d_model!r} is not allowed; allowed: a multiple of heads={self.heads}"
             )
         check_int("d_mlp", self.d_mlp, low=1, high=16384, owner=owner)
-        self.lr = check_real("lr", self.lr, low=0.0, high=1.0, low_open=True, owner=owner)
-        self.weight_decay = check_real("weight_decay", self.weight_decay, low=0.0, owner=owner)
-        if self.lr * self.weight_decay >= 1.0:
-            raise LearndynValueError(
-                f"{owner}.weight_decay={self.weight_decay!r} is out of range; "
-                f"allowed: lr * weight_decay < 1 (lr={self.lr!r})"
-            )
-        self.beta1 = check_real("beta1", self.beta1, low=0.0, high=1.0, high_open=True, owner=owner)
-        self.beta2 = check_real("beta2", self.beta2, low=0.0, high=1.0, high_open=True, owner=owner)
+        check_grokking_training(self, owner)
         check_int("steps", self.steps, low=1, high=10_000_000, owner=owner)
-        check_int("eval_every", self.eval_every, low=1, owner=owner)
         check_int("probe_every", self.probe_every, low=1, owner=owner)
         if self.probe_every % self.eval_every:
             raise LearndynValueError(
                 f"{owner}.probe_every={self.probe_every!r} is not allowed; "
                 f"allowed: a multiple of eval_every={self.eval_every}"
             )
-        check_int("top_k", self.top_k, low=1, high=self.p // 2, owner=owner)
-        for name in ("memorisation_acc", "generalisation_acc"):
-            value = check_real(name, getattr(self, name), low=0.0, high=1.0, low_open=True, owner=owner)
-            setattr(self, name, value)
-        check_run_fields(self, owner, tolerance=False)
-        self.min_delay_ratio = check_real("min_delay_ratio", self.min_delay_ratio, low=1.0, owner=owner)
-        self.tolerance = check_real("tolerance", self.tolerance, low=0.0, high=1.0, owner=owner)
 
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""
