@@ -315,11 +315,18 @@ def cgd_paper_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             value = summary.get(f"{problem}/{label}/{key}")
             return float(value) if value is not None else None
 
-        ratio = get("cgd-full-a0.5", "vs_adam_steps")
+        full_steps, adam_steps = get("cgd-full-a0.5", "steps"), get("adam", "steps")
+        ratio = adam_steps / full_steps if full_steps and adam_steps is not None else None
+        if full_steps is not None and adam_steps is None:
+            ratio = math.inf  # full CGD reached the target, Adam never did
         final_ratio = get("cgd-full-a0.5", "vs_adam_final")
         if get("cgd-full-a0.5", "lr") is not None and get("adam", "lr") is not None:
-            measured = (f"{ratio:.2f}× fewer steps" if ratio is not None
-                        else "steps: one never reached the target")
+            if ratio is None:
+                measured = "full CGD α=½ never reached the target"
+            elif math.isinf(ratio):
+                measured = f"full CGD α=½ reached the target ({full_steps:g} steps), Adam never did"
+            else:
+                measured = f"{ratio:.2f}× fewer steps ({adam_steps:g} vs {full_steps:g})"
             if final_ratio is not None:
                 measured += f"; {final_ratio:.2g}× lower final loss"
             rows.append({
