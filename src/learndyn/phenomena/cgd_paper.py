@@ -61,6 +61,10 @@ PROBLEMS = ("rosenbrock", "multiplication")
 STEPS_CLAIM = 1.5
 PR_CLAIM = 2.0
 TRAJECTORY_STARTS = 8
+SUMMARY_KEYS = ("lr", "steps", "final", "vs_adam_steps", "vs_adam_final", "at_adam_lr_vs_adam_steps",
+                "at_adam_lr_vs_adam_final", "pr_start", "pr_end", "pr_fall")
+"""What the summary keeps per problem and optimizer (``<problem>/<optimizer>/<key>``, finite values); the
+result's table has every column (min/max over seeds, values at Adam's lr, wall time)."""
 
 
 @dataclass
@@ -211,7 +215,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def summarise(config: CgdPaperConfig, tuned: Mapping[str, Mapping[str, Tuned]]) -> ExperimentResult:
-    """The flat summary (finite values only) and one table row per problem and optimizer."""
+    """The flat summary (:data:`SUMMARY_KEYS`, finite values) and one table row per problem and optimizer."""
     summary: dict[str, float] = {}
     table: list[dict[str, Any]] = []
     for problem, by_label in tuned.items():
@@ -233,8 +237,9 @@ def summarise(config: CgdPaperConfig, tuned: Mapping[str, Mapping[str, Tuned]]) 
                 entry.update(pr_start=start, pr_end=end, pr_fall=_ratio(start, end))
             entry["seconds"] = t.trace.seconds
             table.append(entry)
-            for key, value in entry.items():
-                if key not in ("problem", "optimizer") and isinstance(value, float) and math.isfinite(value):
+            for key in SUMMARY_KEYS:
+                value = entry.get(key)
+                if isinstance(value, float) and math.isfinite(value):
                     summary[f"{problem}/{label}/{key}"] = value
     return ExperimentResult(summary=summary, table=table)
 
