@@ -83,9 +83,9 @@ class CgdPaperConfig:
 
     problems: tuple[str, ...] = PROBLEMS
     optimizers: tuple[str, ...] = OPTIMIZERS
-    lr_grid: tuple[float, ...] = (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316, 1.0, 3.16, 10.0)
+    lr_grid: tuple[float, ...] = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316, 1.0, 3.16, 10.0, 31.6)
     seeds: int = 5
-    starts: int = 16
+    starts: int = 8
     rosenbrock_steps: int = 2000
     rosenbrock_target: float = 1e-3
     width: int = 8
