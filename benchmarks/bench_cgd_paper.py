@@ -7,7 +7,8 @@ rate of one shared half-decade grid 1e-3 .. 31.6 from 5 seeds; per optimizer the
 median steps to target (then final loss) is its tuned one. Reported: median [min, max] over the seeds of
 steps to target and final loss, the ratios against tuned Adam (> 1: better than Adam), the same at Adam's
 tuned learning rate, and on x*y the participation ratio of the update covariance at t0 = 1/(1-beta) steps
-and at the end. ``--quick``: the experiment's test size (every optimizer, 2 seeds, 2 learning rates).
+and at the end. The JSON also holds the logged curves (``series``) for ``benchmarks/plot_cgd_paper.py``.
+``--quick``: the experiment's test size (every optimizer, 2 seeds, 2 learning rates).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from learndyn.phenomena import registry
 from learndyn.phenomena.cgd_paper import PR_CLAIM, STEPS_CLAIM, CgdPaperConfig
 from learndyn.phenomena.cgd_paper import run as run_experiment
-from learndyn.store.recorder import NullRecorder
+from learndyn.store.recorder import MemoryRecorder
 
 NAME = "cgd_paper"
 COLUMNS = (
@@ -31,7 +32,8 @@ COLUMNS = (
 def run(quick: bool) -> dict[str, Any]:
     overrides = registry.get("cgd-paper").quick_overrides if quick else {}
     config = CgdPaperConfig(**overrides)
-    result = run_experiment(config, NullRecorder())
+    recorder = MemoryRecorder()
+    result = run_experiment(config, recorder)
     rows = [{k: row.get(k) for k in COLUMNS} for row in result.table]
     checks = []
     for row in rows:
@@ -60,4 +62,6 @@ def run(quick: bool) -> dict[str, Any]:
         "cgd-full-* is CovariantGD structure='block' over one flat parameter vector per member = 'full' per "
         "member; precondition_every=1; CovariantGD defaults otherwise",
     ]
-    return {"rows": rows, "checks": checks, "notes": notes}
+    series = {n: [a.tolist() for a in recorder.series(n)] for n in recorder.scalars}
+    # "series": the logged curves (benchmarks/plot_cgd_paper.py draws docs/img/cgd-paper.png from them)
+    return {"rows": rows, "checks": checks, "notes": notes, "series": series}
