@@ -25,7 +25,8 @@ NAME = "cgd_paper"
 COLUMNS = (
     "problem", "optimizer", "lr", "steps", "steps_min", "steps_max", "final", "final_min", "final_max",
     "reached", "vs_adam_steps", "vs_adam_final", "at_adam_lr_steps", "at_adam_lr_final",
-    "at_adam_lr_vs_adam_steps", "at_adam_lr_vs_adam_final", "pr_start", "pr_end", "pr_fall", "seconds",
+    "at_adam_lr_vs_adam_steps", "at_adam_lr_vs_adam_final", "pr_start", "pr_end", "pr_fall",
+    "metric_pr_start", "metric_pr_end", "metric_pr_fall", "seconds",
 )
 
 

@@ -113,10 +113,12 @@ def test_quick_run_gives_figures_and_a_reproduction_verdict():
     assert all(math.isfinite(v) for v in result.summary.values())
     rows = cgd_paper_verdict(result.summary)
     kinds = [r["kind"] for r in rows]
-    assert kinds.count("reproduction check (no closed form)") == 3  # steps on both problems + PR fall
+    # steps on both problems, PR fall of the updates' covariance and of the metric's statistic
+    assert kinds.count("reproduction check (no closed form)") == 4
     assert all(r["reproduced"] in ("yes", "no", "-") for r in rows)
     series = {name: recorder.series(name) for name in recorder.scalars}
-    assert "pr/multiplication/cgd-full-a0.5" in series and "eig1/multiplication/cgd-full-a0.5" in series
+    for prefix in ("pr", "metric_pr", "eig1"):
+        assert f"{prefix}/multiplication/cgd-full-a0.5" in series
     assert "traj/cgd-full-a0.5/0/x" in series
     figures = figures_from_series(series)
     assert len(figures) == 4 and all(len(f.data) > 0 for f in figures)

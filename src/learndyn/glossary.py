@@ -81,6 +81,9 @@ GLOSSARY: tuple[Metric, ...] = (
     M("pr/<task>/<optimizer>", "experiment", "1", "participation ratio of the update covariance (cgd-paper)",
       "(tr C)²/‖C‖_F² = (Σλ)²/Σλ², C ← βC + (1−β) Δq Δqᵀ", "effective number of directions the updates use",
       "the CGD paper claims it falls for full CGD"),
+    M("metric_pr/<task>/<optimizer>", "experiment", "1", "participation ratio of full CGD's statistic S "
+      "(cgd-paper)", "(tr S)²/‖S‖_F²", "effective number of directions the metric sees",
+      "the CGD paper's shrinking subspace: it would fall"),
     M("eig<k>/<task>/<optimizer>", "experiment", "1", "k-th largest eigenvalue of the update covariance over "
       "its trace (cgd-paper, full CGD)", "λ_k(C)/tr C", "near 1 for λ1: one direction dominates",
       "rises if the updates concentrate"),

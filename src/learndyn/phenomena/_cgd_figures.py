@@ -101,12 +101,17 @@ def subspace_figure(series: Series, problem: str = "multiplication") -> Any | No
     if not labels:
         return None
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "participation ratio (Σλ)²/Σλ² of EMA[Δq Δqᵀ]", "full CGD: top eigenvalues λ_k / tr C"))
+        "PR (Σλ)²/Σλ² of EMA[Δq Δqᵀ] (dash-dot: of full CGD's S)", "full CGD: top eigenvalues λ_k / tr C"))
     for i, label in enumerate(labels):
         steps, values = series[f"pr/{problem}/{label}"]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
                                  line={"color": mode_color(i), "width": 2.5 if "full" in label else 1.2}),
                       row=1, col=1)
+        metric = series.get(f"metric_pr/{problem}/{label}")
+        if metric is not None:
+            fig.add_trace(go.Scatter(x=metric[0], y=metric[1], mode="lines", name=f"{label}: PR of S",
+                                     line={"color": mode_color(i), "width": 1.5, "dash": "dashdot"}),
+                          row=1, col=1)
         for j, dash in enumerate(("solid", "dash", "dot"), start=1):
             eig = series.get(f"eig{j}/{problem}/{label}")
             if eig is not None:
@@ -130,6 +135,6 @@ def figures_from_series(series: Series) -> list[Any]:
 def cgd_paper_figures(store: Any, run_id: str) -> list[Any]:
     """The report figures of a stored ``cgd-paper`` run."""
     return figures_from_series(
-        run_series(store, run_id,
-                   ["traj/*", "loss/*", "loss_min/*", "loss_max/*", "target/*", "pr/*", "eig*"])
+        run_series(store, run_id, ["traj/*", "loss/*", "loss_min/*", "loss_max/*", "target/*", "pr/*",
+                                   "metric_pr/*", "eig*"])
     )

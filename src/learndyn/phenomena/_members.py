@@ -20,7 +20,9 @@ While training, :func:`train_members` also keeps, per member, the update covaria
 
 and reports its participation ratio ``PR = (Σλ)²/Σλ² = (tr C)² / ‖C‖_F²`` (:func:`participation_ratio`,
 no eigendecomposition needed: ``Σλ = tr C`` and ``Σλ² = tr C² = ‖C‖_F²`` for symmetric ``C``) and, when
-asked, its top eigenvalues as fractions of ``tr C``.
+asked, its top eigenvalues as fractions of ``tr C``. For full CovariantGD it also reports the PR of the
+metric's statistic ``S`` itself (the optimizer's ``block_S``; the spectrum of ``g = (Ŝ+εI)^α`` is a monotone
+function of it).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class MemberTrace:
 
     ``eval_steps (E,)``; ``loss (L, S, K, E)`` full losses (``inf`` once diverged); ``pr (L, S, K, E)`` and
     ``top_eigs (L, S, K, E, k)`` (fractions of ``tr C``) of the update covariance, or ``None``;
+    ``metric_pr (L, S, K, E)``: PR of full CovariantGD's statistic ``S``, or ``None``;
     ``traj_steps (T,)`` and ``traj (L, S, K, T, P)`` the points at those steps, or ``None``;
     ``diverged (L, S, K)``; ``seconds``: training wall time.
     """
@@ -142,6 +145,7 @@ class MemberTrace:
     loss: np.ndarray
     pr: np.ndarray | None
     top_eigs: np.ndarray | None
+    metric_pr: np.ndarray | None
     traj_steps: np.ndarray | None
     traj: np.ndarray | None
     diverged: np.ndarray
@@ -181,7 +185,8 @@ def train_members(
 
     eval_at = sorted(set(range(0, steps + 1, eval_every)) | {steps})
     traj_at = sorted({int(s) for s in traj_steps if 0 <= s <= steps}) if traj_steps is not None else []
-    losses, prs, eigs, traj = [], [], [], []
+    losses, prs, eigs, metric_prs, traj = [], [], [], [], []
+    full = is_full(label)
     alive = torch.ones(M, dtype=torch.bool)
     limit: Tensor | None = None
     C = torch.zeros(M, P, P, dtype=torch.float64) if pr_beta is not None else None
@@ -197,6 +202,12 @@ def train_members(
                     lam = torch.linalg.eigvalsh(C).flip(-1)[:, :top_k].clamp_min(0)
                     trace = C.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
                     eigs.append((lam / trace.clamp_min(1e-300)).numpy().copy())
+            if full and pr_beta is not None:
+                stats = [opt.state[p].get("block_S") for p in params]
+                if all(s is not None for s in stats):
+                    metric_prs.append(participation_ratio(torch.stack(stats)).numpy().copy())
+                else:  # before the first step: no statistics yet
+                    metric_prs.append(np.full(M, np.nan))
         if step in traj_at:
             traj.append(X.numpy().copy())
 
@@ -242,6 +253,7 @@ def train_members(
         loss=np.stack(losses, -1).reshape(*shape, -1),
         pr=np.stack(prs, -1).reshape(*shape, -1) if prs else None,
         top_eigs=np.stack(eigs, 1).reshape(*shape, len(eval_at), -1) if eigs else None,
+        metric_pr=np.stack(metric_prs, -1).reshape(*shape, -1) if metric_prs else None,
         traj_steps=np.array(traj_at) if traj else None,
         traj=np.stack(traj, 1).reshape(*shape, len(traj_at), P) if traj else None,
         diverged=(~alive).numpy().reshape(shape),

@@ -29,7 +29,8 @@ tuned rate and at Adam's tuned rate.
 **Shrinking subspace** (multiplication): the update covariance ``C ← β C + (1−β) Δq Δqᵀ`` (``β = pr_beta``)
 per member, its participation ratio ``PR = (Σλ)²/Σλ²`` and, for full CGD, its top ``top_eigs`` eigenvalues as
 fractions of ``tr C``. ``pr_fall = PR(t₀)/PR(T)`` with ``t₀`` the first evaluation after the EMA's time
-constant ``1/(1−β)``: the paper's claim is a fall.
+constant ``1/(1−β)``: the paper's claim is a fall. The same for the metric's own statistic ``S`` of full CGD
+(``metric_pr``).
 
 Verdict: the paper's two claims checked as a *reproduction* (not a theory agreement; the run has no
 ``agreement`` figure): full CGD α = ½ reaches the target ≥ ``1.5×`` sooner than tuned Adam on both problems
@@ -62,7 +63,8 @@ STEPS_CLAIM = 1.5
 PR_CLAIM = 2.0
 TRAJECTORY_STARTS = 8
 SUMMARY_KEYS = ("lr", "steps", "final", "vs_adam_steps", "vs_adam_final", "at_adam_lr_vs_adam_steps",
-                "at_adam_lr_vs_adam_final", "pr_start", "pr_end", "pr_fall")
+                "at_adam_lr_vs_adam_final", "pr_start", "pr_end", "pr_fall", "metric_pr_start",
+                "metric_pr_end", "metric_pr_fall")
 """What the summary keeps per problem and optimizer (``<problem>/<optimizer>/<key>``, finite values); the
 result's table has every column (min/max over seeds, values at Adam's lr, wall time)."""
 
@@ -194,9 +196,10 @@ def tune(label: str, lrs: Sequence[float], trace: MemberTrace, target: float) ->
     return Tuned(label, np.asarray(lrs, float), trace.eval_steps, curves, reach, final, best, trace)
 
 
-def pr_fall(tuned: Tuned, beta: float) -> tuple[float, float]:
-    """Median over seeds of the PR at ``t₀`` (first evaluation ≥ ``1/(1−β)`` steps) and at the end."""
-    pr = tuned.trace.pr
+def pr_fall(tuned: Tuned, beta: float, pr: np.ndarray | None = None) -> tuple[float, float]:
+    """Median over seeds of the PR at ``t₀`` (first evaluation ≥ ``1/(1−β)`` steps) and at the end (of the
+    update covariance, or of ``pr`` of the same shape, e.g. the metric's)."""
+    pr = tuned.trace.pr if pr is None else pr
     if pr is None:
         return math.nan, math.nan
     steps = tuned.eval_steps
@@ -235,6 +238,9 @@ def summarise(config: CgdPaperConfig, tuned: Mapping[str, Mapping[str, Tuned]]) 
             if t.trace.pr is not None:
                 start, end = pr_fall(t, config.pr_beta)
                 entry.update(pr_start=start, pr_end=end, pr_fall=_ratio(start, end))
+            if t.trace.metric_pr is not None:
+                start, end = pr_fall(t, config.pr_beta, t.trace.metric_pr)
+                entry.update(metric_pr_start=start, metric_pr_end=end, metric_pr_fall=_ratio(start, end))
             entry["seconds"] = t.trace.seconds
             table.append(entry)
             for key in SUMMARY_KEYS:
@@ -258,6 +264,8 @@ def _log(recorder: Recorder, problem: str, t: Tuned, config: CgdPaperConfig) -> 
                 metrics[f"{kind}/{name}"] = float(value)
         if t.trace.pr is not None:
             metrics[f"pr/{name}"] = float(np.median(t.trace.pr[t.best, :, 0, k]))
+        if t.trace.metric_pr is not None and np.isfinite(t.trace.metric_pr[t.best, :, 0, k]).all():
+            metrics[f"metric_pr/{name}"] = float(np.median(t.trace.metric_pr[t.best, :, 0, k]))
         if t.trace.top_eigs is not None:
             for j in range(t.trace.top_eigs.shape[-1]):
                 metrics[f"eig{j + 1}/{name}"] = float(np.median(t.trace.top_eigs[t.best, :, 0, k, j]))
@@ -312,7 +320,8 @@ def cgd_paper_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The reproduction check: the paper's claims, what was measured, and whether it reproduced.
 
     Rows: per problem, full CGD α = ½ against tuned Adam (steps to target, ≥ 1.5× claimed) and the best
-    optimizer; on multiplication, the PR fall of full CGD α = ½ (≥ 2× claimed)."""
+    optimizer; on multiplication, the PR fall of full CGD α = ½ (≥ 2× claimed), of the updates'
+    covariance and of the metric's statistic."""
     rows: list[dict[str, Any]] = []
     problems = list(dict.fromkeys(k.split("/")[0] for k in summary if k.count("/") == 2))
     for problem in problems:
@@ -341,13 +350,15 @@ def cgd_paper_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "measured": measured,
                 "reproduced": "yes" if ratio is not None and ratio >= STEPS_CLAIM else "no",
             })
-        fall = get("cgd-full-a0.5", "pr_fall")
-        if fall is not None:
-            start, end = get("cgd-full-a0.5", "pr_start"), get("cgd-full-a0.5", "pr_end")
+        for prefix, what in (("pr", "the updates' covariance"), ("metric_pr", "the metric's statistic S")):
+            fall = get("cgd-full-a0.5", f"{prefix}_fall")
+            if fall is None:
+                continue
+            start, end = get("cgd-full-a0.5", f"{prefix}_start"), get("cgd-full-a0.5", f"{prefix}_end")
             rows.append({
                 "kind": "reproduction check (no closed form)",
                 "problem": problem,
-                "claim": f"full CGD α=½: participation ratio of the updates falls ≥{PR_CLAIM:g}×",
+                "claim": f"full CGD α=½: participation ratio of {what} falls ≥{PR_CLAIM:g}×",
                 "measured": f"PR {start:.3g} → {end:.3g} ({fall:.2f}×)",
                 "reproduced": "yes" if fall >= PR_CLAIM else "no",
             })
