@@ -1,7 +1,7 @@
 """Reproducing Guskov & Vanchurin's CGD experiments: steps to target per optimizer vs tuned Adam, PR fall.
 
 Protocol: the ``cgd-paper`` experiment (:mod:`learndyn.phenomena.cgd_paper`) at its default (full) size --
-Rosenbrock 2-D from 8 random starts per seed (target: average loss 1e-3, 2000 steps) and x*y with a tanh MLP
+Rosenbrock 2-D from 4 random starts per seed (target: average loss 1e-3, 1500 steps) and x*y with a tanh MLP
 2-8-8-1 (P = 105; target full loss 1e-3, 1000 steps, batch 64); 13 optimizers, each run at every learning
 rate of one shared half-decade grid 1e-3 .. 31.6 from 5 seeds; per optimizer the learning rate with the best
 median steps to target (then final loss) is its tuned one. Reported: median [min, max] over the seeds of

@@ -87,8 +87,8 @@ class CgdPaperConfig:
     optimizers: tuple[str, ...] = OPTIMIZERS
     lr_grid: tuple[float, ...] = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1, 0.316, 1.0, 3.16, 10.0, 31.6)
     seeds: int = 5
-    starts: int = 8
-    rosenbrock_steps: int = 2000
+    starts: int = 4
+    rosenbrock_steps: int = 1500
     rosenbrock_target: float = 1e-3
     width: int = 8
     depth: int = 2
