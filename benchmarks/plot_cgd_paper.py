@@ -76,7 +76,7 @@ def main() -> None:
     axes[3].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    fig.savefig(args.out, dpi=60)
     print(f"wrote {args.out}")
 
 
