@@ -46,12 +46,13 @@ def run(quick: bool) -> dict[str, Any]:
             "value": ratio, "target": f">= {STEPS_CLAIM:g}",
             "passed": ratio is not None and not math.isnan(ratio) and ratio >= STEPS_CLAIM,
         })
-        if row["pr_fall"] is not None:
-            checks.append({
-                "check": f"{row['problem']}: PR(t0)/PR(end) of full CGD a=1/2",
-                "value": row["pr_fall"], "target": f">= {PR_CLAIM:g}",
-                "passed": math.isfinite(row["pr_fall"]) and row["pr_fall"] >= PR_CLAIM,
-            })
+        for key, what in (("pr_fall", "the updates' covariance"), ("metric_pr_fall", "the metric's S")):
+            if row[key] is not None:
+                checks.append({
+                    "check": f"{row['problem']}: PR(t0)/PR(end) of {what}, full CGD a=1/2",
+                    "value": row[key], "target": f">= {PR_CLAIM:g}",
+                    "passed": math.isfinite(row[key]) and row[key] >= PR_CLAIM,
+                })
     notes = [
         f"lr grid {list(config.lr_grid)}, seeds {config.seed}..{config.seed + config.seeds - 1}, "
         f"{config.starts} Rosenbrock starts per seed; lr chosen on the evaluation seeds (same for all)",
