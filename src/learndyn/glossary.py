@@ -74,6 +74,21 @@ GLOSSARY: tuple[Metric, ...] = (
       "reaches target/<task>"),
     M("target/<task>", "experiment", "L", "the loss a task counts as solved", "fixed per task",
       "steps to target = first step with loss ≤ target", "reached by the good optimizers"),
+    M("loss_min/<task>/<optimizer>", "experiment", "L", "the lowest seed's loss (cgd-paper: band bottom)",
+      "min over seeds at the tuned lr", "with loss_max/…, the spread over seeds", "close to the median"),
+    M("loss_max/<task>/<optimizer>", "experiment", "L", "the highest seed's loss (cgd-paper: the band's top)",
+      "max over seeds at the tuned lr", "with loss_min/…, the spread over seeds", "close to the median"),
+    M("pr/<task>/<optimizer>", "experiment", "1", "participation ratio of the update covariance (cgd-paper)",
+      "(tr C)²/‖C‖_F² = (Σλ)²/Σλ², C ← βC + (1−β) Δq Δqᵀ", "effective number of directions the updates use",
+      "the CGD paper claims it falls for full CGD"),
+    M("metric_pr/<task>/<optimizer>", "experiment", "1", "participation ratio of full CGD's statistic S "
+      "(cgd-paper)", "(tr S)²/‖S‖_F²", "effective number of directions the metric sees",
+      "the CGD paper's shrinking subspace: it would fall"),
+    M("eig<k>/<task>/<optimizer>", "experiment", "1", "k-th largest eigenvalue of the update covariance over "
+      "its trace (cgd-paper, full CGD)", "λ_k(C)/tr C", "near 1 for λ1: one direction dominates",
+      "rises if the updates concentrate"),
+    M("traj/<optimizer>/<start>/<coordinate>", "experiment", "θ", "a Rosenbrock trajectory point (cgd-paper)",
+      "x or y of one start, seed 0, tuned lr", "drawn in the plane over the contours", "ends at (1, 1)"),
     # ----------------------------------------------------------------------------------------- noise
     M("noise/trace", "noise", "(L/θ)²", "total variance of one sample's gradient around the batch mean",
       "tr C, C = (1/B) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ", "the size of the gradient noise",

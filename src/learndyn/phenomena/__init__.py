@@ -5,6 +5,7 @@ CLI, sweeps and reports read); a new phenomenon is one module ending in ``regist
 its import line here. See ``docs/architecture.md``.
 """
 
+import learndyn.phenomena.cgd_paper  # noqa: F401  (registers "cgd-paper")
 import learndyn.phenomena.deep_linear  # noqa: F401  (registers "deep-linear")
 import learndyn.phenomena.grokking  # noqa: F401  (registers "grokking")
 import learndyn.phenomena.grokking_transformer  # noqa: F401  (registers "grokking-transformer")

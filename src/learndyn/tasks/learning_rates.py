@@ -1,9 +1,10 @@
 """The learning rates the optimizer comparison uses when it neither gets one nor tunes one.
 
-They are data -- what ``benchmarks/bench_optim_quality.py`` chose -- kept in ``learning_rates.toml`` beside
-this module: :data:`DEFAULT_LRS` per task and canonical optimizer label (see
-:func:`learndyn.tasks.compare.default_lr` for how ``cgd-diag`` finds ``cgd-diag-a0.5``) and :data:`FAMILY_LR`,
-the fallbacks per optimizer family.
+They are data -- what ``benchmarks/bench_optim_quality.py`` chose, with the rows that went stale when
+CovariantGD changed re-tuned by ``benchmarks/retune_lrs.py`` (the same search; provenance in the table's
+header) -- kept in ``learning_rates.toml`` beside this module: :data:`DEFAULT_LRS` per task and canonical
+optimizer label (see :func:`learndyn.tasks.compare.default_lr` for how ``cgd-diag`` finds ``cgd-diag-a0.5``)
+and :data:`FAMILY_LR`, the fallbacks per optimizer family.
 """
 
 from __future__ import annotations
