@@ -68,6 +68,10 @@ def test_huge_values_are_one_line_exit_2_before_anything_is_stored(cli, store_pa
         ("symmetry", "width=1000000000000", "smaller width"),
         ("grokking", "hidden=1000000000000", "smaller p, embed_dim, hidden"),
         ("sgd-stationary", "chains=1000000000000", "smaller chains"),
+        ("ntk-lazy", "widths=128,1000000000000", "smaller widths, n_train"),
+        ("regimes", "chains=1000000000000", "smaller chains, dim"),
+        ("ssl-stepwise", "n_samples=1000000000000", "smaller n_samples"),
+        ("grokking-transformer", "d_mlp=1000000000000", "allowed: 1 <= d_mlp <= 16384"),
     ],
 )
 def test_huge_sizes_of_other_experiments_are_one_line_exit_2(cli, store_path, experiment, item, needle):

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from learndyn.config import check_memory
 from learndyn.phenomena._figures import run_series
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import loop_checkpoint_every
@@ -144,6 +145,8 @@ class GrokkingTransformerConfig:
                 f"{owner}.probe_every={self.probe_every!r} is not allowed; "
                 f"allowed: a multiple of eval_every={self.eval_every}"
             )
+        # a lower bound: the float32 MLP activations of the full training batch (3 tokens per pair)
+        check_memory(owner, 4.0 * self.n_train() * 3 * self.d_mlp, ("p", "train_fraction", "d_mlp"))
 
     def n_train(self) -> int:
         """Number of training pairs, ``round(train_fraction · p²)``."""

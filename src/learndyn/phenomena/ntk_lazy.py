@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._threads import torch_threads
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
@@ -158,6 +158,9 @@ class NTKLazyConfig:
         for name in ("kernel_tolerance", "param_tolerance"):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         check_run_fields(self, owner)
+        # a lower bound: the float64 Jacobian of the widest network on the train and test inputs
+        jacobian = 8.0 * (self.n_train + self.n_test) * max(self.widths) * (self.input_dim + 2)
+        check_memory(owner, jacobian, ("widths", "n_train", "n_test", "input_dim"))
 
 
 QUICK = {

@@ -88,7 +88,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.optim import STRUCTURES as OPTIM_STRUCTURES
 from learndyn.optim import CovariantGD, OptimizerSpec
 from learndyn.phenomena._alpha_law import (
@@ -240,6 +240,8 @@ class RegimesConfig:
         check_int("stat_rank", self.stat_rank, low=1, high=self.dim, owner=owner)
         check_int("burn_in", self.burn_in, low=0, high=self.chain_steps - self.chain_every, owner=owner)
         check_run_fields(self, owner)
+        # a lower bound: one float64 metric (dim × dim) per chain
+        check_memory(owner, 8.0 * self.chains * self.dim * self.dim, ("chains", "dim"))
         for name in ("noise_std", "stat_noise_std"):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.stat_condition = check_real("stat_condition", self.stat_condition, low=1.0, owner=owner)

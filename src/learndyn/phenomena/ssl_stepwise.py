@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learndyn.config import check_run_fields
+from learndyn.config import check_memory, check_run_fields
 from learndyn.phenomena._figures import mode_color, run_series, sim_theory_traces
 from learndyn.phenomena._stepwise import crossing_step, full_batch_descent
 from learndyn.phenomena._threads import threaded
@@ -131,6 +131,8 @@ class SSLStepwiseConfig:
             self.t_end = check_real("t_end", self.t_end, low=0.0, low_open=True, owner=owner)
         check_int("eval_points", self.eval_points, low=10, owner=owner)
         check_run_fields(self, owner)
+        # a lower bound: the two float64 views of the data, n_samples × len(eigenvalues) each
+        check_memory(owner, 16.0 * self.n_samples * m, ("n_samples", "eigenvalues"))
 
 
 QUICK = {"embed_dim": 2}
