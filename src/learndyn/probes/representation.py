@@ -294,6 +294,13 @@ def _norms(ts: Sequence[Tensor]) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts]).cpu()
 
 
+def _diff_norms(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``_norms([x - y for x, y in zip(a, b)])`` with one batched subtraction (``torch._foreach_sub``)."""
+    if not a:
+        return torch.zeros(0, dtype=torch.float64)
+    return _norms(torch._foreach_sub(list(a), list(b)))
+
+
 class ParameterDistanceProbe(Probe):
     """Weight norms, update sizes and the distance travelled from initialisation.
 
@@ -314,6 +321,22 @@ class ParameterDistanceProbe(Probe):
     def reset(self) -> None:
         self._init: dict[str, Tensor] | None = None
         self._prev: dict[str, Tensor] | None = None
+        # norms of the fixed reference and of the previous measurement's parameters, computed once
+        # (the same float64 norms as recomputing them; not part of the saved state)
+        self._norm_init: tuple[dict[str, Tensor], Tensor] | None = None
+        self._norm_prev: tuple[dict[str, Tensor], Tensor] | None = None
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        super().load_state_dict(state)
+        self._norm_init = self._norm_prev = None
+
+    @staticmethod
+    def _cached_norms(
+        cache: tuple[dict[str, Tensor], Tensor] | None, ref: dict[str, Tensor], names: list[str]
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        if cache is not None and cache[0] is ref:
+            return cache
+        return ref, _norms([ref[n] for n in names])
 
     @staticmethod
     def _copy(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -332,12 +355,14 @@ class ParameterDistanceProbe(Probe):
         cur = [params[n] for n in names]
         with torch.no_grad():
             norm = _norms(cur)
-            dist = _norms([p - self._init[n] for n, p in zip(names, cur, strict=True)])
-            norm0 = _norms([self._init[n] for n in names])
+            dist = _diff_norms(cur, [self._init[n] for n in names])
+            self._norm_init = self._cached_norms(self._norm_init, self._init, names)
+            norm0 = self._norm_init[1]
             update = norm_prev = None
             if self._prev is not None:
-                update = _norms([p - self._prev[n] for n, p in zip(names, cur, strict=True)])
-                norm_prev = _norms([self._prev[n] for n in names])
+                update = _diff_norms(cur, [self._prev[n] for n in names])
+                self._norm_prev = self._cached_norms(self._norm_prev, self._prev, names)
+                norm_prev = self._norm_prev[1]
 
         def total(v: Tensor) -> float:
             return float(v.square().sum().sqrt())
@@ -355,13 +380,16 @@ class ParameterDistanceProbe(Probe):
             out[f"{p}/update"] = total(update)
             out[f"{p}/update_rel"] = ratio(total(update), total(norm_prev))
         if self.per_param:
+            norm_l, dist_l, norm0_l = norm.tolist(), dist.tolist(), norm0.tolist()
+            update_l = None if update is None else update.tolist()
             for i, n in enumerate(names):
-                out[f"{p}/{n}/norm"] = float(norm[i])
-                out[f"{p}/{n}/dist_init"] = float(dist[i])
-                out[f"{p}/{n}/dist_init_rel"] = ratio(float(dist[i]), float(norm0[i]))
-                if update is not None:
-                    out[f"{p}/{n}/update"] = float(update[i])
+                out[f"{p}/{n}/norm"] = norm_l[i]
+                out[f"{p}/{n}/dist_init"] = dist_l[i]
+                out[f"{p}/{n}/dist_init_rel"] = ratio(dist_l[i], norm0_l[i])
+                if update_l is not None:
+                    out[f"{p}/{n}/update"] = update_l[i]
         self._prev = self._copy(params)
+        self._norm_prev = (self._prev, norm)  # ‖θ_prev‖ of the next measurement is this ‖θ_t‖
         return out
 
     def __repr__(self) -> str:
