@@ -120,6 +120,18 @@ def capture_activations(
     check_choice("mode", mode, MODES, owner="capture_activations")
     names = _check_modules(model, modules, "capture_activations")
     out: dict[str, Tensor] = {}
+    with recording_activations(model, names, out), preserved_state(model), torch.no_grad():
+        model.train(mode == "train")
+        model(inputs)
+    return out
+
+
+@contextlib.contextmanager
+def recording_activations(model: nn.Module, names: Sequence[str], out: dict[str, Tensor]) -> Iterator[None]:
+    """Forward hooks filling ``out`` as :func:`capture_activations` does (``out`` is emptied at the start
+    of every call of ``model``, so it holds the last forward pass); removed on exit. Records whatever
+    forward pass runs inside, in whatever mode: :func:`capture_activations` and the noise probe's hooked
+    pass (:func:`learndyn.probes.noise.shared_gradient_gram`) use it."""
 
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -135,15 +147,13 @@ def capture_activations(
 
         return hook
 
-    handles = [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
+    handles = [model.register_forward_pre_hook(lambda *_: out.clear())]
+    handles += [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
     try:
-        with preserved_state(model), torch.no_grad():
-            model.train(mode == "train")
-            model(inputs)
+        yield
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def shared_activations(
@@ -153,10 +163,24 @@ def shared_activations(
 
     Cache key ``activations/<mode>/<comma-joined names or *>``.
     """
+    key, names = activations_key(ctx, modules, mode)
+    return ctx.shared(key, lambda: capture_activations(ctx.model, ctx.inputs, names, mode=mode))
+
+
+def activations_key(
+    ctx: ProbeContext, modules: Sequence[str] | None = None, mode: str = "eval"
+) -> tuple[str, list[str] | None]:
+    """The cache key of :func:`shared_activations` and the checked module names (``None``: default)."""
     check_choice("mode", mode, MODES, owner="shared_activations")
     names = None if modules is None else _check_modules(ctx.model, modules, "shared_activations")
-    key = f"activations/{mode}/{'*' if names is None else ','.join(names)}"
-    return ctx.shared(key, lambda: capture_activations(ctx.model, ctx.inputs, names, mode=mode))
+    return f"activations/{mode}/{'*' if names is None else ','.join(names)}", names
+
+
+WANTED = "activations/wanted"
+"""Cache key of ``{activations key: module names}`` that probes due at this step will read in eval mode
+(set by the Monitor from :meth:`RepresentationProbe.wanted_activations`): a probe making an eval-mode
+forward pass of ``ctx.inputs`` anyway (the noise probe's hooked pass) records them on the way, saving
+:func:`capture_activations` its own pass. The values are the same: the same forward pass, in the same mode."""
 
 
 # ------------------------------------------------------------------------------------------ spectra
@@ -252,6 +276,14 @@ class RepresentationProbe(Probe):
 
     def reset(self) -> None:
         self._norm0: dict[str, float] = {}
+
+    def wanted_activations(self, ctx: ProbeContext) -> dict[str, list[str]]:
+        """``{cache key: module names}`` of the eval-mode activations :meth:`measure` will read (for
+        :data:`WANTED`); nothing in train mode (its dropout draws stay its own)."""
+        if self.mode != "eval":
+            return {}
+        key, names = activations_key(ctx, self.modules, self.mode)
+        return {key: names if names is not None else default_representation_modules(ctx.model)}
 
     def measure(self, ctx: ProbeContext) -> Measurement:
         acts = shared_activations(ctx, self.modules, self.mode)
