@@ -17,6 +17,14 @@ C. GPT (``tests/_gpt.py``: 2 layers, d=128, 4 heads, context 128, vocabulary 96,
    schedule. The noise Gram by hooks and by vmap is timed on the GPT as well.
 
 Targets: A standard ≤ 5×, full ≤ 30×; C light ≤ 1.1×, standard ≤ 1.5×, full ≤ 3×.
+
+Last full run (one thread, 2-core machine, plain MLP step 0.75 ms): A light 2.1×, standard 5.7×, full 34×
+-- **the A targets are not met** (before the probe-cost work, same machine, alternating processes:
+standard 6.4-6.6×, full 37×); C light 1.007×, standard 1.036×, full 2.00× -- met. A's full preset is
+~82% the curvature probe: 20 sequential Hessian-vector products of ~1 plain step each, the gradient graph,
+the exact Gauss-Newton trace and Lanczos' vector work (``docs/probes.md``, "What the probes cost", has the
+per-probe costs and the levers measured and not taken). B's plain-step unit is timed between 60-90 ms
+calls (cold caches: 1.26 ms against A's 0.75 ms), so B's ratios are in larger units than A's.
 """
 
 from __future__ import annotations

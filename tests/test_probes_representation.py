@@ -245,3 +245,32 @@ def test_parameter_distances():
         f"params/{k}" for k in ("norm", "dist_init", "dist_init_rel", "update", "update_rel")
     }
     assert all(p.grad is None or p.requires_grad for p in model.parameters())
+
+
+def test_activations_recorded_on_the_noise_probes_forward_pass_are_the_same():
+    """With the noise probe due, the representation probe reads activations recorded during the noise
+    probe's hooked forward pass (one model call instead of two); every metric is identical to its own pass,
+    and parameter distances over several measurements equal fresh recomputation."""
+    from learndyn.probes import Monitor
+    from learndyn.probes.noise import NoiseProbe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    both = Monitor(model, F.cross_entropy, [NoiseProbe(), RepresentationProbe(spectrum=True)])
+    alone = Monitor(model, F.cross_entropy, [RepresentationProbe(spectrum=True)])
+    both.after_step(0, (x, y))  # first batch: the reduction check calls the model too
+    calls[0] = 0
+    got = both.after_step(1, (x, y))
+    assert calls[0] == 1
+    ref = alone.after_step(1, (x, y))
+    for k, v in ref.items():
+        np.testing.assert_array_equal(got[k], v)
+    # train mode: the representation probe makes its own pass
+    train = Monitor(model, F.cross_entropy, [NoiseProbe(), RepresentationProbe(mode="train")])
+    train.after_step(0, (x, y))
+    calls[0] = 0
+    train.after_step(1, (x, y))
+    assert calls[0] == 2

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from learndyn.probes.base import LossFn, Probe, ProbeContext
 from learndyn.probes.presets import PRESETS, PROBES, make_probe, preset_probes
+from learndyn.probes.representation import WANTED
 from learndyn.stats.batch import Batch, BatchAdapter, detach
 from learndyn.store.recorder import NullRecorder, Recorder
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
@@ -235,6 +236,12 @@ class Monitor:
                     ctx.providers[f"batch_loss/{mode}"] = self._batch_loss(batch, mode)
             if metrics is not None:
                 ctx.cache["metrics"] = dict(metrics)
+            wanted: dict[str, list[str]] = {}
+            for p in due:  # activations a forward pass made anyway can record (representation.WANTED)
+                if callable(getattr(p, "wanted_activations", None)):
+                    wanted.update(p.wanted_activations(ctx))
+            if wanted:
+                ctx.cache[WANTED] = wanted
             per_probe: dict[int, dict[str, float | np.ndarray]] = {}
             try:
                 # probes that only read the batch loss run last: a gradient pass computes it on the way

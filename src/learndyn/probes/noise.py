@@ -31,14 +31,17 @@ Metrics (prefix ``noise/``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from learndyn.probes.base import Measurement, Probe, ProbeContext
+from learndyn.probes.representation import WANTED, recording_activations
 from learndyn.stats.per_sample import (
     ROUTES,
     GradientGram,
@@ -79,7 +82,15 @@ def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool 
     def compute() -> GradientGram:
         collector = _collector(ctx.model)
         if route == "hooks":
-            return collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq)
+            recorded = _record_wanted_activations(ctx)
+            if recorded is None:
+                return collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq)
+            during, outs = recorded
+            stats = collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq, during_forward=during)
+            for k, acts in outs.items():
+                if acts:
+                    ctx.cache.setdefault(k, acts)
+            return stats
         collector.check(ctx.adapter, ctx.batch)
         per = shared_per_sample_grads(ctx)
         return gram_from_per_sample_of(ctx.model, ctx.adapter, ctx.batch, need_sq=need_sq, per_sample=per)
@@ -87,6 +98,30 @@ def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool 
     stats = ctx.shared(key, compute)
     share_batch_loss(ctx, stats.loss)
     return stats
+
+
+def _record_wanted_activations(
+    ctx: ProbeContext,
+) -> tuple[contextlib.AbstractContextManager, dict[str, dict[str, Tensor]]] | None:
+    """Hooks recording the eval-mode activations due probes will read (``representation.WANTED``) during
+    the hooked forward pass, when that pass is exactly :func:`capture_activations`' (``model(ctx.inputs)``,
+    every module in eval mode); ``None`` otherwise."""
+    wanted = {k: v for k, v in ctx.cache.get(WANTED, {}).items() if k not in ctx.cache}
+    model = ctx.model
+    if not wanted or not ctx.adapter.default_pair or not isinstance(ctx.inputs, Tensor):
+        return None
+    if any(m.training for m in model.modules()):
+        return None
+    outs: dict[str, dict[str, Tensor]] = {k: {} for k in wanted}
+
+    @contextlib.contextmanager
+    def recording() -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for k, names in wanted.items():
+                stack.enter_context(recording_activations(model, names, outs[k]))
+            yield
+
+    return recording(), outs
 
 
 def share_batch_loss(ctx: ProbeContext, loss: float) -> None:

@@ -120,6 +120,18 @@ def capture_activations(
     check_choice("mode", mode, MODES, owner="capture_activations")
     names = _check_modules(model, modules, "capture_activations")
     out: dict[str, Tensor] = {}
+    with recording_activations(model, names, out), preserved_state(model), torch.no_grad():
+        model.train(mode == "train")
+        model(inputs)
+    return out
+
+
+@contextlib.contextmanager
+def recording_activations(model: nn.Module, names: Sequence[str], out: dict[str, Tensor]) -> Iterator[None]:
+    """Forward hooks filling ``out`` as :func:`capture_activations` does (``out`` is emptied at the start
+    of every call of ``model``, so it holds the last forward pass); removed on exit. Records whatever
+    forward pass runs inside, in whatever mode: :func:`capture_activations` and the noise probe's hooked
+    pass (:func:`learndyn.probes.noise.shared_gradient_gram`) use it."""
 
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -135,15 +147,13 @@ def capture_activations(
 
         return hook
 
-    handles = [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
+    handles = [model.register_forward_pre_hook(lambda *_: out.clear())]
+    handles += [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
     try:
-        with preserved_state(model), torch.no_grad():
-            model.train(mode == "train")
-            model(inputs)
+        yield
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def shared_activations(
@@ -153,10 +163,24 @@ def shared_activations(
 
     Cache key ``activations/<mode>/<comma-joined names or *>``.
     """
+    key, names = activations_key(ctx, modules, mode)
+    return ctx.shared(key, lambda: capture_activations(ctx.model, ctx.inputs, names, mode=mode))
+
+
+def activations_key(
+    ctx: ProbeContext, modules: Sequence[str] | None = None, mode: str = "eval"
+) -> tuple[str, list[str] | None]:
+    """The cache key of :func:`shared_activations` and the checked module names (``None``: default)."""
     check_choice("mode", mode, MODES, owner="shared_activations")
     names = None if modules is None else _check_modules(ctx.model, modules, "shared_activations")
-    key = f"activations/{mode}/{'*' if names is None else ','.join(names)}"
-    return ctx.shared(key, lambda: capture_activations(ctx.model, ctx.inputs, names, mode=mode))
+    return f"activations/{mode}/{'*' if names is None else ','.join(names)}", names
+
+
+WANTED = "activations/wanted"
+"""Cache key of ``{activations key: module names}`` that probes due at this step will read in eval mode
+(set by the Monitor from :meth:`RepresentationProbe.wanted_activations`): a probe making an eval-mode
+forward pass of ``ctx.inputs`` anyway (the noise probe's hooked pass) records them on the way, saving
+:func:`capture_activations` its own pass. The values are the same: the same forward pass, in the same mode."""
 
 
 # ------------------------------------------------------------------------------------------ spectra
@@ -253,6 +277,14 @@ class RepresentationProbe(Probe):
     def reset(self) -> None:
         self._norm0: dict[str, float] = {}
 
+    def wanted_activations(self, ctx: ProbeContext) -> dict[str, list[str]]:
+        """``{cache key: module names}`` of the eval-mode activations :meth:`measure` will read (for
+        :data:`WANTED`); nothing in train mode (its dropout draws stay its own)."""
+        if self.mode != "eval":
+            return {}
+        key, names = activations_key(ctx, self.modules, self.mode)
+        return {key: names if names is not None else default_representation_modules(ctx.model)}
+
     def measure(self, ctx: ProbeContext) -> Measurement:
         acts = shared_activations(ctx, self.modules, self.mode)
         out: dict[str, float | np.ndarray] = {}
@@ -294,6 +326,13 @@ def _norms(ts: Sequence[Tensor]) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts]).cpu()
 
 
+def _diff_norms(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``_norms([x - y for x, y in zip(a, b)])`` with one batched subtraction (``torch._foreach_sub``)."""
+    if not a:
+        return torch.zeros(0, dtype=torch.float64)
+    return _norms(torch._foreach_sub(list(a), list(b)))
+
+
 class ParameterDistanceProbe(Probe):
     """Weight norms, update sizes and the distance travelled from initialisation.
 
@@ -314,6 +353,22 @@ class ParameterDistanceProbe(Probe):
     def reset(self) -> None:
         self._init: dict[str, Tensor] | None = None
         self._prev: dict[str, Tensor] | None = None
+        # norms of the fixed reference and of the previous measurement's parameters, computed once
+        # (the same float64 norms as recomputing them; not part of the saved state)
+        self._norm_init: tuple[dict[str, Tensor], Tensor] | None = None
+        self._norm_prev: tuple[dict[str, Tensor], Tensor] | None = None
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        super().load_state_dict(state)
+        self._norm_init = self._norm_prev = None
+
+    @staticmethod
+    def _cached_norms(
+        cache: tuple[dict[str, Tensor], Tensor] | None, ref: dict[str, Tensor], names: list[str]
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        if cache is not None and cache[0] is ref:
+            return cache
+        return ref, _norms([ref[n] for n in names])
 
     @staticmethod
     def _copy(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -332,12 +387,14 @@ class ParameterDistanceProbe(Probe):
         cur = [params[n] for n in names]
         with torch.no_grad():
             norm = _norms(cur)
-            dist = _norms([p - self._init[n] for n, p in zip(names, cur, strict=True)])
-            norm0 = _norms([self._init[n] for n in names])
+            dist = _diff_norms(cur, [self._init[n] for n in names])
+            self._norm_init = self._cached_norms(self._norm_init, self._init, names)
+            norm0 = self._norm_init[1]
             update = norm_prev = None
             if self._prev is not None:
-                update = _norms([p - self._prev[n] for n, p in zip(names, cur, strict=True)])
-                norm_prev = _norms([self._prev[n] for n in names])
+                update = _diff_norms(cur, [self._prev[n] for n in names])
+                self._norm_prev = self._cached_norms(self._norm_prev, self._prev, names)
+                norm_prev = self._norm_prev[1]
 
         def total(v: Tensor) -> float:
             return float(v.square().sum().sqrt())
@@ -355,13 +412,16 @@ class ParameterDistanceProbe(Probe):
             out[f"{p}/update"] = total(update)
             out[f"{p}/update_rel"] = ratio(total(update), total(norm_prev))
         if self.per_param:
+            norm_l, dist_l, norm0_l = norm.tolist(), dist.tolist(), norm0.tolist()
+            update_l = None if update is None else update.tolist()
             for i, n in enumerate(names):
-                out[f"{p}/{n}/norm"] = float(norm[i])
-                out[f"{p}/{n}/dist_init"] = float(dist[i])
-                out[f"{p}/{n}/dist_init_rel"] = ratio(float(dist[i]), float(norm0[i]))
-                if update is not None:
-                    out[f"{p}/{n}/update"] = float(update[i])
+                out[f"{p}/{n}/norm"] = norm_l[i]
+                out[f"{p}/{n}/dist_init"] = dist_l[i]
+                out[f"{p}/{n}/dist_init_rel"] = ratio(dist_l[i], norm0_l[i])
+                if update_l is not None:
+                    out[f"{p}/{n}/update"] = update_l[i]
         self._prev = self._copy(params)
+        self._norm_prev = (self._prev, norm)  # ‖θ_prev‖ of the next measurement is this ‖θ_t‖
         return out
 
     def __repr__(self) -> str:

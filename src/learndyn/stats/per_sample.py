@@ -39,6 +39,7 @@ probes in eval mode by default for that reason. The vmap route runs attention on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -208,8 +209,18 @@ class HookGramCollector:
     ) -> GradientGram:
         return self.collect(BatchAdapter(loss_fn), (inputs, targets), need_sq=need_sq)
 
-    def collect(self, adapter: BatchAdapter, batch: Batch, need_sq: bool = False) -> GradientGram:
-        """The :class:`GradientGram` of ``batch`` (one forward/backward pass plus the fallback)."""
+    def collect(
+        self,
+        adapter: BatchAdapter,
+        batch: Batch,
+        need_sq: bool = False,
+        *,
+        during_forward: contextlib.AbstractContextManager | None = None,
+    ) -> GradientGram:
+        """The :class:`GradientGram` of ``batch`` (one forward/backward pass plus the fallback).
+
+        ``during_forward`` (optional) is entered around the hooked forward pass only (not the vmap
+        fallback), e.g. to record activations other probes read from the same pass."""
         model = self.model
         trainable = _trainable(model)
         if list(trainable) != self.names:
@@ -219,7 +230,7 @@ class HookGramCollector:
         cap = self.capture
         params = list(trainable.values())
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), during_forward or contextlib.nullcontext():
                 loss = cap.run(B, lambda: adapter.loss(model, batch))
             layers = cap.active()
             outs = cap.outputs(layers)
