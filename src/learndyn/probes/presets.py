@@ -13,14 +13,13 @@ standard   light + noise (50, hook route) + symmetry (50) + representation (100)
 full       standard + curvature (200) + kernel (200, 32 probe samples)                 ≤ 3×
 =========  ==========================================================================  ===============
 
-The schedules are tuned on the worst case, a small MLP whose plain step costs ~0.3 ms: per measurement the
-Monitor itself costs ~0.05 ms, light's probes ~0.5 ms (~2 plain steps), the noise probe ~4 plain steps,
-representation ~6, curvature (20 Lanczos + 10 Hutchinson Hessian-vector products) ~60 and the kernel probe
-~80. Larger models amortise better. For denser series pass your own probes,
+The schedules are tuned on the worst case, a small MLP whose plain step costs well under a millisecond. Per
+measurement, in plain steps of an MLP 784-128-10 at batch 128 (``benchmarks/bench_probe_cost.py``, part A;
+``docs/probes.md`` has the table): parameters ~0.6, noise (hooks) ~2.7, representation ~1.9 (~1.2 when it
+shares the noise probe's forward pass), symmetry ~0.4, kernel (structured NTK, 32 samples) ~1.3, curvature
+(20 Lanczos Hessian-vector products; an exact Gauss-Newton trace on piecewise-linear networks, else 10
+Hutchinson products) ~28. Larger models amortise better. For denser series pass your own probes,
 ``Monitor(probes=[NoiseProbe(every=5), ...])``.
-Since the structured NTK became the kernel probe's default it costs ~1 plain step there, and on
-piecewise-linear networks the curvature probe's trace is exact instead of 10 Hutchinson products
-(``docs/probes.md`` has the current measurements).
 
 Adding a probe to the names ``Monitor(probes=[...])`` accepts is one entry in :data:`PROBES`.
 """
