@@ -240,8 +240,7 @@ class RegimesConfig:
         check_int("stat_rank", self.stat_rank, low=1, high=self.dim, owner=owner)
         check_int("burn_in", self.burn_in, low=0, high=self.chain_steps - self.chain_every, owner=owner)
         check_run_fields(self, owner)
-        # a lower bound: one float64 metric (dim × dim) per chain
-        check_memory(owner, 8.0 * self.chains * self.dim * self.dim, ("chains", "dim"))
+        check_memory(owner, 8.0 * self.chains * self.dim**2, ("chains", "dim"))  # a lower bound
         for name in ("noise_std", "stat_noise_std"):
             setattr(self, name, check_real(name, getattr(self, name), low=0.0, low_open=True, owner=owner))
         self.stat_condition = check_real("stat_condition", self.stat_condition, low=1.0, owner=owner)
@@ -249,11 +248,8 @@ class RegimesConfig:
             "target", self.target, low=0.0, high=1.0, low_open=True, high_open=True, owner=owner
         )
         for name in ("beta2", "stat_beta2"):
-            setattr(
-                self,
-                name,
-                check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner),
-            )
+            value = check_real(name, getattr(self, name), low=0.0, high=1.0, high_open=True, owner=owner)
+            setattr(self, name, value)
         check_law_fields(self, owner)
         h = spectrum(self.stat_rank, self.stat_condition)
         lr0 = self.stat_lrs[self.alphas.index(0.0)]
