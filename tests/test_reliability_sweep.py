@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from learndyn.lifeline import POLL_SECONDS
 from learndyn.phenomena import registry
 from learndyn.phenomena.registry import Experiment, ExperimentResult, MemberOutcome
 from learndyn.store import Recorder, RunStore
@@ -223,3 +224,55 @@ def test_a_worker_dies_with_its_parent(tmp_path):
         assert not process_alive(child), "the orphaned worker lived on"
     finally:
         parent.kill()
+
+
+_DRIVER = """
+import subprocess, sys, time
+from learndyn.lifeline import start_reaper
+
+# a helper that is not this process's worker and starts a process of its own (as Ray's raylet starts workers)
+sleep = "import time; time.sleep(120)"
+code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {sleep!r}]); {sleep}"
+reaper = start_reaper()  # before the helpers start, as the Ray executor calls it before ray.init
+helper = subprocess.Popen([sys.executable, "-c", code])
+print(helper.pid, reaper.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_reaper_ends_a_killed_drivers_helpers_and_theirs(tmp_path):
+    """A local Ray instance's processes are children of the driver but not learndyn workers: a reaper
+    (``start_reaper``, armed by the Ray executor) ends them and their children once the driver is
+    SIGKILLed."""
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        helper_pid, reaper_pid = map(int, driver.stdout.readline().split())
+        helper = psutil.Process(helper_pid)
+        deadline = time.monotonic() + 60
+        while not helper.children() and time.monotonic() < deadline:  # the helper's own child has started
+            time.sleep(0.01)
+        grandchild = helper.children()[0].pid
+        time.sleep(5 * POLL_SECONDS)  # the reaper looks at the tree every POLL_SECONDS (a local Ray
+        # instance takes seconds to start, so the reaper has long seen it when a driver can be killed)
+        driver.kill()  # SIGKILL: no clean shutdown
+        driver.wait()
+        deadline = time.monotonic() + 60
+        while not all(_gone(p) for p in (helper_pid, grandchild, reaper_pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _gone(helper_pid) and _gone(grandchild), "the helpers outlived their driver"
+        assert _gone(reaper_pid), "the reaper did not exit after its work"
+    finally:
+        driver.kill()

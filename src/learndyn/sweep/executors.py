@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from learndyn.lifeline import die_with_parent
+from learndyn.lifeline import die_with_parent, start_reaper
 from learndyn.sweep.work import UnitResult, WorkUnit, execute_unit
 from learndyn.validation import LearndynValueError, check_int
 
@@ -277,7 +277,15 @@ class RayExecutor:
     def run(self, units: Sequence[WorkUnit], on_result: OnResult, on_lost: OnLost) -> None:
         if not units:
             return
-        ray, started = self._init()
+        # a local instance's processes must not outlive this driver, even one killed alone (SIGKILL)
+        reaper = _local_ray_reaper() if not self.address else None
+        try:
+            ray, started = self._init()
+        except BaseException:
+            _stop_reaper(reaper)
+            raise
+        if not started:  # an instance someone else started: not ours to end
+            reaper = _stop_reaper(reaper)
         try:
             remote = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_execute)
             refs = {remote.remote(unit): unit for unit in units}
@@ -299,6 +307,24 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+            _stop_reaper(reaper)
+
+
+def _local_ray_reaper() -> Any:
+    """A reaper (:func:`~learndyn.lifeline.start_reaper`) for the local Ray instance about to start: its GCS
+    server, raylet, agents and workers are this driver's new descendants; a driver killed alone (no
+    ``ray.shutdown()``) would otherwise leave them running. ``None`` without psutil (it comes with Ray)."""
+    try:
+        return start_reaper()
+    except ImportError:  # pragma: no cover - psutil comes with Ray
+        return None
+
+
+def _stop_reaper(reaper: Any) -> None:
+    """Stop a reaper after a clean shutdown (or when the instance was not ours); returns ``None``."""
+    if reaper is not None:
+        reaper.kill()
+        reaper.wait()
 
 
 def _first_line(exc: BaseException) -> str:
