@@ -44,6 +44,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench_optim_step import _model  # the same MLP (3 hidden layers of `width`), one definition
+
 NAME = "kron_cost"
 BATCH = 128
 TARGET_WIDTH = 512
@@ -51,17 +53,6 @@ TARGETS = {"kron": 1.5, "cgd-diag": 1.05}
 EVERY = 10
 FAILURES: list[str] = []
 """Optimizers that raised at some width (reported in the notes)."""
-
-
-def _model(width: int, seed: int = 0) -> nn.Module:
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for _ in range(3):
-        layers += [nn.Linear(width, width), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(width, 10))
-    torch.random.set_rng_state(gen_state)
-    return model
 
 
 class _Pair(torch.optim.Optimizer):
