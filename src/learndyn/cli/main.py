@@ -357,7 +357,7 @@ def _run_all(
     every = resolve_checkpoint_every(checkpoint_every)
     check_output_path(report, "--report")
     experiments = [registry.get(n) for n in registry.names()]
-    chosen = [e for e in experiments if (e.closed_form or e.reproduction) and e.in_run_all]
+    chosen = [e for e in experiments if e.check and e.in_run_all]  # check: it has a figure to test
     if not chosen:
         raise CliError("no registered experiment has a closed form (a `tolerance` config field)")
     configs = [(e, _build_config(e, [], quick)) for e in chosen]  # every config is valid before any runs
@@ -404,10 +404,10 @@ def _run_all(
         title = f"Reproduction checks (no closed form), {len(checks)} at {size}"
         renamed = [{("shortfall" if k == "agreement" else k): v for k, v in r.items()} for r in checks]
         out.print(rows_table(renamed, title=title))
-    no_figure = [e.name for e in experiments if not (e.closed_form or e.reproduction)]
+    no_figure = [e.name for e in experiments if not e.check]
     if no_figure:
         out.print(f"not run (no closed form): {', '.join(no_figure)}")
-    too_long = [e.name for e in experiments if (e.closed_form or e.reproduction) and not e.in_run_all]
+    too_long = [e.name for e in experiments if e.check and not e.in_run_all]
     if too_long:
         out.print(f"not run (too long at test size; run it alone): {', '.join(too_long)}")
     if report is not None:
