@@ -305,8 +305,9 @@ def make_model(config: GrokkingConfig) -> ModularMLP:
 
 
 # ------------------------------------------------------------------------------------------ Fourier measures
-def fourier_metrics(model: ModularMLP, top_k: int) -> tuple[dict[str, float], Tensor]:
-    """``fourier/{embed,unembed}_{topk,gini}`` of the model, and the embedding's spectrum."""
+def fourier_metrics(model: nn.Module, top_k: int) -> tuple[dict[str, float], Tensor]:
+    """``fourier/{embed,unembed}_{topk,gini}`` of the model, and the embedding's spectrum: of its
+    ``token_table()`` and ``unembed.weight`` (both ``p × ·``, indexed by token; both grokking models)."""
     out: dict[str, float] = {}
     embed_spectrum = fourier_spectrum(model.token_table())
     for name, spectrum in (("embed", embed_spectrum), ("unembed", fourier_spectrum(model.unembed.weight))):

@@ -66,11 +66,12 @@ from learndyn.phenomena.grokking import (
     _result,
     check_grokking_training,
     check_modular_addition,
+    fourier_metrics,
     grokking_figures,
     modular_addition_split,
 )
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
-from learndyn.probes.fourier import fourier_spectrum, gini, topk_fraction
+from learndyn.probes.fourier import fourier_spectrum
 from learndyn.probes.monitor import Monitor
 from learndyn.probes.presets import PRESETS, make_probe
 from learndyn.probes.representation import ParameterDistanceProbe
@@ -175,6 +176,11 @@ class OneLayerTransformer(nn.Module):
         self.mlp_out = nn.Linear(d_mlp, d_model)
         self.unembed = nn.Linear(d_model, p, bias=False)
 
+    def token_table(self) -> Tensor:
+        """The embedding rows of the ``p`` operand tokens (``p × d``; the ``=`` token left out): what
+        :func:`~learndyn.phenomena.grokking.fourier_metrics` takes the Fourier spectrum of."""
+        return self.embed.weight[: self.p]
+
     def forward(self, pairs: Tensor) -> Tensor:
         n = pairs.shape[0]
         equals = torch.full((n, 1), self.p, dtype=pairs.dtype, device=pairs.device)
@@ -192,16 +198,6 @@ def make_model(config: GrokkingTransformerConfig) -> OneLayerTransformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return OneLayerTransformer(config.p, config.d_model, config.heads, config.d_mlp)
-
-
-def fourier_metrics(model: OneLayerTransformer, top_k: int) -> tuple[dict[str, float], Tensor]:
-    """``fourier/{embed,unembed}_{topk,gini}`` over the token-indexed tables, and the embedding spectrum."""
-    embed = fourier_spectrum(model.embed.weight[: model.p])
-    out: dict[str, float] = {}
-    for name, spectrum in (("embed", embed), ("unembed", fourier_spectrum(model.unembed.weight))):
-        out[f"fourier/{name}_topk"] = topk_fraction(spectrum, top_k)
-        out[f"fourier/{name}_gini"] = gini(spectrum)
-    return out, embed
 
 
 def full_preset_probes() -> list[Any]:
@@ -224,7 +220,7 @@ class _Probes:
         if step % self.config.probe_every == 0 or step == self.config.steps:
             self.full.after_step(step, batch)
         if step % (SPECTRUM_EVERY * self.config.eval_every) == 0 or step == self.config.steps:
-            spectrum = fourier_spectrum(self.model.embed.weight[: self.model.p]).numpy()
+            spectrum = fourier_spectrum(self.model.token_table()).numpy()
             self.log.log_array(step, "fourier/embed_spectrum", spectrum)
 
     def after_step(
