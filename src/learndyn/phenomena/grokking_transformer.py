@@ -63,6 +63,7 @@ from learndyn.phenomena._loop_log import LoopLog
 from learndyn.phenomena._stepwise import loop_checkpoint_every
 from learndyn.phenomena._threads import threaded
 from learndyn.phenomena.grokking import (
+    SPECTRUM_EVERY,
     _result,
     check_grokking_training,
     check_modular_addition,
@@ -81,8 +82,6 @@ from learndyn.validation import LearndynValueError, check_int
 
 NAME = "grokking-transformer"
 DESCRIPTION = "Grokking on a one-layer transformer (Nanda et al.), the full probe preset in each phase"
-SPECTRUM_EVERY = 10
-"""The embedding spectrum array is logged every this many evaluations."""
 PHASE_METRICS = (
     "curvature/lambda_max",
     "curvature/trace",
