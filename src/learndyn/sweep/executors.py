@@ -285,7 +285,8 @@ class RayExecutor:
             _stop_reaper(reaper)
             raise
         if not started:  # an instance someone else started: not ours to end
-            reaper = _stop_reaper(reaper)
+            _stop_reaper(reaper)
+            reaper = None
         try:
             remote = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_execute)
             refs = {remote.remote(unit): unit for unit in units}
@@ -321,7 +322,7 @@ def _local_ray_reaper() -> Any:
 
 
 def _stop_reaper(reaper: Any) -> None:
-    """Stop a reaper after a clean shutdown (or when the instance was not ours); returns ``None``."""
+    """Stop a reaper after a clean shutdown (or when the instance was not ours)."""
     if reaper is not None:
         reaper.kill()
         reaper.wait()
