@@ -4,6 +4,8 @@ Label grammar (:meth:`OptimizerSpec.parse`):
 
 - ``sgd`` -- :class:`torch.optim.SGD`; ``momentum`` -- SGD with heavy-ball momentum 0.9;
 - ``adam`` -- :class:`torch.optim.Adam`; ``adamw`` -- :class:`torch.optim.AdamW`;
+- the peers of :data:`~learndyn.optim.peers.PEERS` -- ``muon`` (torch's Muon + AdamW), ``po-soap``,
+  ``po-shampoo``, ``po-scalable-shampoo``, ``po-kron`` (pytorch_optimizer) and ``hb-soap`` (heavyball);
 - ``cgd-<structure>[-a<alpha>][-k<k>]`` -- :class:`~learndyn.optim.CovariantGD` with a structure of
   :data:`~learndyn.optim.structures.STRUCTURES`, ``g = (εI + Ŝ)^α`` (default α = ½) and roots refreshed every
   ``k`` steps (default 1 for ``diag``, 10 otherwise). E.g. ``cgd-kron-a0.75-k5``.
@@ -23,11 +25,12 @@ from typing import Any
 import torch
 
 from learndyn.optim.covariant import CovariantGD
+from learndyn.optim.peers import PEERS, build_peer
 from learndyn.optim.structures import STRUCTURES
 from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
-FAMILIES = ("sgd", "momentum", "adam", "adamw", "cgd")
-"""Optimizer families; every one but ``cgd`` is a label by itself."""
+FAMILIES = ("sgd", "momentum", "adam", "adamw", "cgd", *PEERS)
+"""Optimizer families; every one but ``cgd`` is a label by itself (the peers: :data:`PEERS`)."""
 
 _LABEL = re.compile(r"^cgd-(?P<structure>[a-z]+)(?:-a(?P<alpha>[0-9.]+))?(?:-k(?P<every>[0-9]+))?$")
 _CGD_FIELDS = ("structure", "alpha", "precondition_every")
@@ -38,7 +41,8 @@ class OptimizerSpec:
     """One optimizer configuration, without its learning rate.
 
     ``family``: ``sgd`` (plain), ``momentum`` (SGD, heavy-ball momentum 0.9), ``adam``, ``adamw`` or ``cgd``
-    (:class:`~learndyn.optim.CovariantGD`, ``q <- q - lr (eps I + S)^{-alpha} F``); ``structure``, ``alpha``
+    (:class:`~learndyn.optim.CovariantGD`, ``q <- q - lr (eps I + S)^{-alpha} F``) or a peer's label
+    (:data:`~learndyn.optim.peers.PEERS`); ``structure``, ``alpha``
     and ``precondition_every`` apply to ``cgd`` only; ``options`` are further keyword arguments to the
     optimizer's constructor.
     """
@@ -52,7 +56,7 @@ class OptimizerSpec:
 
     @classmethod
     def parse(cls, label: str) -> OptimizerSpec:
-        """Build a spec from a label: ``sgd``, ``momentum``, ``adam``, ``adamw``,
+        """Build a spec from a label: ``sgd``, ``momentum``, ``adam``, ``adamw``, a peer of :data:`PEERS`,
         ``cgd-<structure>[-a<alpha>][-k<k>]``. Defaults for ``cgd``: ``alpha = 0.5``; ``k = 1`` for ``diag``,
         else ``10``.
         """
@@ -64,6 +68,7 @@ class OptimizerSpec:
         if match is None:
             raise LearndynValueError(
                 f"optimizer={label!r} is not a known label; allowed: 'sgd', 'momentum', 'adam', 'adamw', "
+                f"{', '.join(repr(p) for p in PEERS)}, "
                 "'cgd-<structure>[-a<alpha>][-k<every>]' (e.g. 'cgd-kron-a0.75')"
             )
         structure = check_choice("structure", match["structure"], STRUCTURES, owner=f"optimizer {label!r}")
@@ -103,7 +108,8 @@ class OptimizerSpec:
         """The :class:`torch.optim.Optimizer` for ``params`` at learning rate ``lr`` (``options`` as in
         :meth:`with_options`).
 
-        Raises ``ValueError`` (from :class:`CovariantGD`) when a structure does not fit the model.
+        Raises ``ValueError`` (from :class:`CovariantGD`) when a structure does not fit the model, and
+        ``ModuleNotFoundError`` when a peer's package is not installed.
         """
         spec = self.with_options(**options) if options else self
         opts = dict(spec.options)
@@ -115,6 +121,8 @@ class OptimizerSpec:
             return torch.optim.Adam(params, lr=lr, **opts)
         if spec.family == "adamw":
             return torch.optim.AdamW(params, lr=lr, **opts)
+        if spec.family in PEERS:
+            return build_peer(spec.family, params, lr, **opts)
         return CovariantGD(
             params,
             lr=lr,

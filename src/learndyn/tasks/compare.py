@@ -44,10 +44,12 @@ from learndyn.store.recorder import NullRecorder, Recorder
 from learndyn.tasks.base import Task, make_generator
 from learndyn.tasks.learning_rates import DEFAULT_LRS, FAMILY_LR
 from learndyn.training import train_loop
-from learndyn.validation import LearndynValueError, check_int, check_real
+from learndyn.validation import LearndynValueError, check_choice, check_int, check_real
 
 TUNE_SEED = 1_000_003
 """Seed of the learning-rate search; distinct from the evaluation seeds ``0, 1, 2, ...``."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""What run times measure: wall-clock seconds, or the training thread's CPU seconds."""
 DIVERGENCE_FACTOR = 1e4
 """A run stops as diverged once its full-data loss exceeds this multiple of its initial loss."""
 
@@ -107,17 +109,22 @@ def train(
     steps: int | None = None,
     eval_every: int | None = None,
     max_full_params: int | None = None,
+    clock: str = "wall",
 ) -> RunResult:
     """Train ``task``'s model with ``optimizer`` at learning rate ``lr`` from ``seed``; see the module doc.
 
     ``steps`` defaults to ``task.steps``; ``eval_every`` to ``max(1, steps // 100)``. A ``cgd-full`` optimizer
-    on a model with more than ``max_full_params`` parameters is skipped without training.
+    on a model with more than ``max_full_params`` parameters is skipped without training. ``clock``: what
+    the times measure, one of :data:`CLOCKS` -- ``wall`` (``time.perf_counter``) or ``cpu``
+    (``time.thread_time``, the training thread's CPU time: with one torch thread it is the work done, and it
+    does not grow when other processes load the machine).
     """
     spec = as_spec(optimizer)
     lr = check_real("lr", lr, low=0, low_open=True, owner="train")
     seed = check_int("seed", seed, low=0, owner="train")
     steps = check_int("steps", task.steps if steps is None else steps, low=1, owner="train")
     eval_every = check_int("eval_every", eval_every or max(1, steps // 100), low=1, owner="train")
+    now = CLOCKS[check_choice("clock", clock, CLOCKS, owner="train")]
     result = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=lr)
 
     model = task.make_model(seed)
@@ -129,15 +136,15 @@ def train(
         return result
     try:
         opt = spec.build(params, lr)
-    except (ValueError, NotImplementedError) as exc:
+    except (ValueError, NotImplementedError, ImportError) as exc:  # ImportError: a peer's package is missing
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         result.status = "does not fit" if "memory" in text.lower() else "unsupported"
         result.message = text
         return result
 
-    curve = _Curve(task)
+    curve = _Curve(task, now)
     stepping = _Stepping(opt)
-    start = time.perf_counter()
+    start = now()
     try:
         loop = train_loop(
             model,
@@ -165,7 +172,7 @@ def train(
         if loop.status == "diverged":
             result.status = "diverged"
             result.message = "" if curve.stopped else loop.reason or ""
-    result.wall_time = time.perf_counter() - start - curve.eval_seconds
+    result.wall_time = now() - start - curve.eval_seconds
     result.eval_steps = np.asarray(curve.steps, dtype=np.int64)
     result.losses = np.asarray(curve.losses, dtype=float)
     for step, value, stamp in zip(curve.steps, curve.losses, curve.times, strict=True):
@@ -180,20 +187,20 @@ class _Curve(NullRecorder):
     keeps the steps), when in training time each was taken, and the divergence rule: ``L_t`` non-finite or
     ``> DIVERGENCE_FACTOR · L_0``."""
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, task: Task, now: Callable[[], float]) -> None:
+        self.task, self.now = task, now
         self.steps: list[int] = []
         self.losses: list[float] = []
-        self.times: list[float] = []  # perf_counter at each evaluation, less the evaluations before it
+        self.times: list[float] = []  # the clock at each evaluation, less the evaluations before it
         self.eval_seconds = 0.0
         self.stopped = False
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        begin = time.perf_counter()
+        begin = self.now()
         value = self.task.evaluate(model)
         self.losses.append(value)
         self.times.append(begin - self.eval_seconds)
-        self.eval_seconds += time.perf_counter() - begin
+        self.eval_seconds += self.now() - begin
         return {"full_loss": value}
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -246,6 +253,7 @@ def tune_lr(
     eval_every: int | None = None,
     max_full_params: int | None = None,
     on_run: Callable[[], None] | None = None,
+    clock: str = "wall",
 ) -> tuple[float, list[RunResult]]:
     """Best learning rate of ``optimizer`` on ``task`` by :meth:`RunResult.score` from one (held-out) seed.
 
@@ -261,7 +269,14 @@ def tune_lr(
         lr = float(f"{lr:.3g}")
         if lr not in runs:
             runs[lr] = train(
-                task, spec, lr, seed=seed, steps=steps, eval_every=eval_every, max_full_params=max_full_params
+                task,
+                spec,
+                lr,
+                seed=seed,
+                steps=steps,
+                eval_every=eval_every,
+                max_full_params=max_full_params,
+                clock=clock,
             )
             if on_run is not None:
                 on_run()
@@ -468,6 +483,7 @@ def compare(
     max_full_params: int | None = None,
     recorder: Recorder | None = None,
     description: str = "optimizer comparison",
+    clock: str = "wall",
 ) -> Comparison:
     """Run every optimizer on every task from every seed; see the module docstring for the protocol.
 
@@ -476,9 +492,10 @@ def compare(
     ``tune=True`` ignores ``lr`` and runs :func:`tune_lr` (on :data:`TUNE_SEED`, with ``lr_grid`` if given).
     With a ``recorder``: ``target/<task>`` at step 0, then for each task and optimizer the median curve
     across seeds as ``loss/<task>/<optimizer>`` (logged once all seeds of that pair are done; non-finite
-    points are left out).
+    points are left out). ``clock``: ``wall`` or ``cpu`` time for the runs' times (see :func:`train`).
     """
     specs = [as_spec(o) for o in optimizers]
+    check_choice("clock", clock, CLOCKS, owner="compare")
     if not tasks or not specs:
         raise LearndynValueError("compare got no tasks or no optimizers; allowed: non-empty lists")
     seeds = [check_int("seed", s, low=0, owner="compare") for s in seeds]
@@ -506,6 +523,7 @@ def compare(
                         eval_every=eval_every,
                         max_full_params=max_full_params,
                         on_run=advance,
+                        clock=clock,
                     )
                     tuning.extend(tried)
                 elif isinstance(lr, Mapping):
@@ -536,6 +554,7 @@ def compare(
                             steps=n_steps,
                             eval_every=eval_every,
                             max_full_params=max_full_params,
+                            clock=clock,
                         )
                     pair_runs.append(run)
                     advance(1)
