@@ -73,6 +73,61 @@ def test_lanczos_on_a_known_spectrum_with_repeats():
     assert len(ritz) <= 6
 
 
+def _textbook_lanczos(A, start, m):
+    """Ritz values of ``m`` Lanczos steps with full reorthogonalisation, as in a textbook (the reference)."""
+    Q = [start / start.norm()]
+    T = torch.zeros(m, m, dtype=A.dtype)
+    for j in range(m):
+        w = A @ Q[j]
+        T[j, j] = w @ Q[j]
+        for _ in range(2):
+            for q in Q:
+                w = w - (w @ q) * q
+        if j + 1 < m:
+            T[j, j + 1] = T[j + 1, j] = w.norm()
+            Q.append(w / w.norm())
+    return torch.linalg.eigvalsh(T)
+
+
+@pytest.mark.parametrize("reorth", ["partial", "full"])
+def test_lanczos_equals_textbook_reference_reusing_its_workspace(reorth):
+    g = torch.Generator().manual_seed(4)
+    d = torch.cat([torch.tensor([4.0, 3.5, 3.4]), torch.rand(57, generator=g)])
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g))
+    A = Q @ torch.diag(d) @ Q.T
+    held = torch.empty(60)
+
+    def mv(v):  # returns the same tensor every time: Lanczos must only read it
+        return held.copy_(A @ v)
+
+    workspace: dict = {}
+    for m in (12, 30, 12):  # the 30-step basis is allocated once and reused by the next 12-step call
+        start = torch.randn(60, generator=torch.Generator().manual_seed(m))
+        gen = torch.Generator().manual_seed(m)
+        got = lanczos(mv, 60, m, generator=gen, reorth=reorth, workspace=workspace)
+        torch.testing.assert_close(got, _textbook_lanczos(A, start, m), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(held, A @ workspace["basis"][m - 1, :60], rtol=1e-12, atol=1e-14)
+    assert workspace["basis"].shape[0] == 30
+
+
+def test_hvp_with_unused_and_frozen_parameters():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    keep = [k for k, p in enumerate(model.parameters()) if k != 1]
+    sizes = [p.numel() for p in model.parameters()]
+    model[0].bias.requires_grad_(False)
+    # trainable but outside the forward pass (last in parameter order): H v is 0 there
+    model[2].register_parameter("unused", nn.Parameter(torch.randn(6)))
+    idx = torch.cat([torch.arange(sum(sizes[:k]), sum(sizes[: k + 1])) for k in keep])
+    hvp = HessianVectorProduct(model, loss_fn, x, y)
+    assert hvp.dim == len(idx) + 6
+    v = torch.randn(hvp.dim)
+    want = torch.cat([H[idx][:, idx] @ v[: len(idx)], torch.zeros(6)])
+    torch.testing.assert_close(hvp(v), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(LearndynValueError, match=f"allowed: \\({hvp.dim},\\)"):
+        hvp(torch.randn(hvp.dim + 1))
+
+
 def test_hutchinson_reproduces_vectors_and_is_unbiased():
     model, loss_fn, x, y = _setup()
     H = explicit_hessian(model, loss_fn, x, y)
