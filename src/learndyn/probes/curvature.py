@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.probes.base import LossFn, Measurement, Probe, ProbeContext
+from learndyn.probes.base import GRADIENT_GRAPH, LossFn, Measurement, Probe, ProbeContext
 from learndyn.probes.noise import share_batch_loss
 from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, BatchAdapter
@@ -93,7 +93,10 @@ class HessianVectorProduct:
 
     Builds ``∇L`` with ``create_graph=True`` once; each call is one backward pass through it (double
     backward). Does not touch ``param.grad``. ``adapter``/``batch`` read any batch (default: the
-    ``(inputs, targets)`` pair with ``loss_fn``).
+    ``(inputs, targets)`` pair with ``loss_fn``). ``gradients``: ``(L, ∇_θ L per trainable parameter)``
+    already built with their graph by another pass over the same batch (the noise probe's,
+    :data:`~learndyn.probes.base.GRADIENT_GRAPH`), used instead of a pass of its own (all trainable
+    parameters only: ``names`` must be ``None``).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class HessianVectorProduct:
         names: Sequence[str] | None = None,
         adapter: BatchAdapter | None = None,
         batch: Batch = None,
+        gradients: tuple[Tensor, Sequence[Tensor | None]] | None = None,
     ) -> None:
         adapter = BatchAdapter(loss_fn) if adapter is None else adapter
         batch = (inputs, targets) if batch is None else batch
@@ -117,9 +121,17 @@ class HessianVectorProduct:
         self.dim = sum(self.sizes)
         first = self.params[0] if self.params else next(iter(named.values()), torch.zeros(()))
         self.dtype, self.device = first.dtype, first.device
-        with torch.enable_grad(), math_attention():
-            loss = adapter.loss(model, batch)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        if gradients is not None:
+            if names is not None or len(gradients[1]) != len(self.params):
+                raise LearndynValueError(
+                    "HessianVectorProduct.gradients must hold one gradient per trainable parameter; allowed: "
+                    "names=None"
+                )
+            loss, grads = gradients[0], tuple(gradients[1])
+        else:
+            with torch.enable_grad(), math_attention():
+                loss = adapter.loss(model, batch)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self.loss = float(loss.detach())
         # only gradients that still depend on the parameters contribute to H v; they are flattened into
         # one vector inside the graph, so each product is one backward pass from one output
@@ -168,7 +180,10 @@ def shared_hvp(ctx: ProbeContext, names: Sequence[str] | None = None) -> Hessian
     key = "hvp" if names is None else "hvp/" + ",".join(names)
 
     def build() -> HessianVectorProduct:
-        return HessianVectorProduct(ctx.model, ctx.loss_fn, names=names, adapter=ctx.adapter, batch=ctx.batch)
+        graph = ctx.cache.pop(GRADIENT_GRAPH, None) if names is None else None
+        return HessianVectorProduct(
+            ctx.model, ctx.loss_fn, names=names, adapter=ctx.adapter, batch=ctx.batch, gradients=graph
+        )
 
     hvp = ctx.shared(key, build)
     share_batch_loss(ctx, hvp.loss)

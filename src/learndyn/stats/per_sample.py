@@ -113,6 +113,8 @@ class GradientGram:
     ``sq_mean``    ``{name: (1/B) Σ_i g_i ⊙ g_i}`` (elementwise), or ``None`` when not requested.
     ``loss``       the batch loss ``L``.
     ``route``      ``{name: "hooks" | "vmap"}`` -- how each parameter's statistics were obtained.
+    ``graph``      with ``keep_graph=True`` (hook route): ``(L, (∇_θ L per parameter, with their autograd
+                   graph))`` -- what a Hessian-vector product differentiates again; ``None`` otherwise.
     """
 
     names: list[str]
@@ -121,6 +123,7 @@ class GradientGram:
     sq_mean: dict[str, Tensor] | None
     loss: float
     route: dict[str, str] = field(default_factory=dict)
+    graph: tuple[Tensor, tuple[Tensor | None, ...]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -216,11 +219,15 @@ class HookGramCollector:
         need_sq: bool = False,
         *,
         during_forward: contextlib.AbstractContextManager | None = None,
+        keep_graph: bool = False,
     ) -> GradientGram:
         """The :class:`GradientGram` of ``batch`` (one forward/backward pass plus the fallback).
 
         ``during_forward`` (optional) is entered around the hooked forward pass only (not the vmap
-        fallback), e.g. to record activations other probes read from the same pass."""
+        fallback), e.g. to record activations other probes read from the same pass. ``keep_graph``: the
+        backward pass builds its own graph (``create_graph``, attention on the math backend, which has a
+        double backward) and the result's ``graph`` holds the loss and the parameter gradients, so a
+        Hessian-vector product needs no forward/backward pass of its own; the statistics are the same."""
         model = self.model
         trainable = _trainable(model)
         if list(trainable) != self.names:
@@ -230,12 +237,13 @@ class HookGramCollector:
         cap = self.capture
         params = list(trainable.values())
         try:
-            with torch.enable_grad(), during_forward or contextlib.nullcontext():
+            with torch.enable_grad(), math_attention(keep_graph), during_forward or contextlib.nullcontext():
                 loss = cap.run(B, lambda: adapter.loss(model, batch))
             layers = cap.active()
             outs = cap.outputs(layers)
-            grads = torch.autograd.grad(loss, params + outs, allow_unused=True)
-            deltas = [None if d is None else (d * B).unsqueeze(0) for d in grads[len(params) :]]
+            with torch.enable_grad(), math_attention(keep_graph):
+                grads = torch.autograd.grad(loss, params + outs, allow_unused=True, create_graph=keep_graph)
+            deltas = [None if d is None else (d.detach() * B).unsqueeze(0) for d in grads[len(params) :]]
             res = cap.contract(layers, deltas, Contraction("trace", sq=need_sq))
         finally:
             cap.clear()
@@ -270,6 +278,7 @@ class HookGramCollector:
             sq_mean={n: sq[n] for n in self.names} if need_sq else None,
             loss=float(loss.detach()),
             route=route,
+            graph=(loss, tuple(grads[: len(params)])) if keep_graph else None,
         )
 
 
