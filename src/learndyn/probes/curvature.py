@@ -141,23 +141,27 @@ class HessianVectorProduct:
         self._inputs = tuple(self.params)
 
     def __call__(self, v: Tensor) -> Tensor:
+        return torch.cat([h.reshape(-1) for h in self.parts(v)])
+
+    def parts(self, v: Tensor) -> list[Tensor]:
+        """``H v`` per parameter (parameter shapes, ``names`` order), before flattening: a caller that
+        combines ``H v`` with other vectors anyway (Lanczos) writes the combination straight into its own
+        buffer, saving the copy of :meth:`__call__`'s concatenation."""
         if v.shape != (self.dim,):
             raise LearndynValueError(
                 f"HessianVectorProduct: v has shape {tuple(v.shape)}; allowed: ({self.dim},), the flat "
                 "trainable parameters"
             )
         if self._flat_grad is None:
-            return torch.zeros_like(v)
+            return [v.new_zeros(p.shape) for p in self.params]
         if self._all_live:
             cot = v
         else:
-            parts = v.split(self.sizes)
-            cot = torch.cat([parts[k] for k in self._live])
+            split = v.split(self.sizes)
+            cot = torch.cat([split[k] for k in self._live])
         with torch.enable_grad():
             hv = _backward(self._flat_grad, cot, self._inputs)
-        return torch.cat(
-            [h.reshape(-1) if h is not None else v.new_zeros(n) for h, n in zip(hv, self.sizes, strict=True)]
-        )
+        return [h if h is not None else v.new_zeros(p.shape) for h, p in zip(hv, self.params, strict=True)]
 
 
 def _backward(output: Tensor, cotangent: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
@@ -232,9 +236,18 @@ def lanczos(
     eps = torch.finfo(dtype).eps
     omega = _Omega(m, eps)  # ω_{j,k} ≈ q_j·q_k (partial reorthogonalisation)
     force = False  # reorthogonalise this step too (the step after a triggered one)
+    # H v per parameter, combined with the previous vector straight into the work buffer (no flat copy)
+    by_parts = isinstance(matvec, HessianVectorProduct) and reorth == "partial"
     for j in range(m):
         q = Q[j]
-        w = matvec(q)  # the caller's tensor: read, never written
+        if by_parts and j > 0:
+            assert isinstance(matvec, HessianVectorProduct)
+            sizes = matvec.sizes
+            for h, dst, prev in zip(matvec.parts(q), work.split(sizes), Q[j - 1].split(sizes), strict=True):
+                torch.sub(h.reshape(-1), prev, alpha=betas[-1], out=dst)
+            w = work
+        else:
+            w = matvec(q)  # the caller's tensor: read, never written
         if reorth == "full":
             alpha = float(w @ q)
             basis = Q[: j + 1]
@@ -242,7 +255,7 @@ def lanczos(
                 w = torch.sub(w, torch.mv(basis.T, torch.mv(basis, w)), out=work)
             beta = float(w.norm())
         else:
-            if j > 0:
+            if j > 0 and not by_parts:
                 w = torch.sub(w, Q[j - 1], alpha=betas[-1], out=work)
             alpha = float(torch.dot(w, q))
             w = torch.sub(w, q, alpha=alpha, out=work)

@@ -86,8 +86,8 @@ def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool 
             keep = bool(ctx.cache.get(GRADIENT_GRAPH_WANTED)) and "hvp" not in ctx.cache
             recorded = _record_wanted_activations(ctx)
             during, outs = (None, {}) if recorded is None else recorded
-            stats = collector.collect(
-                ctx.adapter, ctx.batch, need_sq=need_sq, during_forward=during, keep_graph=keep
+            stats = collector.collect(  # the mean gradient only where read (metric alignment)
+                ctx.adapter, ctx.batch, need_sq, during_forward=during, keep_graph=keep, need_mean=need_sq
             )
             for k, acts in outs.items():
                 if acts:
@@ -213,7 +213,7 @@ class NoiseProbe(Probe):
     @staticmethod
     def _alignment(ctx: ProbeContext, stats: GradientGram, scale: float) -> float | None:
         """``cos(diag C, diag S)`` over every parameter the optimizer reports a diagonal for."""
-        assert stats.sq_mean is not None
+        assert stats.sq_mean is not None and stats.mean is not None
         get = ctx.optimizer.second_moment_diagonal  # type: ignore[union-attr]
         params = dict(ctx.model.named_parameters())
         cs, ss = [], []
