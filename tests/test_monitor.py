@@ -246,8 +246,8 @@ def test_shared_context_metrics_and_no_graph_left_behind():
 def test_curvature_reuses_the_noise_probes_gradient_pass():
     """With the noise probe due on the same step, the Hessian-vector products differentiate the gradient
     of its hooked pass again: one forward pass less, the same metrics as each probe alone."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    torch.manual_seed(0)  # LayerNorm: not an MLP the written-out R-operator covers (mlp_hvp)
+    model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Tanh(), nn.Linear(7, 3)).double()
     x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))

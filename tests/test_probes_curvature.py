@@ -128,6 +128,56 @@ def test_hvp_with_unused_and_frozen_parameters():
         hvp(torch.randn(hvp.dim + 1))
 
 
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)],
+        lambda: [nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)],
+        lambda: [nn.Linear(5, 4), nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3), nn.Identity()],
+    ],
+)
+@pytest.mark.parametrize("loss", ["ce", "ce_module", "mse"])
+def test_mlp_hvp_by_the_written_out_r_operator_matches_explicit_hessian(layers, loss):
+    torch.manual_seed(3)
+    model = nn.Sequential(*layers())
+    x = torch.randn(11, 5)
+    if loss == "mse":
+        loss_fn, y = F.mse_loss, torch.randn(11, 3)
+    else:
+        loss_fn, y = (F.cross_entropy if loss == "ce" else nn.CrossEntropyLoss()), torch.randint(0, 3, (11,))
+    H = explicit_hessian(model, loss_fn, x, y)
+    hvp = HessianVectorProduct(model, loss_fn, x, y)
+    assert hvp._structured is not None
+    assert hvp.loss == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
+    v = torch.randn(hvp.dim)
+    torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_hvp_is_used_only_where_it_applies():
+    torch.manual_seed(3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    assert HessianVectorProduct(mlp, F.cross_entropy, x, y)._structured is not None
+    others = [
+        (nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)), F.cross_entropy),  # other activation
+        (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.ReLU(), nn.Linear(7, 3)), F.cross_entropy),
+        (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.ReLU()), F.cross_entropy),
+        (mlp, nn.CrossEntropyLoss(label_smoothing=0.1)),
+        (mlp, lambda o, t: F.cross_entropy(o, t)),
+    ]
+    hooked = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    hooked[1].register_forward_hook(lambda m, i, o: 2 * o)
+    others.append((hooked, F.cross_entropy))
+    for model, loss_fn in others:
+        hvp = HessianVectorProduct(model, loss_fn, x, y)
+        assert hvp._structured is None
+        H = explicit_hessian(model, loss_fn, x, y)
+        v = torch.randn(hvp.dim)
+        torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    mlp[0].bias.requires_grad_(False)
+    assert HessianVectorProduct(mlp, F.cross_entropy, x, y)._structured is None
+
+
 def test_hutchinson_reproduces_vectors_and_is_unbiased():
     model, loss_fn, x, y = _setup()
     H = explicit_hessian(model, loss_fn, x, y)

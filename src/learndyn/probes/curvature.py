@@ -63,6 +63,8 @@ from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, BatchAdapter
 from learndyn.stats.factors import FactorCapture
 from learndyn.stats.ggn import gauss_newton_diagonal
+from learndyn.stats.mlp_hvp import MLPHessianVectorProduct
+from learndyn.stats.mlp_hvp import supported as mlp_supported
 from learndyn.validation import LearndynValueError, check_choice, check_int
 
 MatVec = Callable[[Tensor], Tensor]
@@ -121,6 +123,14 @@ class HessianVectorProduct:
         self.dim = sum(self.sizes)
         first = self.params[0] if self.params else next(iter(named.values()), torch.zeros(()))
         self.dtype, self.device = first.dtype, first.device
+        self._structured: MLPHessianVectorProduct | None = None
+        if names is None and adapter.default_pair and isinstance(batch, tuple | list) and len(batch) == 2:
+            x, y = batch
+            if mlp_supported(model, adapter.loss_fn, x, y):  # the written-out R-operator (mlp_hvp)
+                self._structured = MLPHessianVectorProduct(model, adapter.loss_fn, x, y)
+                self.loss = self._structured.loss
+                self._flat_grad = None
+                return
         if gradients is not None:
             if names is not None or len(gradients[1]) != len(self.params):
                 raise LearndynValueError(
@@ -152,6 +162,8 @@ class HessianVectorProduct:
                 f"HessianVectorProduct: v has shape {tuple(v.shape)}; allowed: ({self.dim},), the flat "
                 "trainable parameters"
             )
+        if self._structured is not None:
+            return self._structured.parts(v)
         if self._flat_grad is None:
             return [v.new_zeros(p.shape) for p in self.params]
         if self._all_live:
@@ -459,6 +471,15 @@ class CurvatureProbe(Probe):
             out["curvature/sharpness"] = ctx.lr * lam_max
             out["curvature/stability_ratio"] = ctx.lr * lam_max / 2
         return out
+
+    def wants_gradient_graph(self, ctx: ProbeContext) -> bool:
+        """Whether this step's Hessian-vector product would differentiate a gradient graph (all parameters,
+        and not an MLP that :mod:`learndyn.stats.mlp_hvp` handles without one): the Monitor then asks a
+        gradient pass made anyway to keep its graph (:data:`~learndyn.probes.base.GRADIENT_GRAPH`)."""
+        if self.params is not None:
+            return False
+        loss_fn = ctx.adapter.loss_fn if ctx.adapter.default_pair else None
+        return not mlp_supported(ctx.model, loss_fn, ctx.inputs, ctx.targets)
 
     def _want_ggn(self, ctx: ProbeContext) -> bool:
         if self.ggn is not None:

@@ -242,7 +242,9 @@ class Monitor:
                     wanted.update(p.wanted_activations(ctx))
             if wanted:
                 ctx.cache[WANTED] = wanted
-            if any("hvp" in p.needs for p in due):  # a gradient pass made anyway keeps its graph for it
+            # a gradient pass made anyway (the noise probe's) keeps its graph for a Hessian-vector product
+            graph_wanted = [p for p in due if callable(getattr(p, "wants_gradient_graph", None))]
+            if any(p.wants_gradient_graph(ctx) for p in graph_wanted):
                 ctx.cache[GRADIENT_GRAPH_WANTED] = True
             per_probe: dict[int, dict[str, float | np.ndarray]] = {}
             try:
