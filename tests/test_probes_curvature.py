@@ -15,6 +15,8 @@ from learndyn.probes.curvature import (
     lanczos,
     rademacher,
 )
+from learndyn.stats import BatchAdapter
+from learndyn.stats.ggn import gauss_newton_diagonal
 from learndyn.validation import LearndynValueError
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -151,6 +153,14 @@ def test_mlp_hvp_by_the_written_out_r_operator_matches_explicit_hessian(layers, 
     assert hvp.loss == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
     v = torch.randn(hvp.dim)
     torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    # the Gauss-Newton traces from the same factors equal the structured-backpropagation ones
+    ggn = gauss_newton_diagonal(model, BatchAdapter(loss_fn), (x, y))
+    traces = hvp.ggn_traces()
+    assert list(traces) == list(ggn.traces)
+    for name, value in traces.items():
+        assert value == pytest.approx(ggn.traces[name], rel=1e-10, abs=1e-14)
+    if all(not isinstance(m, nn.Tanh) for m in model):  # piecewise linear: tr G = tr H
+        assert sum(traces.values()) == pytest.approx(float(H.trace()), rel=1e-10)
 
 
 def test_mlp_hvp_is_used_only_where_it_applies():

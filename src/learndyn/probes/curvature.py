@@ -62,7 +62,7 @@ from learndyn.probes.noise import share_batch_loss
 from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, BatchAdapter
 from learndyn.stats.factors import FactorCapture
-from learndyn.stats.ggn import gauss_newton_diagonal
+from learndyn.stats.ggn import GaussNewtonDiagonal, gauss_newton_diagonal
 from learndyn.stats.mlp_hvp import MLPHessianVectorProduct
 from learndyn.stats.mlp_hvp import supported as mlp_supported
 from learndyn.validation import LearndynValueError, check_choice, check_int
@@ -152,6 +152,13 @@ class HessianVectorProduct:
 
     def __call__(self, v: Tensor) -> Tensor:
         return torch.cat([h.reshape(-1) for h in self.parts(v)])
+
+    def ggn_traces(self) -> dict[str, float] | None:
+        """``{name: tr G restricted to it}`` of the Gauss-Newton matrix from the written-out MLP's factors
+        (:meth:`learndyn.stats.mlp_hvp.MLPHessianVectorProduct.ggn_traces`), or ``None`` for other models."""
+        if self._structured is None:
+            return None
+        return dict(zip(self.names, (float(t) for t in self._structured.ggn_traces()), strict=True))
 
     def parts(self, v: Tensor) -> list[Tensor]:
         """``H v`` per parameter (parameter shapes, ``names`` order), before flattening: a caller that
@@ -459,7 +466,7 @@ class CurvatureProbe(Probe):
             "curvature/lambda_min": float(ritz[0]),
         }
         if self._want_ggn(ctx):
-            out.update(self._ggn(ctx, hvp.names))
+            out.update(self._ggn(ctx, hvp))
         if "curvature/ggn_trace" in out and piecewise_linear(ctx.model):  # tr ∇²L = tr G exactly
             out["curvature/trace"] = out["curvature/ggn_trace"]
             out["curvature/trace_stderr"] = 0.0
@@ -496,14 +503,20 @@ class CurvatureProbe(Probe):
                 self._n_out = int(ctx.adapter.outputs(ctx.model, ctx.batch)[0].numel())
         return self._n_out <= self.ggn_max_outputs
 
-    def _ggn(self, ctx: ProbeContext, names: list[str]) -> dict[str, float]:
-        """``ggn_trace`` (over ``names``) and ``ggn_trace/<module>``, exact (module docstring)."""
+    def _ggn(self, ctx: ProbeContext, hvp: HessianVectorProduct) -> dict[str, float]:
+        """``ggn_trace`` (over ``hvp.names``) and ``ggn_trace/<module>``, exact (module docstring)."""
+        names = hvp.names
         if not self._checked:
             ctx.adapter.check_reduction(ctx.model, ctx.batch, owner="CurvatureProbe.ggn")
             self._checked = True
         if self._capture is None or self._capture.model is not ctx.model:
             self._capture = FactorCapture(ctx.model)
-        got = ctx.cache.get("ggn_diagonal")  # a diagonal computed for another probe has the traces too
+        traces = hvp.ggn_traces()  # an MLP's, from the factors of the HVP's forward pass
+        if traces is not None:
+            route = dict.fromkeys(traces, "mlp")
+            got = GaussNewtonDiagonal({}, traces, sum(traces.values()), hvp.loss, route)
+        else:
+            got = ctx.cache.get("ggn_diagonal")  # a diagonal computed for another probe has the traces too
         if got is None:
             got = ctx.shared(
                 "ggn_trace",

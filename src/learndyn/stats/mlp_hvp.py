@@ -152,6 +152,38 @@ class MLPHessianVectorProduct:
                 self.g.insert(0, g)
                 self.gh.insert(0, gh)
 
+    def ggn_traces(self) -> list[Tensor]:
+        """``tr G`` restricted to each parameter (``model.parameters()`` order; 0-d tensors) of the
+        Gauss-Newton matrix ``G = Σ_i J_iᵀ (∂²L/∂z_i²) J_i`` (:mod:`learndyn.stats.ggn`), from the factors
+        of this batch's forward pass: with ``∂²L/∂z_{L,i}² = Σ_c u_ic u_icᵀ`` (cross-entropy
+        ``u_ic = √(p_ic/B) (e_c − p_i)``, squared error ``u_ic = √(2/(B·O)) e_c``) backpropagated to each
+        layer's outputs, ``δ_{l−1,ic} = σ'(z_{l−1,i}) ⊙ (δ_{l,ic} W_l)``,
+
+            tr G^{W_l} = Σ_{i,c} ‖δ_{l,ic}‖² ‖h_{l−1,i}‖²        tr G^{b_l} = Σ_{i,c} ‖δ_{l,ic}‖²
+
+        -- a few products of ``C × B × width`` numbers, no pass through the widest layer's weights."""
+        with torch.no_grad():
+            if self.kind == "ce":
+                p = self.p
+                B, C = p.shape
+                eye = torch.eye(C, dtype=p.dtype, device=p.device)
+                d = (p.T.sqrt() / B**0.5).unsqueeze(-1) * (eye.unsqueeze(1) - p.unsqueeze(0))  # (C, B, C)
+            else:
+                B, O = self.g[-1].shape
+                eye = torch.eye(O, dtype=self.g[-1].dtype, device=self.g[-1].device)
+                d = (self.scale**0.5 * eye).unsqueeze(1).expand(O, B, O)
+            out: list[Tensor] = []
+            for k in range(len(self.W) - 1, -1, -1):
+                dd = d.square().sum(-1)  # (C, B): ‖δ_{l,ic}‖²
+                a = self.h[k].square().sum(-1)  # (B,): ‖h_{l−1,i}‖²
+                layer = [(dd * a).sum()] if self.b[k] is None else [(dd * a).sum(), dd.sum()]
+                out = layer + out
+                if k > 0:
+                    d = d @ self.W[k]
+                    if self.d1[k - 1] is not None:
+                        d = d * self.d1[k - 1]
+        return out
+
     def parts(self, v: Tensor) -> list[Tensor]:
         """``H v`` per parameter (parameter shapes, ``model.parameters()`` order)."""
         L = len(self.W)
