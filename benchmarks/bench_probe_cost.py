@@ -188,11 +188,14 @@ def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
     x = torch.randn(128, 784, generator=gen).to(device)
     y = torch.randint(0, 10, (128,), generator=gen).to(device)
     params = list(model.parameters())
-    hvp = HessianVectorProduct(model, F.cross_entropy, x, y)
+    hvp = HessianVectorProduct(model, F.cross_entropy, x, y)  # this MLP: the written-out R-operator
+    names = [n for n, _ in model.named_parameters()]
+    hvp_graph = HessianVectorProduct(model, F.cross_entropy, x, y, names=names)  # double backward
     collector = HookGramCollector(model)
     adapter = BatchAdapter(F.cross_entropy)
     g = torch.Generator().manual_seed(0)
     kw = {"generator": g, "dtype": torch.float32}
+    ones = torch.ones(hvp.dim, device=device)
     # the unit: a warm training step (zero_grad, forward, backward, SGD step) of a twin model, as in part A,
     # timed over WINDOW consecutive steps in every round; a lone forward/backward timed between the other
     # calls (60-90 ms each) runs with cold caches and is reported as its own row
@@ -212,11 +215,17 @@ def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
         ),
         "noise Gram: hooks": lambda: collector(F.cross_entropy, x, y),
         "noise Gram: vmap": lambda: gradient_gram(model, F.cross_entropy, x, y, route="vmap"),
-        "Hessian-vector product (one)": lambda: hvp(torch.ones(hvp.dim, device=device)),
+        "Hessian-vector product (one): R-operator (MLP)": lambda: hvp(ones),
+        "Hessian-vector product (one): double backward": lambda: hvp_graph(ones),
         "Lanczos 20, partial reorth.": lambda: lanczos(hvp, hvp.dim, 20, **kw),
+        "Lanczos 20, partial reorth., double backward": lambda: lanczos(hvp_graph, hvp.dim, 20, **kw),
         "Lanczos 20, full reorth.": lambda: lanczos(hvp, hvp.dim, 20, reorth="full", **kw),
         "trace: Hutchinson 10": lambda: hutchinson_trace(hvp, hvp.dim, 10, **kw),
         "trace: exact (Gauss-Newton diagonal)": lambda: gauss_newton_diagonal(model, adapter, (x, y)),
+        "trace: exact (Gauss-Newton, traces only)": lambda: gauss_newton_diagonal(
+            model, adapter, (x, y), diagonal=False
+        ),
+        "trace: exact (Gauss-Newton, from the R-operator's factors)": lambda: hvp.ggn_traces(),
         "NTK 32 samples: structured": lambda: empirical_ntk(model, x[:32]),
         "NTK 32 samples: jacobian": lambda: empirical_ntk(model, x[:32], method="jacobian"),
     }
