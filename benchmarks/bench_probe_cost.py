@@ -5,11 +5,12 @@ A. MLP 784→128→10 (ReLU), batch 128 of Gaussian inputs and random labels, SG
    forward, backward, step, ``monitor.after_step``) of plain/light/standard/full are interleaved (order
    rotating); the ratio is the median over repetitions of ``t(window)/t(plain window)``.
 B. Per-measurement costs on that MLP in plain-step units (interleaved single calls, medians): the noise
-   probe's Gram by hooks and by vmap; Lanczos (20 Hessian-vector products) with partial and with full
-   reorthogonalisation; the Hessian trace by Hutchinson (10 samples) and exactly (Gauss-Newton diagonal,
-   equal to the Hessian's for this ReLU network) with Hutchinson's error; BackPACK's ``DiagHessian`` and
-   ``DiagGGNExact`` when importable (``LEARNDYN_BACKPACK_PATH`` may name a directory holding it); the
-   kernel probe's NTK (32 samples) by the structured and the Jacobian method.
+   probe's Gram by hooks and by vmap; one Hessian-vector product and Lanczos (20 products) by the
+   written-out R-operator and by double backward, with partial and with full reorthogonalisation; the
+   Hessian trace by Hutchinson (10 samples) and exactly (Gauss-Newton diagonal, traces only, and from the
+   R-operator's factors; equal to the Hessian's for this ReLU network) with Hutchinson's error; BackPACK's
+   ``DiagHessian`` and ``DiagGGNExact`` when importable (``LEARNDYN_BACKPACK_PATH`` may name a directory
+   holding it); the kernel probe's NTK (32 samples) by the structured and the Jacobian method.
 C. GPT (``tests/_gpt.py``: 2 layers, d=128, 4 heads, context 128, vocabulary 96, batch 16; quick: d=64,
    context 64) under the *default* presets. A plain step is timed (median), and ``monitor.after_step`` at the
    steps 50, 100, 150 and 200 of a 200-step window -- the only steps where a default probe is due -- after
@@ -18,13 +19,17 @@ C. GPT (``tests/_gpt.py``: 2 layers, d=128, 4 heads, context 128, vocabulary 96,
 
 Targets: A standard ≤ 5×, full ≤ 30×; C light ≤ 1.1×, standard ≤ 1.5×, full ≤ 3×.
 
-Last full run (one thread, 2-core machine, plain MLP step 0.75 ms): A light 2.1×, standard 5.7×, full 34×
--- **the A targets are not met** (before the probe-cost work, same machine, alternating processes:
-standard 6.4-6.6×, full 37×); C light 1.007×, standard 1.036×, full 2.00× -- met. A's full preset is
-~82% the curvature probe: 20 sequential Hessian-vector products of ~1 plain step each, the gradient graph,
-the exact Gauss-Newton trace and Lanczos' vector work (``docs/probes.md``, "What the probes cost", has the
-per-probe costs and the levers measured and not taken). B's plain-step unit is timed between 60-90 ms
-calls (cold caches: 1.26 ms against A's 0.75 ms), so B's ratios are in larger units than A's.
+Timing: on the CPU the clock is the thread's CPU time (``time.thread_time()``; one torch thread does all the
+work), on CUDA ``perf_counter`` after a synchronisation. Part B's unit is a warm training step of a twin
+model (the mean over ``WINDOW`` consecutive steps, in every interleaved round), as in part A.
+
+Last full run (one thread, 2-core machine at load ~4, plain MLP step 0.75 ms): A light 2.16×, standard
+5.95×, full 29.2× -- **full met, standard not** (the code before the probe-cost work, same protocol and clock,
+alternating processes: standard 6.2-7.1×, full 35.4-38.8×; after: 5.8-6.3× and 27.8-29.0×); C light
+1.006×, standard 1.027×, full 1.96× -- met. A's full preset is ~78% the curvature probe: 20 sequential
+Hessian-vector products (the written-out R-operator for this MLP, ~0.8 plain steps each in the loop) and
+Lanczos' vector work; ``docs/probes.md``, "What the probes cost", has the per-probe costs, what changed and
+why standard stays above 5×.
 """
 
 from __future__ import annotations
