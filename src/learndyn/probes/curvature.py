@@ -257,13 +257,17 @@ def lanczos(
     force = False  # reorthogonalise this step too (the step after a triggered one)
     # H v per parameter, combined with the previous vector straight into the work buffer (no flat copy)
     by_parts = isinstance(matvec, HessianVectorProduct) and reorth == "partial"
+    if by_parts:
+        assert isinstance(matvec, HessianVectorProduct)
+        work_parts = work.split(matvec.sizes)
+        prev_parts = Q[0].split(matvec.sizes)
     for j in range(m):
         q = Q[j]
         if by_parts and j > 0:
             assert isinstance(matvec, HessianVectorProduct)
-            sizes = matvec.sizes
-            for h, dst, prev in zip(matvec.parts(q), work.split(sizes), Q[j - 1].split(sizes), strict=True):
+            for h, dst, prev in zip(matvec.parts(q), work_parts, prev_parts, strict=True):
                 torch.sub(h.reshape(-1), prev, alpha=betas[-1], out=dst)
+            prev_parts = q.split(matvec.sizes)
             w = work
         else:
             w = matvec(q)  # the caller's tensor: read, never written
