@@ -186,6 +186,7 @@ def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
     from learndyn.probes.kernel import empirical_ntk
     from learndyn.stats import BatchAdapter
     from learndyn.stats.ggn import gauss_newton_diagonal
+    from learndyn.stats.mlp_hvp import mlp_ntk
     from learndyn.stats.per_sample import HookGramCollector, gradient_gram
 
     model = _mlp(device)
@@ -232,6 +233,7 @@ def costs(reps: int, device: str = "cpu") -> tuple[list[dict], list[str]]:
         ),
         "trace: exact (Gauss-Newton, from the R-operator's factors)": lambda: hvp.ggn_traces(),
         "NTK 32 samples: structured": lambda: empirical_ntk(model, x[:32]),
+        "NTK 32 samples: MLP factors (the kernel probe's route here)": lambda: mlp_ntk(model, x[:32]),
         "NTK 32 samples: jacobian": lambda: empirical_ntk(model, x[:32], method="jacobian"),
     }
     notes = []

@@ -273,7 +273,7 @@ def mlp_ntk(
         else:
             acts[-1] = m
     with torch.no_grad():
-        h = inputs.detach().to(Ws[0].dtype)
+        h = inputs.detach()
         feats: list[Tensor] = []  # h_{l−1}, the input of layer l
         d1: list[Tensor | None] = []
         for W, b, act in zip(Ws, bs, acts, strict=True):
