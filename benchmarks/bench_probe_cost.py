@@ -74,15 +74,16 @@ def _mlp(device: str = "cpu") -> nn.Module:
 
 
 def clock(device: str) -> float:
-    """On CUDA ``time.perf_counter()`` after the device's queued work is done; on the CPU the CPU time of
-    this thread (``time.thread_time()``), which at one torch thread is all the work measured. Wall time on
-    a shared machine also counts the time other processes hold the core, and unevenly: a 0.8 ms call
-    mostly fits in one scheduler slice, a 10-step window of 15 ms waits in several (measured at load 4 on
-    2 cores: one cold forward/backward 0.78 ms, a warm training step 1.57 ms in wall time)."""
+    """On CUDA ``time.perf_counter()`` after the device's queued work is done; on the CPU at one torch
+    thread the CPU time of this thread (``time.thread_time()``), which is then all the work measured (with
+    more threads, wall time). Wall time on a shared machine also counts the time other processes hold the
+    core, and unevenly: a 0.8 ms call mostly fits in one scheduler slice, a 10-step window of 15 ms waits in
+    several (measured at load 4 on 2 cores: one cold forward/backward 0.78 ms, a warm training step 1.57 ms
+    in wall time)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
         return time.perf_counter()
-    return time.thread_time()
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
 
 
 def medians(fns: dict[str, Any], reps: int, device: str = "cpu") -> dict[str, float]:
