@@ -23,10 +23,10 @@ Timing: on the CPU the clock is the thread's CPU time (``time.thread_time()``; o
 work), on CUDA ``perf_counter`` after a synchronisation. Part B's unit is a warm training step of a twin
 model (the mean over ``WINDOW`` consecutive steps, in every interleaved round), as in part A.
 
-Last full run (one thread, 2-core machine at load ~4, plain MLP step 0.75 ms): A light 2.16×, standard
-5.95×, full 29.2× -- **full met, standard not** (the code before the probe-cost work, same protocol and clock,
-alternating processes: standard 6.2-7.1×, full 35.4-38.8×; after: 5.8-6.3× and 27.8-29.0×); C light
-1.006×, standard 1.027×, full 1.96× -- met. A's full preset is ~78% the curvature probe: 20 sequential
+Last full runs (one thread, 2-core machine at load 3.5-4.5, plain MLP step 0.75-0.84 ms): A standard
+5.37-6.46×, full 27.6-29.2× -- **full met, standard not** (the code before the probe-cost work, same
+protocol and clock, alternating processes: standard 6.1-7.1×, full 34.9-38.8×; after: 5.7-6.3× and
+27.7-29.0×); C light 1.007×, standard 1.03×, full 1.96-1.99× -- met. A's full preset is ~78% the curvature probe: 20 sequential
 Hessian-vector products (the written-out R-operator for this MLP, ~0.8 plain steps each in the loop) and
 Lanczos' vector work; ``docs/probes.md``, "What the probes cost", has the per-probe costs, what changed and
 why standard stays above 5×.

@@ -8,7 +8,14 @@ that graph, ``H v = ∇_θ ⟨∇L, v⟩``. The alternative, forward-over-revers
 the forward and backward pass for every product; Lanczos and Hutchinson ask for 20-50 products at the same
 point, where reusing the graph measured ~4× faster per product on a small MLP (0.5 ms vs 2.0 ms, one CPU
 thread; the plain training step was 0.33 ms). The cost is keeping that graph alive for the duration of one
-measurement; it is dropped with the step's :class:`~learndyn.probes.base.ProbeContext`.
+measurement; it is dropped with the step's :class:`~learndyn.probes.base.ProbeContext`. The graph is the
+noise probe's when both probes are due (its hooked pass keeps it: one forward/backward pass less), and each
+product is one call of the autograd engine from the flattened gradient.
+
+For a plain MLP (an ``nn.Sequential`` of Linear layers with ReLU/Tanh/none between them, mean cross-entropy
+or squared error) the products are Pearlmutter's R-operator written out instead
+(:mod:`learndyn.stats.mlp_hvp`): the same large products as a training step, none of the engine's
+bookkeeping, and the exact Gauss-Newton traces from the same forward pass.
 
 Attention runs on the math backend while the gradient graph is built (fused attention kernels have no
 double backward; :mod:`learndyn.stats.attention`).
