@@ -26,10 +26,10 @@ model (the mean over ``WINDOW`` consecutive steps, in every interleaved round), 
 Last full runs (one thread, 2-core machine at load 3.5-4.5, plain MLP step 0.75-0.84 ms): A standard
 5.37-6.46×, full 27.6-29.2× -- **full met, standard not** (the code before the probe-cost work, same
 protocol and clock, alternating processes: standard 6.1-7.1×, full 34.9-38.8×; after: 5.7-6.3× and
-27.7-29.0×); C light 1.007×, standard 1.03×, full 1.96-1.99× -- met. A's full preset is ~78% the curvature probe: 20 sequential
-Hessian-vector products (the written-out R-operator for this MLP, ~0.8 plain steps each in the loop) and
-Lanczos' vector work; ``docs/probes.md``, "What the probes cost", has the per-probe costs, what changed and
-why standard stays above 5×.
+27.7-29.0×); C light 1.007×, standard 1.03×, full 1.96-1.99× -- met. A's full preset is ~78% the curvature
+probe: 20 sequential Hessian-vector products (the written-out R-operator for this MLP, ~0.8 plain steps
+each in the loop) and Lanczos' vector work; ``docs/probes.md``, "What the probes cost", has the per-probe
+costs, what changed and why standard stays above 5×.
 """
 
 from __future__ import annotations
