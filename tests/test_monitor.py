@@ -241,3 +241,27 @@ def test_shared_context_metrics_and_no_graph_left_behind():
     assert spy.seen["loss"] == pytest.approx(expected)  # offered by the noise probe's forward pass
     assert spy.seen["training"] is False  # probes run in eval mode by default
     assert spy.seen["hvp"]() is None  # the Hessian-vector product (and its graph) is gone
+
+
+def test_curvature_reuses_the_noise_probes_gradient_pass():
+    """With the noise probe due on the same step, the Hessian-vector products differentiate the gradient
+    of its hooked pass again: one forward pass less, the same metrics as each probe alone."""
+    torch.manual_seed(0)  # LayerNorm: not an MLP the written-out R-operator covers (mlp_hvp)
+    model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def run(probes):
+        calls.clear()
+        out = Monitor(model, F.cross_entropy, probes=probes).after_step(0, (x, y))
+        return out, len(calls)
+
+    curv = {"lanczos_iters": 30, "hutchinson_samples": 4, "ggn": False}
+    noise, n_noise = run([NoiseProbe()])  # first: the one-time check of the loss's reduction
+    noise, n_noise = run([NoiseProbe()])
+    both, n_both = run([NoiseProbe(), CurvatureProbe(**curv)])
+    alone, n_alone = run([CurvatureProbe(**curv)])
+    assert n_both == n_noise == n_alone == 1
+    for key, value in {**noise, **alone}.items():
+        np.testing.assert_allclose(both[key], value, rtol=1e-12, atol=1e-14)

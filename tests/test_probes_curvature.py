@@ -15,6 +15,8 @@ from learndyn.probes.curvature import (
     lanczos,
     rademacher,
 )
+from learndyn.stats import BatchAdapter
+from learndyn.stats.ggn import gauss_newton_diagonal
 from learndyn.validation import LearndynValueError
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -71,6 +73,119 @@ def test_lanczos_on_a_known_spectrum_with_repeats():
     assert float(ritz[0]) == pytest.approx(-2.0, rel=1e-10)
     # a breakdown (invariant subspace) stops early: at most 6 distinct eigenvalues
     assert len(ritz) <= 6
+
+
+def _textbook_lanczos(A, start, m):
+    """Ritz values of ``m`` Lanczos steps with full reorthogonalisation, as in a textbook (the reference)."""
+    Q = [start / start.norm()]
+    T = torch.zeros(m, m, dtype=A.dtype)
+    for j in range(m):
+        w = A @ Q[j]
+        T[j, j] = w @ Q[j]
+        for _ in range(2):
+            for q in Q:
+                w = w - (w @ q) * q
+        if j + 1 < m:
+            T[j, j + 1] = T[j + 1, j] = w.norm()
+            Q.append(w / w.norm())
+    return torch.linalg.eigvalsh(T)
+
+
+@pytest.mark.parametrize("reorth", ["partial", "full"])
+def test_lanczos_equals_textbook_reference_reusing_its_workspace(reorth):
+    g = torch.Generator().manual_seed(4)
+    d = torch.cat([torch.tensor([4.0, 3.5, 3.4]), torch.rand(57, generator=g)])
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g))
+    A = Q @ torch.diag(d) @ Q.T
+    held = torch.empty(60)
+
+    def mv(v):  # returns the same tensor every time: Lanczos must only read it
+        return held.copy_(A @ v)
+
+    workspace: dict = {}
+    for m in (12, 30, 12):  # the 30-step basis is allocated once and reused by the next 12-step call
+        start = torch.randn(60, generator=torch.Generator().manual_seed(m))
+        gen = torch.Generator().manual_seed(m)
+        got = lanczos(mv, 60, m, generator=gen, reorth=reorth, workspace=workspace)
+        torch.testing.assert_close(got, _textbook_lanczos(A, start, m), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(held, A @ workspace["basis"][m - 1, :60], rtol=1e-12, atol=1e-14)
+    assert workspace["basis"].shape[0] == 30
+
+
+def test_hvp_with_unused_and_frozen_parameters():
+    model, loss_fn, x, y = _setup()
+    H = explicit_hessian(model, loss_fn, x, y)
+    keep = [k for k, p in enumerate(model.parameters()) if k != 1]
+    sizes = [p.numel() for p in model.parameters()]
+    model[0].bias.requires_grad_(False)
+    # trainable but outside the forward pass (last in parameter order): H v is 0 there
+    model[2].register_parameter("unused", nn.Parameter(torch.randn(6)))
+    idx = torch.cat([torch.arange(sum(sizes[:k]), sum(sizes[: k + 1])) for k in keep])
+    hvp = HessianVectorProduct(model, loss_fn, x, y)
+    assert hvp.dim == len(idx) + 6
+    v = torch.randn(hvp.dim)
+    want = torch.cat([H[idx][:, idx] @ v[: len(idx)], torch.zeros(6)])
+    torch.testing.assert_close(hvp(v), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(LearndynValueError, match=f"allowed: \\({hvp.dim},\\)"):
+        hvp(torch.randn(hvp.dim + 1))
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)],
+        lambda: [nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)],
+        lambda: [nn.Linear(5, 4), nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3), nn.Identity()],
+    ],
+)
+@pytest.mark.parametrize("loss", ["ce", "ce_module", "mse"])
+def test_mlp_hvp_by_the_written_out_r_operator_matches_explicit_hessian(layers, loss):
+    torch.manual_seed(3)
+    model = nn.Sequential(*layers())
+    x = torch.randn(11, 5)
+    if loss == "mse":
+        loss_fn, y = F.mse_loss, torch.randn(11, 3)
+    else:
+        loss_fn, y = (F.cross_entropy if loss == "ce" else nn.CrossEntropyLoss()), torch.randint(0, 3, (11,))
+    H = explicit_hessian(model, loss_fn, x, y)
+    hvp = HessianVectorProduct(model, loss_fn, x, y)
+    assert hvp._structured is not None
+    assert hvp.loss == pytest.approx(float(loss_fn(model(x), y).detach()), rel=1e-12)
+    v = torch.randn(hvp.dim)
+    torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    # the Gauss-Newton traces from the same factors equal the structured-backpropagation ones
+    ggn = gauss_newton_diagonal(model, BatchAdapter(loss_fn), (x, y))
+    traces = hvp.ggn_traces()
+    assert list(traces) == list(ggn.traces)
+    for name, value in traces.items():
+        assert value == pytest.approx(ggn.traces[name], rel=1e-10, abs=1e-14)
+    if all(not isinstance(m, nn.Tanh) for m in model):  # piecewise linear: tr G = tr H
+        assert sum(traces.values()) == pytest.approx(float(H.trace()), rel=1e-10)
+
+
+def test_mlp_hvp_is_used_only_where_it_applies():
+    torch.manual_seed(3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    assert HessianVectorProduct(mlp, F.cross_entropy, x, y)._structured is not None
+    others = [
+        (nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)), F.cross_entropy),  # other activation
+        (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.ReLU(), nn.Linear(7, 3)), F.cross_entropy),
+        (nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.ReLU()), F.cross_entropy),
+        (mlp, nn.CrossEntropyLoss(label_smoothing=0.1)),
+        (mlp, lambda o, t: F.cross_entropy(o, t)),
+    ]
+    hooked = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    hooked[1].register_forward_hook(lambda m, i, o: 2 * o)
+    others.append((hooked, F.cross_entropy))
+    for model, loss_fn in others:
+        hvp = HessianVectorProduct(model, loss_fn, x, y)
+        assert hvp._structured is None
+        H = explicit_hessian(model, loss_fn, x, y)
+        v = torch.randn(hvp.dim)
+        torch.testing.assert_close(hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    mlp[0].bias.requires_grad_(False)
+    assert HessianVectorProduct(mlp, F.cross_entropy, x, y)._structured is None
 
 
 def test_hutchinson_reproduces_vectors_and_is_unbiased():

@@ -132,3 +132,36 @@ def test_bad_arguments():
         KernelProbe(method="magic")
     with pytest.raises(ValueError, match="both"):
         KernelProbe(probe_inputs=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)],
+        lambda: [nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)],
+        lambda: [nn.Linear(5, 4), nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3)],
+    ],
+)
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+def test_plain_mlp_kernel_from_written_out_factors_equals_the_jacobian_method(layers, outputs):
+    from learndyn.stats.mlp_hvp import mlp_ntk, ntk_supported
+
+    torch.manual_seed(4)
+    model = nn.Sequential(*layers())
+    x = torch.randn(9, 5)
+    init = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
+    assert ntk_supported(model, x) and not ntk_supported(nn.Sequential(nn.Linear(5, 3), nn.GELU()), x)
+    for params in (None, init):
+        ref = empirical_ntk(model, x, params, outputs=outputs, method="jacobian")
+        torch.testing.assert_close(mlp_ntk(model, x, params, outputs), ref, rtol=1e-10, atol=1e-12)
+    # the probe takes this route for such a model, at the current and the initial parameters
+    y = torch.randint(0, 3, (9,))
+    probe = KernelProbe(n_samples=9, outputs=outputs, log_kernel=True)
+    out = probe.measure(ProbeContext(model, F.cross_entropy, x, y, 0, init_params=init))
+    np.testing.assert_allclose(
+        out["kernel/matrix"], empirical_ntk(model, x, outputs=outputs).numpy(), rtol=1e-10
+    )
+    ref0 = empirical_ntk(model, x, init, outputs=outputs)
+    assert out["kernel/distance_from_init"] == pytest.approx(
+        float((torch.as_tensor(out["kernel/matrix"]) - ref0).norm() / ref0.norm()), rel=1e-9
+    )

@@ -420,3 +420,14 @@ def test_translation_charge_law_with_momentum_and_weight_decay(optimizer, law):
         naive = q0 * (1 - lr * lam) ** steps
         q = out["symmetry/translation/3/value"]
         assert np.linalg.norm(q - naive) > 0.3 * np.linalg.norm(q0)
+
+
+def test_row_square_sums_by_blocks_equal_the_whole_float64_copy():
+    from learndyn.probes.symmetry import _row_square_sums
+
+    g = torch.Generator().manual_seed(0)
+    for shapes in [[(37, 300), (37,)], [(37, 300)], [(16, 3, 3, 3), (16,)]]:
+        ts = [torch.randn(*s, generator=g) for s in shapes]
+        whole = torch.cat([t.double().reshape(shapes[0][0], -1) for t in ts], 1).square().sum(1)
+        for block in (64, 1000, 65536):
+            assert torch.equal(_row_square_sums(ts, shapes[0][0], block), whole)

@@ -143,6 +143,17 @@ def test_gauss_newton_diagonal_equals_explicit(case, loss):
     assert got.trace == pytest.approx(float(diag.sum()), rel=1e-10)
 
 
+@pytest.mark.parametrize("case", ["mlp", "cnn", "seq"])
+def test_gauss_newton_traces_alone_equal_the_diagonals_sums(case):
+    model, x, y = _case(case)
+    full = gauss_newton_diagonal(model, BatchAdapter(F.cross_entropy), (x, y))
+    alone = gauss_newton_diagonal(model, BatchAdapter(F.cross_entropy), (x, y), diagonal=False)
+    assert alone.diag == {} and alone.route == full.route
+    for n, t in full.traces.items():
+        assert alone.traces[n] == pytest.approx(float(full.diag[n].sum()), rel=1e-12, abs=1e-15)
+        assert alone.traces[n] == pytest.approx(t, rel=1e-12, abs=1e-15)
+
+
 def _dense_hessian(model, loss_fn, x, y):
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]

@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learndyn.stats import HookGramCollector, gradient_gram, gram_from_per_sample, per_sample_grads
+from learndyn.stats import (
+    BatchAdapter,
+    HookGramCollector,
+    gradient_gram,
+    gram_from_per_sample,
+    per_sample_grads,
+)
 from learndyn.validation import LearndynValueError
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -174,6 +180,50 @@ def test_sq_mean_is_none_unless_requested_and_grads_untouched():
     assert stats.sq_mean is None
     assert all(bool((p.grad == 7.0).all()) for p in model.parameters())
     assert stats.batch_size == 6
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "seq_materialise", "tied"])
+def test_grams_without_the_mean_gradient_and_with_a_kept_graph(case):
+    """``need_mean=False`` stops the backward pass at the layer outputs (same Grams, no mean);
+    ``keep_graph=True`` returns gradients that differentiate again to the Hessian."""
+    model, loss_fn, x, y = _case(case)
+    ref = reference_grads(model, loss_fn, x, y)
+    B = x.shape[0]
+    col = HookGramCollector(model)
+    batch = (x, y)
+    full = col.collect(BatchAdapter(loss_fn), batch)
+    bare = col.collect(BatchAdapter(loss_fn), batch, need_mean=False)
+    kept = col.collect(BatchAdapter(loss_fn), batch, keep_graph=True, need_mean=False)
+    assert bare.mean is None and full.graph is None and bare.graph is None
+    for k, n in enumerate(full.names):
+        flat = ref[n].reshape(B, -1)
+        for stats in (full, bare, kept):
+            torch.testing.assert_close(stats.grams[k], flat @ flat.T, rtol=1e-10, atol=1e-12, msg=n)
+        torch.testing.assert_close(kept.mean[n], ref[n].mean(0), rtol=1e-10, atol=1e-12)
+    loss, grads = kept.graph
+    assert float(loss.detach()) == pytest.approx(full.loss, rel=1e-12)
+    params = [p for p in model.parameters() if p.requires_grad]
+    v = [torch.randn_like(p) for p in params]
+    live = [(g, t) for g, t in zip(grads, v, strict=True) if g is not None and g.requires_grad]
+    hv = torch.autograd.grad([g for g, _ in live], params, [t for _, t in live], allow_unused=True)
+    flat_v = torch.cat([t.reshape(-1) for t in v])
+    flat_p = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def loss_of(theta):
+        parts = dict(
+            zip(
+                [n for n, p in model.named_parameters() if p.requires_grad],
+                [t.view_as(p) for t, p in zip(theta.split([p.numel() for p in params]), params, strict=True)],
+                strict=True,
+            )
+        )
+        return loss_fn(torch.func.functional_call(model, parts, (x,)), y)
+
+    H = torch.autograd.functional.hessian(loss_of, flat_p)
+    got = torch.cat(
+        [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params, strict=True)]
+    )
+    torch.testing.assert_close(got, H @ flat_v, rtol=1e-9, atol=1e-11)
 
 
 def test_gram_from_given_per_sample_grads():

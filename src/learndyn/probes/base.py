@@ -27,6 +27,15 @@ Measurement = Mapping[str, float | np.ndarray]
 
 _GENERATOR_STATE = "__torch_generator_state__"
 
+GRADIENT_GRAPH = "gradient_graph"
+"""Cache key of ``(L, ∇_θ L per trainable parameter)`` kept with their autograd graph by a gradient pass
+that ran anyway (the noise probe's hooked pass), for the step's Hessian-vector product to differentiate
+again instead of making a forward/backward pass of its own. A pass keeps its graph only when
+:data:`GRADIENT_GRAPH_WANTED` is set (by the Monitor, when a probe due at this step says so with
+``wants_gradient_graph(ctx)``)."""
+
+GRADIENT_GRAPH_WANTED = "gradient_graph/wanted"
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(outputs, targets) -> scalar`` with mean reduction over the batch."""
 

@@ -66,6 +66,7 @@ from learndyn.probes.base import Measurement, Probe, ProbeContext
 from learndyn.stats.attention import math_attention
 from learndyn.stats.batch import Batch, batch_size, call_model, clone, functional, select
 from learndyn.stats.factors import FactorCapture
+from learndyn.stats.mlp_hvp import mlp_ntk, ntk_supported
 from learndyn.stats.ntk import jacobian_gram, per_sample_jacobians, structured_ntk
 from learndyn.validation import LearndynValueError, check_choice, check_int
 
@@ -254,6 +255,10 @@ class KernelProbe(Probe):
 
     def _kernel(self, ctx: ProbeContext, params: Mapping[str, Tensor] | None = None) -> Tensor:
         model = ctx.model
+        if self.method == "structured" and self._select is None:  # a plain MLP: its factors written out
+            x = self._x[0] if self._from_batch and ctx.adapter.default_pair else self._x
+            if (not self._from_batch or ctx.adapter.default_pair) and ntk_supported(model, x):
+                return mlp_ntk(model, x, params, self.outputs)
         if self.method == "structured" and (self._capture is None or self._capture.model is not model):
             self._capture = FactorCapture(model)
         K = empirical_ntk(

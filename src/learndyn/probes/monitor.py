@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.probes.base import LossFn, Probe, ProbeContext
+from learndyn.probes.base import GRADIENT_GRAPH_WANTED, LossFn, Probe, ProbeContext
 from learndyn.probes.presets import PRESETS, PROBES, make_probe, preset_probes
 from learndyn.probes.representation import WANTED
 from learndyn.stats.batch import Batch, BatchAdapter, detach
@@ -242,6 +242,10 @@ class Monitor:
                     wanted.update(p.wanted_activations(ctx))
             if wanted:
                 ctx.cache[WANTED] = wanted
+            # a gradient pass made anyway (the noise probe's) keeps its graph for a Hessian-vector product
+            graph_wanted = [p for p in due if callable(getattr(p, "wants_gradient_graph", None))]
+            if any(p.wants_gradient_graph(ctx) for p in graph_wanted):
+                ctx.cache[GRADIENT_GRAPH_WANTED] = True
             per_probe: dict[int, dict[str, float | np.ndarray]] = {}
             try:
                 # probes that only read the batch loss run last: a gradient pass computes it on the way

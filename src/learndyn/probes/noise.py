@@ -32,6 +32,7 @@ Metrics (prefix ``noise/``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import weakref
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learndyn.probes.base import Measurement, Probe, ProbeContext
+from learndyn.probes.base import GRADIENT_GRAPH, GRADIENT_GRAPH_WANTED, Measurement, Probe, ProbeContext
 from learndyn.probes.representation import WANTED, recording_activations
 from learndyn.stats.per_sample import (
     ROUTES,
@@ -82,14 +83,18 @@ def shared_gradient_gram(ctx: ProbeContext, route: str = "hooks", need_sq: bool 
     def compute() -> GradientGram:
         collector = _collector(ctx.model)
         if route == "hooks":
+            keep = bool(ctx.cache.get(GRADIENT_GRAPH_WANTED)) and "hvp" not in ctx.cache
             recorded = _record_wanted_activations(ctx)
-            if recorded is None:
-                return collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq)
-            during, outs = recorded
-            stats = collector.collect(ctx.adapter, ctx.batch, need_sq=need_sq, during_forward=during)
+            during, outs = (None, {}) if recorded is None else recorded
+            stats = collector.collect(  # the mean gradient only where read (metric alignment)
+                ctx.adapter, ctx.batch, need_sq, during_forward=during, keep_graph=keep, need_mean=need_sq
+            )
             for k, acts in outs.items():
                 if acts:
                     ctx.cache.setdefault(k, acts)
+            if stats.graph is not None:  # the step's Hessian-vector product differentiates it again
+                ctx.cache[GRADIENT_GRAPH] = stats.graph
+                stats = dataclasses.replace(stats, graph=None)
             return stats
         collector.check(ctx.adapter, ctx.batch)
         per = shared_per_sample_grads(ctx)
@@ -208,7 +213,7 @@ class NoiseProbe(Probe):
     @staticmethod
     def _alignment(ctx: ProbeContext, stats: GradientGram, scale: float) -> float | None:
         """``cos(diag C, diag S)`` over every parameter the optimizer reports a diagonal for."""
-        assert stats.sq_mean is not None
+        assert stats.sq_mean is not None and stats.mean is not None
         get = ctx.optimizer.second_moment_diagonal  # type: ignore[union-attr]
         params = dict(ctx.model.named_parameters())
         cs, ss = [], []

@@ -14,11 +14,12 @@ full       standard + curvature (200) + kernel (200, 32 probe samples)          
 =========  ==========================================================================  ===============
 
 The schedules are tuned on the worst case, a small MLP whose plain step costs well under a millisecond. Per
-measurement, in plain steps of an MLP 784-128-10 at batch 128 (``benchmarks/bench_probe_cost.py``, part A;
-``docs/probes.md`` has the table): parameters ~0.6, noise (hooks) ~2.7, representation ~1.9 (~1.2 when it
-shares the noise probe's forward pass), symmetry ~0.4, kernel (structured NTK, 32 samples) ~1.3, curvature
-(20 Lanczos Hessian-vector products; an exact Gauss-Newton trace on piecewise-linear networks, else 10
-Hutchinson products) ~28. Larger models amortise better. For denser series pass your own probes,
+measurement, in plain steps of an MLP 784-128-10 at batch 128 with every probe due at every step
+(``benchmarks/bench_probe_cost.py``, part A; ``docs/probes.md`` has the table): parameters ~0.5, noise
+(hooks) ~2.4, representation ~1.2 (it shares the noise probe's forward pass), symmetry ~0.5, kernel (NTK
+of 32 samples, from the MLP's layer factors) ~0.8, curvature (20 Lanczos Hessian-vector products, by the
+written-out R-operator for such an MLP; an exact Gauss-Newton trace on piecewise-linear networks, else 10
+Hutchinson products) ~21. Larger models amortise better. For denser series pass your own probes,
 ``Monitor(probes=[NoiseProbe(every=5), ...])``.
 
 Adding a probe to the names ``Monitor(probes=[...])`` accepts is one entry in :data:`PROBES`.

@@ -43,9 +43,9 @@ from learndyn.stats.ntk import per_sample_jacobians
 
 @dataclass
 class GaussNewtonDiagonal:
-    """``diag`` ``{name: diagonal of G restricted to the parameter}`` (parameter shapes); ``traces``
-    ``{name: its sum}``; ``trace`` their total; ``loss`` the batch loss; ``route`` ``{name: "hooks" |
-    "jacobian"}``."""
+    """``diag`` ``{name: diagonal of G restricted to the parameter}`` (parameter shapes; empty when
+    computed with ``diagonal=False``); ``traces`` ``{name: its sum}``; ``trace`` their total; ``loss`` the
+    batch loss; ``route`` ``{name: "hooks" | "jacobian"}``."""
 
     diag: dict[str, Tensor]
     traces: dict[str, float]
@@ -119,11 +119,15 @@ def gauss_newton_diagonal(
     *,
     chunk_size: int | None = None,
     capture: FactorCapture | None = None,
+    diagonal: bool = True,
 ) -> GaussNewtonDiagonal:
     """Exact ``diag G`` and ``tr G`` of the batch's mean loss (see the module docstring).
 
     Needs the loss as a function of the outputs (``adapter.has_split``). ``chunk_size``: cotangents per
     batched backward pass (default: as many as keep the output gradients under ~67M numbers).
+    ``diagonal=False`` computes the traces only (``diag`` is then empty): for a Linear layer
+    ``tr G^W = Σ_{c,i} s_ci ‖δ_ci‖²‖a_i‖²`` needs no ``d_out × d_in`` product, which is most of the cost
+    on an MLP (the same numbers; layers still unverified compute their diagonals once for the check).
     """
     if not adapter.has_split:
         raise ValueError("gauss_newton_diagonal needs BatchAdapter(loss_fn=...) or per_sample_loss=")
@@ -140,18 +144,20 @@ def gauss_newton_diagonal(
         layers = cap.active()
         outs = cap.outputs(layers)
         acc: dict[str, dict[str, Tensor]] = {}
+        want_sq = diagonal or any(layer.unverified for layer in layers)
         if layers:
             chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(sum(t.numel() for t in outs), 1))
             for start in range(0, R, chunk):
                 U = U_all[start : start + chunk]
-                spec = Contraction(None, sq=True, trace=True, weights=W_all[start : start + chunk])
+                spec = Contraction(None, sq=want_sq, trace=True, weights=W_all[start : start + chunk])
                 with math_attention():
                     grads = torch.autograd.grad(
                         out, outs, U, retain_graph=True, allow_unused=True, is_grads_batched=True
                     )
                 for name, r in cap.contract(layers, list(grads), spec).items():
-                    got = acc.setdefault(name, {"sq": torch.zeros_like(r["sq"]), "trace": r["trace"] * 0})
-                    got["sq"] += r["sq"]
+                    got = acc.setdefault(name, {"trace": r["trace"] * 0})
+                    if want_sq:
+                        got["sq"] = got["sq"] + r["sq"] if "sq" in got else r["sq"]
                     got["trace"] += r["trace"]
     finally:
         cap.clear()
@@ -174,6 +180,6 @@ def gauss_newton_diagonal(
         for n in rest:
             acc[n] = ref[n]
             route[n] = "jacobian"
-    diag = {n: acc[n]["sq"].detach() for n in trainable}
+    diag = {n: acc[n]["sq"].detach() for n in trainable} if diagonal else {}
     traces = {n: float(acc[n]["trace"]) for n in trainable}
     return GaussNewtonDiagonal(diag, traces, sum(traces.values()), loss, {n: route[n] for n in trainable})

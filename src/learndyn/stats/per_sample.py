@@ -109,18 +109,22 @@ class GradientGram:
 
     ``names``      trainable parameter names, in ``model.named_parameters()`` order.
     ``grams``      ``(n_params, B, B)``: ``grams[k, i, j] = ⟨g_i, g_j⟩`` restricted to parameter ``names[k]``.
-    ``mean``       ``{name: ḡ}`` the batch (mean-loss) gradient, parameter shapes.
+    ``mean``       ``{name: ḡ}`` the batch (mean-loss) gradient, parameter shapes; ``None`` from a hook pass
+                   asked for the Grams only (``need_mean=False``).
     ``sq_mean``    ``{name: (1/B) Σ_i g_i ⊙ g_i}`` (elementwise), or ``None`` when not requested.
     ``loss``       the batch loss ``L``.
     ``route``      ``{name: "hooks" | "vmap"}`` -- how each parameter's statistics were obtained.
+    ``graph``      with ``keep_graph=True`` (hook route): ``(L, (∇_θ L per parameter, with their autograd
+                   graph))`` -- what a Hessian-vector product differentiates again; ``None`` otherwise.
     """
 
     names: list[str]
     grams: Tensor
-    mean: dict[str, Tensor]
+    mean: dict[str, Tensor] | None
     sq_mean: dict[str, Tensor] | None
     loss: float
     route: dict[str, str] = field(default_factory=dict)
+    graph: tuple[Tensor, tuple[Tensor | None, ...]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -216,11 +220,19 @@ class HookGramCollector:
         need_sq: bool = False,
         *,
         during_forward: contextlib.AbstractContextManager | None = None,
+        keep_graph: bool = False,
+        need_mean: bool = True,
     ) -> GradientGram:
         """The :class:`GradientGram` of ``batch`` (one forward/backward pass plus the fallback).
 
         ``during_forward`` (optional) is entered around the hooked forward pass only (not the vmap
-        fallback), e.g. to record activations other probes read from the same pass."""
+        fallback), e.g. to record activations other probes read from the same pass. ``keep_graph``: the
+        backward pass builds its own graph (``create_graph``, attention on the math backend, which has a
+        double backward) and the result's ``graph`` holds the loss and the parameter gradients, so a
+        Hessian-vector product needs no forward/backward pass of its own; the statistics are the same.
+        ``need_mean=False`` (and no ``keep_graph``): the backward pass stops at the layer outputs, skipping
+        the weight gradients (a ``d_out × d_in`` product per layer: a third of a plain step on an MLP
+        784-128-10), and ``mean`` is ``None``."""
         model = self.model
         trainable = _trainable(model)
         if list(trainable) != self.names:
@@ -230,19 +242,29 @@ class HookGramCollector:
         cap = self.capture
         params = list(trainable.values())
         try:
-            with torch.enable_grad(), during_forward or contextlib.nullcontext():
+            with torch.enable_grad(), math_attention(keep_graph), during_forward or contextlib.nullcontext():
                 loss = cap.run(B, lambda: adapter.loss(model, batch))
             layers = cap.active()
             outs = cap.outputs(layers)
-            grads = torch.autograd.grad(loss, params + outs, allow_unused=True)
-            deltas = [None if d is None else (d * B).unsqueeze(0) for d in grads[len(params) :]]
+            wrt = params if need_mean or keep_graph else []
+            grads: tuple[Tensor | None, ...] = ()
+            if wrt or outs:
+                with torch.enable_grad(), math_attention(keep_graph):
+                    grads = torch.autograd.grad(
+                        loss, wrt + outs, allow_unused=True, create_graph=keep_graph
+                    )
+            deltas = [None if d is None else (d.detach() * B).unsqueeze(0) for d in grads[len(wrt) :]]
             res = cap.contract(layers, deltas, Contraction("trace", sq=need_sq))
         finally:
             cap.clear()
-        mean = {
-            n: (g.detach() if g is not None else torch.zeros_like(p))
-            for (n, p), g in zip(trainable.items(), grads[: len(params)], strict=True)
-        }
+        mean = (
+            {
+                n: (g.detach() if g is not None else torch.zeros_like(p))
+                for (n, p), g in zip(trainable.items(), grads[: len(params)], strict=True)
+            }
+            if wrt
+            else None
+        )
         grams = {n: r["gram"] for n, r in res.items()}
         sq = {n: r["sq"] / B for n, r in res.items()} if need_sq else {}
         route = dict.fromkeys(res, "hooks")
@@ -270,6 +292,7 @@ class HookGramCollector:
             sq_mean={n: sq[n] for n in self.names} if need_sq else None,
             loss=float(loss.detach()),
             route=route,
+            graph=(loss, tuple(grads[: len(wrt)])) if keep_graph else None,
         )
 
 
