@@ -257,3 +257,39 @@ def test_blocked_kron_steps_complex_parameters_as_their_real_views():
         opt.step()
     assert opt.state[W]["kron_R"].shape == (3, 4, 4)  # the real view is (10, 10): 3 blocks of 4
     assert opt.second_moment_diagonal(W).shape == (10, 5, 2)
+
+
+@pytest.mark.parametrize("eps_mode", ["inside", "outside"])
+@pytest.mark.parametrize("first_moment", [True, False])
+def test_buckets_sharing_scratch_buffers_equal_separate_optimizers(eps_mode, first_moment):
+    """One optimizer over a bucket of three padded same-shaped weights, a larger and a smaller weight (the
+    shared scratch buffers grown, then reused across buckets) equals one optimizer per weight; after the
+    first step the scratch buffers are never reallocated."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(9, 7), (9, 7), (9, 7), (17, 11), (3, 5)]
+    W0 = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    xs = [[torch.randn(4, s[1], generator=gen, dtype=torch.float64) for s in shapes] for _ in range(6)]
+    kw = dict(KW, eps_mode=eps_mode, first_moment=first_moment, max_block=4, precondition_every=2)
+    kw.update(stale_damping="trace", weight_decay=0.1, precondition_warmup=0)
+
+    def loss(Ws, x):
+        return sum(((xi @ W.T).tanh() ** 2).mean() for W, xi in zip(Ws, x, strict=True))
+
+    joint = [nn.Parameter(w.clone()) for w in W0]
+    alone = [nn.Parameter(w.clone()) for w in W0]
+    opt, opts = CovariantGD(joint, **kw), [CovariantGD([w], **kw) for w in alone]
+    pointers = None
+    for x in xs:
+        opt.zero_grad()
+        loss(joint, x).backward()
+        opt.step()
+        for o in opts:
+            o.zero_grad()
+        loss(alone, x).backward()
+        for o in opts:
+            o.step()
+        scratch = {k: v.data_ptr() for k, v in opt._structure_cache["kron"]["scratch"].items()}
+        assert pointers is None or scratch == pointers
+        pointers = scratch
+    for a, b in zip(joint, alone, strict=True):
+        assert (a - b).abs().max() <= 1e-12
