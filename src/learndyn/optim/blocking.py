@@ -24,9 +24,10 @@ Cost for an ``(m, n)`` parameter and block size ``b``: statistics ``2mn·b`` flo
 ``2mn·k``), applying ``L^{-a} F R^{-a}`` ``2mn(b_L + b_R)`` (instead of ``2mn(m + n)``), roots
 ``⌈k/b⌉`` eigendecompositions of size ``b`` per side (``O(k b²)`` instead of ``O(k³)``). Every function here
 is batched over the blocks (no loop over blocks) and over a leading stack dimension ``B`` (same-shaped
-parameters): one ``baddbmm``/``bmm`` per side and bucket for the left side; for the right side one per
-member, on strided column-block views (a single batched call would first copy ``X`` into a block-major
-layout and the result back, two ``B·m·n`` copies into fresh memory per product). The products take
+parameters): one ``baddbmm``/``bmm`` per side and bucket for the left side; for the right-side product one
+per member, on strided column-block views (a single batched call would first copy ``X`` into a block-major
+layout and the result back, two ``B·m·n`` copies into fresh memory per product); the right-side statistics
+copy ``V``'s column blocks into a work buffer once and take one ``baddbmm_``. The products take
 ``out=`` buffers so that a step need not allocate: on a CPU every fresh multi-megabyte tensor costs its page
 faults (about 1 ms per 3 MB measured, as much as the product itself; docs/optimizers.md, "Cost of kron").
 """
@@ -147,13 +148,21 @@ def left_statistics_ema_(L: Tensor, V: Tensor, side: Side, beta: float) -> None:
         L.view(-1, side.block, side.block).baddbmm_(Vb, Vb.mT, beta=beta, alpha=1.0 - beta)
 
 
-def right_statistics_ema_(R: Tensor, V: Tensor, side: Side, beta: float) -> None:
-    """In place ``R ← β R + (1−β) Vᵀ V`` restricted to ``side`` (``V`` ``(B, m, n_padded)``); blocks by one
-    ``baddbmm_`` per member on the strided column blocks of ``V`` (no copy, as in :func:`right_mul`)."""
+def right_statistics_ema_(R: Tensor, V: Tensor, side: Side, beta: float, work: Tensor | None = None) -> None:
+    """In place ``R ← β R + (1−β) Vᵀ V`` restricted to ``side`` (``V`` ``(B, m, n_padded)``). Blocks: with a
+    contiguous buffer ``work`` of ``V.numel()`` elements (not aliasing ``V``), ``V``'s column blocks are
+    copied into it block-major and one ``baddbmm_`` covers all of them (about 25 % faster on a CPU for blocks
+    of 32 than BLAS on strided blocks); without, one ``baddbmm_`` per member on the strided column blocks."""
     if side.kind == "diag":
         R.lerp_(V.square().sum(-2), 1.0 - beta)
     elif side.kind == "full":
         R.baddbmm_(V.mT, V, beta=beta, alpha=1.0 - beta)
+    elif work is not None:
+        B, m, npad = V.shape
+        Vb = work.view(B, side.blocks, m, side.block)
+        Vb.copy_(V.view(B, m, side.blocks, side.block).transpose(1, 2))
+        Vb = Vb.view(B * side.blocks, m, side.block)
+        R.view(-1, side.block, side.block).baddbmm_(Vb.mT, Vb, beta=beta, alpha=1.0 - beta)
     else:
         for i in range(V.shape[0]):
             Vi = _col_blocks(V[i], side)

@@ -189,14 +189,15 @@ class Kron(Structure):
             upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
             if upd:
                 V = stack_padded([ctx.vs[idx[j]] for j in upd], m, n, left, right, slots[0][: len(upd)])
+                work = slots[1][: len(upd)]
                 if len(upd) == len(idx):
                     left_statistics_ema_(L, V, left, beta_k)
-                    right_statistics_ema_(R, V, right, beta_k)
+                    right_statistics_ema_(R, V, right, beta_k, work)
                 else:  # parameters out of step with each other (some had no gradient on some steps)
                     sel = torch.tensor(upd, device=L.device)
                     Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
                     left_statistics_ema_(Ls, V, left, beta_k)
-                    right_statistics_ema_(Rs, V, right, beta_k)
+                    right_statistics_ema_(Rs, V, right, beta_k, work)
                     L.index_copy_(0, sel, Ls)
                     R.index_copy_(0, sel, Rs)
             # roots (amortised)
