@@ -55,7 +55,7 @@ BATCH = 128
 TARGET_WIDTH = 512
 TARGETS = {"kron": 1.5, "cgd-diag": 1.05}
 EVERY = 10
-VARIANTS = ["kron-b64", "kron-b32-s2", "kron-b32-f32"]
+VARIANTS = ["kron-b64", "kron-b32-f32", "kron-b32-e4", "kron-b32-s2", "kron-b32-s2-e4"]
 """The ``kron`` settings timed beside the default (labels as in the module doc)."""
 PEERS = ["po-soap", "po-shampoo", "po-scalable-shampoo", "hb-soap"]
 FAILURES: list[str] = []
@@ -287,6 +287,7 @@ KRON_LRS = [1e-2, 3e-2, 1e-1, 3e-1]
 QUALITY_LRS: dict[str, list[float]] = {
     "adamw": [1e-3, 3e-3, 1e-2],
     "kron-unblocked": KRON_LRS,
+    "kron-b64": KRON_LRS,
     "kron": KRON_LRS,
     "muon": [3e-3, 1e-2, 3e-2, 1e-1],
 }
