@@ -283,9 +283,9 @@ def quality(labels: list[str], steps: int, seeds: int, lrs: dict[str, list[float
     return rows
 
 
-KRON_LRS = [1e-2, 3e-2, 1e-1, 3e-1]
+KRON_LRS = [1e-2, 3e-2, 5e-2, 1e-1, 3e-1]
 QUALITY_LRS: dict[str, list[float]] = {
-    "adamw": [1e-3, 3e-3, 1e-2],
+    "adamw": [1e-3, 3e-3, 5e-3, 1e-2],
     "kron-unblocked": KRON_LRS,
     "kron-b64": KRON_LRS,
     "kron": KRON_LRS,
