@@ -8,7 +8,7 @@ are paired within this run. Prints a table per part and writes ``benchmarks/resu
   kind) and C (GPT, default presets) on the device;
 - NTK: learndyn's structured / Jacobian / NTK-vector-product methods on the 32→512→512→1 MLP with 128 and
   1024 inputs (neural-tangents is compared on the CPU by ``bench_ntk``);
-- optimizer: ``CovariantGD`` (diag, kron) against ``torch.optim.Adam``, a training step of the width-512 and
+- optimizer: ``CovariantGD`` (diag, kron) against ``torch.optim.AdamW``, a training step of the width-512 and
   width-1024 MLPs of ``bench_optim_step``, batch 128.
 """
 
@@ -71,9 +71,9 @@ def optimizer_rows(device: str, quick: bool) -> list[dict[str, Any]]:
         x = torch.randn(step.BATCH, width, generator=gen).to(device)
         y = torch.randint(0, 10, (step.BATCH,), generator=gen).to(device)
         setups = {}
-        for label in ("adam", "cgd-diag", "cgd-kron"):
+        for label in ("adamw", "cgd-diag", "kron"):
             model = step._model(width).to(device)
-            setups[label] = (model, step._optimizer(label, model.parameters()))
+            setups[label] = (model, step.make_optimizer(label, model, 1e-4))
 
         def train(label: str, setups=setups, x=x, y=y, steps: int = 10) -> None:
             model, opt = setups[label]
@@ -84,7 +84,7 @@ def optimizer_rows(device: str, quick: bool) -> list[dict[str, Any]]:
 
         med = cost.medians({k: (lambda k=k: train(k)) for k in setups}, 3 if quick else 11, device)
         rows += [
-            {"width": width, "optimizer": k, "step_ms": 1e3 * t / 10, "ratio vs adam": t / med["adam"]}
+            {"width": width, "optimizer": k, "step_ms": 1e3 * t / 10, "ratio vs adamw": t / med["adamw"]}
             for k, t in med.items()
         ]  # t: ten training steps
     return rows

@@ -118,6 +118,30 @@ def test_the_blocked_kernels_with_one_block_equal_the_unblocked_ones():
     assert (trace(L1) - trace(L0)).abs().max() <= 1e-10
 
 
+def test_blocked_kernels_into_buffers_equal_dense_block_diagonal_products():
+    """Several blocks (padded): the products into ``out=`` buffers, the right statistics through the
+    block-major ``work`` buffer and through strided views all equal the dense block-diagonal products."""
+    gen = torch.Generator().manual_seed(4)
+    left, right = side_layout(9, None, 4), side_layout(7, None, 3)  # 3 blocks of 3; 3 blocks of 3 (9)
+    X = torch.zeros(2, left.padded, right.padded, dtype=torch.float64)
+    X[:, :9, :7] = torch.randn(2, 9, 7, generator=gen, dtype=torch.float64)
+    A = torch.randn(2, left.blocks, left.block, left.block, generator=gen, dtype=torch.float64)
+    C = torch.randn(2, right.blocks, right.block, right.block, generator=gen, dtype=torch.float64)
+    dense_a = torch.stack([block_diagonal(a) for a in A])
+    dense_c = torch.stack([block_diagonal(c) for c in C])
+    out = torch.full_like(X, float("nan"))
+    assert (left_mul(A, X, left, out=out) - dense_a @ X).abs().max() <= 1e-12
+    assert (right_mul(X, C, right, out=out) - X @ dense_c).abs().max() <= 1e-12
+    R0 = torch.randn(2, right.blocks, right.block, right.block, generator=gen, dtype=torch.float64)
+    R1, R2 = R0.clone(), R0.clone()
+    right_statistics_ema_(R1, X, right, 0.9, work=torch.full_like(X, float("nan")))
+    right_statistics_ema_(R2, X, right, 0.9)
+    ref = 0.9 * torch.stack([block_diagonal(r) for r in R0]) + 0.1 * X.mT @ X
+    mask = torch.tensor(_block_mask(right.padded, 3), dtype=torch.float64)
+    for R in (R1, R2):
+        assert (torch.stack([block_diagonal(r) for r in R]) - ref * mask).abs().max() <= 1e-12
+
+
 @pytest.mark.parametrize("eps_mode", ["inside", "outside"])
 @pytest.mark.parametrize("max_block", [2, 4])
 def test_blocked_kron_equals_a_brute_force_block_diagonal_reference(eps_mode, max_block):
@@ -257,3 +281,39 @@ def test_blocked_kron_steps_complex_parameters_as_their_real_views():
         opt.step()
     assert opt.state[W]["kron_R"].shape == (3, 4, 4)  # the real view is (10, 10): 3 blocks of 4
     assert opt.second_moment_diagonal(W).shape == (10, 5, 2)
+
+
+@pytest.mark.parametrize("eps_mode", ["inside", "outside"])
+@pytest.mark.parametrize("first_moment", [True, False])
+def test_buckets_sharing_scratch_buffers_equal_separate_optimizers(eps_mode, first_moment):
+    """One optimizer over a bucket of three padded same-shaped weights, a larger and a smaller weight (the
+    shared scratch buffers grown, then reused across buckets) equals one optimizer per weight; after the
+    first step the scratch buffers are never reallocated."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(9, 7), (9, 7), (9, 7), (17, 11), (3, 5)]
+    W0 = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    xs = [[torch.randn(4, s[1], generator=gen, dtype=torch.float64) for s in shapes] for _ in range(6)]
+    kw = dict(KW, eps_mode=eps_mode, first_moment=first_moment, max_block=4, precondition_every=2)
+    kw.update(stale_damping="trace", weight_decay=0.1, precondition_warmup=0)
+
+    def loss(Ws, x):
+        return sum(((xi @ W.T).tanh() ** 2).mean() for W, xi in zip(Ws, x, strict=True))
+
+    joint = [nn.Parameter(w.clone()) for w in W0]
+    alone = [nn.Parameter(w.clone()) for w in W0]
+    opt, opts = CovariantGD(joint, **kw), [CovariantGD([w], **kw) for w in alone]
+    pointers = None
+    for x in xs:
+        opt.zero_grad()
+        loss(joint, x).backward()
+        opt.step()
+        for o in opts:
+            o.zero_grad()
+        loss(alone, x).backward()
+        for o in opts:
+            o.step()
+        scratch = {k: v.data_ptr() for k, v in opt._structure_cache["kron"]["scratch"].items()}
+        assert pointers is None or scratch == pointers
+        pointers = scratch
+    for a, b in zip(joint, alone, strict=True):
+        assert (a - b).abs().max() <= 1e-12

@@ -17,7 +17,8 @@ largest gain of the bounded metric: ``‖D‖ ≤ G ‖F‖`` (:func:`~learndyn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,10 +30,10 @@ from learndyn.optim.blocking import (
     as_matrices,
     left_mul,
     left_statistics_ema_,
-    pad,
     right_mul,
     right_statistics_ema_,
     side_layout,
+    stack_padded,
     trace,
 )
 from learndyn.optim.matfun import COMPUTE_DTYPE, eigh_psd, spectral_coefficients, symmetrize
@@ -127,12 +128,42 @@ class Kron(Structure):
         return elems
 
     def directions(self, ctx: GroupStep) -> list[Tensor]:
-        """``g⁻¹F``, batched per bucket of same-shaped parameters.
+        """``g⁻¹F``, batched per bucket of same-shaped parameters (see :meth:`_bucket_directions`)."""
+        dirs: list[Tensor | None] = [None] * len(ctx.params)
+        for idx, D in self._bucket_directions(ctx, reuse=False):
+            for i, d in zip(idx, D.unbind(0), strict=True):
+                dirs[i] = d.reshape(ctx.params[i].shape)
+        return dirs  # type: ignore[return-value]
+
+    def step(self, ctx: GroupStep) -> None:
+        """``q ← q·(1 − lr·wd) − lr·g⁻¹F`` bucket by bucket, as soon as each bucket's directions are known,
+        so that they can live in the scratch buffers shared by all buckets (no allocation per step; the
+        same arithmetic per parameter as :func:`~learndyn.optim.structures.base.apply_directions`)."""
+        group = ctx.group
+        lr, wd = group["lr"], group["weight_decay"]
+        decay = bool(wd and group["decoupled_weight_decay"])
+        for idx, D in self._bucket_directions(ctx, reuse=True):
+            ps = [ctx.params[i] for i in idx]
+            if decay:
+                torch._foreach_mul_(ps, 1.0 - lr * wd)
+            targets, ds = [], list(D.unbind(0))
+            for j, p in enumerate(ps):  # the (m, n) view of p; a non-contiguous p takes a reshaped copy
+                targets.append(p.view(D.shape[1:]) if p.is_contiguous() else p)
+                ds[j] = ds[j] if p.is_contiguous() else ds[j].reshape(p.shape)
+            torch._foreach_add_(targets, ds, alpha=-lr)
+
+    def _bucket_directions(self, ctx: GroupStep, reuse: bool) -> Iterator[tuple[list[int], Tensor]]:
+        """Per bucket of same-shaped parameters: their positions in ``ctx`` and the stacked ``g⁻¹F``
+        ``(B, m, n)`` (a view into a scratch buffer that the next bucket overwrites if ``reuse``, else a
+        tensor of its own).
 
         Each bucket's factors, cached roots and eigenbases live in persistent stacked buffers
         (:class:`_Stacks`); the per-parameter state entries are views into them, so a step stacks only
-        this step's ``V`` and ``F`` (``m·n`` copies) and never the ``m²``/``n²`` factors. Blocked sides
-        (``max_block``) work on the zero-padded ``V``/``F`` with one batched product over all blocks.
+        this step's ``V`` (and ``F`` when padded or without first moment) into scratch space and never the
+        ``m²``/``n²`` factors. The intermediate products go to two scratch buffers ``(B, m_padded,
+        n_padded)`` per dtype and device, shared by all buckets (:func:`_scratch`): a step allocates no
+        tensor of the parameters' size. Blocked sides (``max_block``) work on the zero-padded ``V``/``F``
+        with one batched product over all blocks.
         """
         group, params, states = ctx.group, ctx.params, ctx.states
         mfd, mb = group["max_factor_dim"], group.get("max_block")
@@ -147,30 +178,32 @@ class Kron(Structure):
         inside = group["eps_mode"] == "inside"
         cache_key = "kron_Linv" if inside else "kron_C"
         every, beta_k = group["statistics_every"], stat_beta(group)
-        dirs: list[Tensor | None] = [None] * len(params)
         for key, idx in buckets.items():
             m, n, left, right = key[:4]
             sts = [states[i] for i in idx]
             stk = _stacks(ctx.cache, key, [ctx.keys[i] for i in idx])
+            like = params[idx[0]]
+            slots = [_scratch(ctx.cache, s, (len(idx), left.padded, right.padded), like) for s in (0, 1)]
             L, R = stk.stacked("kron_L", sts), stk.stacked("kron_R", sts)
             # statistics (every k steps): L ← βᵏ L + (1−βᵏ) V Vᵀ, fused into one baddbmm per side
             upd = [j for j, s in enumerate(sts) if Fn.statistics_update(s["step"], every)]
             if upd:
-                V = pad(torch.stack([ctx.vs[idx[j]].reshape(m, n) for j in upd]), left, right)
+                V = stack_padded([ctx.vs[idx[j]] for j in upd], m, n, left, right, slots[0][: len(upd)])
+                work = slots[1][: len(upd)]
                 if len(upd) == len(idx):
                     left_statistics_ema_(L, V, left, beta_k)
-                    right_statistics_ema_(R, V, right, beta_k)
+                    right_statistics_ema_(R, V, right, beta_k, work)
                 else:  # parameters out of step with each other (some had no gradient on some steps)
                     sel = torch.tensor(upd, device=L.device)
                     Ls, Rs = L.index_select(0, sel), R.index_select(0, sel)
                     left_statistics_ema_(Ls, V, left, beta_k)
-                    right_statistics_ema_(Rs, V, right, beta_k)
+                    right_statistics_ema_(Rs, V, right, beta_k, work)
                     L.index_copy_(0, sel, Ls)
                     R.index_copy_(0, sel, Rs)
             # roots (amortised)
             todo = [j for j, s in enumerate(sts) if root_due(group, s, cache_key, s["step"])]
             if todo:
-                self._roots(group, stk, sts, todo, L, R, left, right, inside, params[idx[0]].dtype)
+                self._roots(group, stk, sts, todo, L, R, left, right, inside, like.dtype)
             # directions
             # F: the first moments, kept in a stacked buffer (state views, updated in place by the
             # optimizer), so no copy; their bias correction 1/(1−β₁ᵗ) is applied to D (linear in F)
@@ -183,26 +216,33 @@ class Kron(Structure):
                     scale = 1.0 / bc1[0]
                 else:
                     scale = 1.0 / torch.tensor(bc1, dtype=F.dtype, device=F.device).view(-1, 1, 1)
+                Fp = F if F.shape[-2:] == slots[0].shape[-2:] else stack_padded(
+                    list(F.unbind(0)), m, n, left, right, slots[0]
+                )
             else:
-                F = torch.stack([ctx.grads[i].reshape(m, n) for i in idx])
-            Fp = pad(F, left, right)
+                Fp = stack_padded([ctx.grads[i] for i in idx], m, n, left, right, slots[0])
+                F = Fp[:, :m, :n]
+            stale = self._stale(group, sts) if stale_bounded(group) else []
+            f_norm = torch.linalg.vector_norm(F, dim=(-2, -1)) if stale else None  # before Fp is overwritten
             if inside:
                 Linv, Rinv = stk.stacked("kron_Linv", sts), stk.stacked("kron_Rinv", sts)
-                D = right_mul(left_mul(Linv, Fp, left), Rinv, right)
+                T = left_mul(Linv, Fp, left, out=_other(slots, Fp))
+                D = right_mul(T, Rinv, right, out=_other(slots, T))
             else:
                 UL, UR = stk.stacked("kron_UL", sts), stk.stacked("kron_UR", sts)
-                D = _direction_outside(UL, UR, stk.stacked("kron_C", sts), Fp, left, right)
+                D = _direction_outside(UL, UR, stk.stacked("kron_C", sts), Fp, left, right, slots)
             if D.shape[-2:] != (m, n):
                 D = D[:, :m, :n]
-            if stale_bounded(group):
-                cap = self._cap(group, sts, L, R, F, D)
+            if stale:
+                assert f_norm is not None
+                cap = self._cap(group, sts, stale, L, R, f_norm, D)
                 if cap is not None:
                     scale = cap * scale
             if isinstance(scale, Tensor) or scale != 1.0:
-                D = D.mul_(scale) if D.is_contiguous() else D * scale
-            for i, d in zip(idx, D.unbind(0), strict=True):
-                dirs[i] = d.reshape(params[i].shape)
-        return dirs  # type: ignore[return-value]
+                D = D.mul_(scale) if _in_scratch(slots, D) else D * scale
+            if not reuse and _in_scratch(slots, D):
+                D = D.clone()
+            yield idx, D
 
     @staticmethod
     def _roots(
@@ -315,20 +355,31 @@ class Kron(Structure):
             sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
 
     @staticmethod
+    def _stale(group: Mapping[str, Any], sts: list[dict]) -> list[int]:
+        """Bucket members whose cached roots are stale (statistics added since the root)."""
+        k = group["statistics_every"]
+        return [  # roots cached before this option existed carry no count: left as they are
+            j
+            for j, s in enumerate(sts)
+            if (u := Fn.statistics_count(s["step"], k)) != s.get("kron_root_count", u)
+        ]
+
+    @staticmethod
     def _cap(
-        group: Mapping[str, Any], sts: list[dict], L: Tensor, R: Tensor, F: Tensor, D: Tensor
+        group: Mapping[str, Any],
+        sts: list[dict],
+        stale: list[int],
+        L: Tensor,
+        R: Tensor,
+        f_norm: Tensor,
+        D: Tensor,
     ) -> Tensor | None:
         """``stale_damping='trace'``: the factors ``(B, 1, 1)`` that scale the stacked directions ``D`` of the
-        stale members to at most ``G‖F‖`` (1 elsewhere), ``G`` the gain bound of
-        :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each factor since its
-        root (no extra matrix products); ``None`` when nothing is to be scaled."""
+        ``stale`` members to at most ``G‖F‖`` (1 elsewhere; ``f_norm``: ``‖F‖`` of every member), ``G`` the
+        gain bound of :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each
+        factor since its root (no extra matrix products); ``None`` when nothing is to be scaled."""
         k = group["statistics_every"]
         counts = [Fn.statistics_count(s["step"], k) for s in sts]
-        stale = [  # roots cached before this option existed carry no count: left as they are
-            j for j, (s, u) in enumerate(zip(sts, counts, strict=True)) if u != s.get("kron_root_count", u)
-        ]
-        if not stale:
-            return None
         whole = len(stale) == len(sts)
         sel = None if whole else torch.tensor(stale, device=D.device)
 
@@ -352,7 +403,7 @@ class Kron(Structure):
         gain = Fn.kron_stale_gain(
             tau[:, 0], tau[:, 1], group["alpha"], group["eps"], group["eps_mode"], group["eps_root"]
         )
-        f_norm = torch.linalg.vector_norm(pick(F), dim=(-2, -1)).to(COMPUTE_DTYPE)
+        f_norm = pick(f_norm).to(COMPUTE_DTYPE)
         d_norm = torch.linalg.vector_norm(pick(D), dim=(-2, -1)).to(COMPUTE_DTYPE)
         binding = d_norm > gain * f_norm
         if D.device.type == "cpu" and not bool(binding.any()):  # a free test on a CPU: skip the product
@@ -384,20 +435,44 @@ def _sqrt_diagonal(X: Tensor, k: int) -> Tensor:
     return (evecs.square() * evals.sqrt().unsqueeze(-2)).sum(-1).reshape(-1)[:k]
 
 
-def _direction_outside(UL: Tensor, UR: Tensor, C: Tensor, F: Tensor, left: Side, right: Side) -> Tensor:
+def _direction_outside(
+    UL: Tensor, UR: Tensor, C: Tensor, F: Tensor, left: Side, right: Side, slots: list[Tensor]
+) -> Tensor:
     """``g⁻¹F = U_L [(U_Lᵀ F U_R) ⊙ C] U_Rᵀ`` for stacks of (blocked) eigenbases; a diagonal side has an
-    empty basis (the identity)."""
+    empty basis (the identity). The products alternate between the two scratch buffers ``slots``."""
     X = F
     if left.kind != "diag":
-        X = left_mul(UL.mT, X, left)
+        X = left_mul(UL.mT, X, left, out=_other(slots, X))
     if right.kind != "diag":
-        X = right_mul(X, UR, right)
-    X = X * C
+        X = right_mul(X, UR, right, out=_other(slots, X))
+    X = X.mul_(C) if _in_scratch(slots, X) else X * C
     if left.kind != "diag":
-        X = left_mul(UL, X, left)
+        X = left_mul(UL, X, left, out=_other(slots, X))
     if right.kind != "diag":
-        X = right_mul(X, UR.mT, right)
+        X = right_mul(X, UR.mT, right, out=_other(slots, X))
     return X
+
+
+def _scratch(cache: dict[Any, Any], slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A reusable contiguous buffer of ``shape`` (``slot`` 0 or 1) of ``like``'s dtype and device, shared by
+    all buckets of one optimizer: grown when a bucket needs more, never shrunk. Scratch memory is two
+    buffers the size of the largest bucket (padded), the transients a step would otherwise allocate."""
+    store = cache.setdefault("scratch", {})
+    key = (slot, like.dtype, like.device)
+    numel = math.prod(shape)
+    buf = store.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = store[key] = like.new_empty(numel)
+    return buf[:numel].view(shape)
+
+
+def _in_scratch(slots: list[Tensor], X: Tensor) -> bool:
+    return any(X.data_ptr() == s.data_ptr() for s in slots)
+
+
+def _other(slots: list[Tensor], X: Tensor) -> Tensor:
+    """The scratch buffer that ``X`` does not live in (``slots[0]`` if ``X`` is in neither)."""
+    return slots[1] if X.data_ptr() == slots[0].data_ptr() else slots[0]
 
 
 KRON = Kron()
