@@ -18,14 +18,15 @@ Optimizers (labels):
 - ``kron-b<b>[-s<k>][-e<r>][-f32]`` -- blocks of ``b``, statistics every ``k`` steps, ``eigh`` on every
   ``r``-th root only (power-iteration + QR refreshes between), float32 roots (the choices the defaults
   were picked from);
-- ``muon`` -- :class:`torch.optim.Muon` for the hidden ``(width, width)`` matrices + AdamW for the rest;
-- ``po-soap``, ``po-shampoo``, ``po-scalable-shampoo`` -- pytorch_optimizer's SOAP (its defaults:
-  eigenbasis every 10 steps), Shampoo (roots every 10 steps) and ScalableShampoo (blocks of 128, roots
-  every 10 steps); ``hb-soap``, ``hb-psgd-kron`` -- heavyball's SOAP and PSGDKron, uncompiled (PSGDKron is
-  not in the default list: uncompiled, it asked for an 824 GB einsum buffer at width 512 and grew past 8 GB
-  at width 128 with heavyball 3.2.1 and torch 2.13, so pass it in ``extra`` only knowingly). Peers are
-  measured only if they import with this torch (install them with ``pip install --no-deps --target DIR
-  pytorch_optimizer heavyball`` and put ``DIR`` on ``LEARNDYN_BENCH_PEERS``, or on ``sys.path``).
+- ``muon``, ``po-soap``, ``po-shampoo``, ``po-scalable-shampoo``, ``hb-soap`` -- the peers of
+  :data:`learndyn.optim.peers.PEERS`, built exactly as the optimizer comparison builds them: torch's Muon
+  on every 2-D parameter + AdamW on the rest (one lr, Muon's step scaled to AdamW's update RMS),
+  pytorch_optimizer's SOAP (its defaults: eigenbasis every 10 steps), Shampoo (roots every 10 steps) and
+  ScalableShampoo (blocks of 128, roots every 10 steps), heavyball's SOAP uncompiled. ``hb-psgd-kron`` --
+  heavyball's PSGDKron, uncompiled, not in the default list: it asked for an 824 GB einsum buffer at width
+  512 and grew past 8 GB at width 128 with heavyball 3.2.1 and torch 2.13, so pass it in ``extra`` only
+  knowingly. Peers are measured only if their package is installed (``pip install -c constraints.txt -e
+  ".[bench]"``); a missing one is listed as not measured.
 
 The quality check trains the digits MLP (``64 -> 256 -> 256 -> 10``, so blocks of 32 and 64 really split its
 factors) for a fixed number of steps with each optimizer at the best learning rate of a small grid
@@ -40,15 +41,16 @@ This replaces the former ``kron_cost`` and ``optim_step`` benchmarks (one comman
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from learndyn.optim.peers import PEERS as PEER_OPTIMIZERS
+from learndyn.optim.peers import build_peer
 
 NAME = "optim_step"
 BATCH = 128
@@ -58,6 +60,7 @@ EVERY = 10
 VARIANTS = ["kron-b64", "kron-b32-f32", "kron-b32-e4", "kron-b32-s2", "kron-b32-s2-e4"]
 """The ``kron`` settings timed beside the default (labels as in the module doc)."""
 PEERS = ["po-soap", "po-shampoo", "po-scalable-shampoo", "hb-soap"]
+"""The package peers timed by default (``muon`` is always timed; see the module doc)."""
 FAILURES: list[str] = []
 """Optimizers that raised at some width (reported in the notes)."""
 
@@ -72,30 +75,6 @@ def _model(width: int, seed: int = 0) -> nn.Module:
     model = nn.Sequential(*layers, nn.Linear(width, 10))
     torch.random.set_rng_state(gen_state)
     return model
-
-
-class _Pair(torch.optim.Optimizer):
-    """Two optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest)."""
-
-    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
-        self.parts = (first, second)
-        self.param_groups = first.param_groups + second.param_groups
-        self.state = {}  # type: ignore[assignment]
-        self.defaults = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.parts:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        for opt in self.parts:
-            opt.step()
-
-
-def _peers_path() -> None:
-    extra = os.environ.get("LEARNDYN_BENCH_PEERS")
-    if extra and extra not in sys.path:
-        sys.path.append(extra)
 
 
 def _cgd(params: Any, lr: float, steady: bool, **kw: Any) -> torch.optim.Optimizer:
@@ -138,34 +117,13 @@ def make_optimizer(label: str, model: nn.Module, lr: float, steady: bool = True)
         return _cgd(params, lr, steady, structure="kron", precondition_every=EVERY, max_block=None)
     if label.startswith("kron-"):
         return _cgd(params, lr, steady, **_kron_variant(label))
-    hidden = [p for p in params if p.ndim == 2 and p.shape[0] == p.shape[1]]
-    rest = [p for p in params if not any(p is q for q in hidden)]
-    if label == "muon":
-        return _Pair(torch.optim.Muon(hidden, lr=lr), torch.optim.AdamW(rest, lr=lr))
-    _peers_path()
-    if label.startswith("po-"):
-        import pytorch_optimizer as po
-
-        if label == "po-soap":
-            return po.SOAP(params, lr=lr)
-        if label == "po-shampoo":
-            return po.Shampoo(params, lr=lr, preconditioning_compute_steps=EVERY)
-        if label == "po-scalable-shampoo":
-            return po.ScalableShampoo(
-                params,
-                lr=lr,
-                block_size=128,
-                preconditioning_compute_steps=EVERY,
-                start_preconditioning_step=1,
-            )
-    if label.startswith("hb-"):
+    if label == "hb-psgd-kron":
         import heavyball
 
         heavyball.utils.compile_mode = None  # eager: compilation on a shared CPU is not what is measured
-        if label == "hb-soap":
-            return heavyball.SOAP(params, lr=lr)
-        if label == "hb-psgd-kron":
-            return heavyball.PSGDKron(params, lr=lr)
+        return heavyball.PSGDKron(params, lr=lr)
+    if label in PEER_OPTIMIZERS:
+        return build_peer(label, params, lr)
     raise ValueError(f"unknown optimizer label {label!r}")
 
 
@@ -289,7 +247,7 @@ QUALITY_LRS: dict[str, list[float]] = {
     "kron-unblocked": KRON_LRS,
     "kron-b64": KRON_LRS,
     "kron": KRON_LRS,
-    "muon": [3e-3, 1e-2, 3e-2, 1e-1],
+    "muon": [1e-3, 3e-3, 5e-3, 1e-2],  # AdamW's grid: the peer scales Muon's step to AdamW's update RMS
 }
 """Learning-rate grids of the quality check (kron's scale differs from Adam's: its tuned rates in
 ``learndyn/tasks/learning_rates.toml`` are 0.1-1)."""
