@@ -453,14 +453,16 @@ class Comparison:
         return out
 
     def summary(self) -> dict[str, float]:
-        """Flat scalars: ``final_loss/<task>/<opt>`` and ``steps_to_target/<task>/<opt>`` (when reached)."""
+        """Flat scalars: ``final_loss/<task>/<opt>``, ``steps_to_target/<task>/<opt>`` and
+        ``time_to_target/<task>/<opt>`` (when reached), ``<metric_name>/<task>/<opt>`` (with a metric)."""
         out: dict[str, float] = {}
         for row in self.rows():
             key = f"{row['task']}/{row['optimizer']}"
-            if row["final_loss"] is not None:
-                out[f"final_loss/{key}"] = row["final_loss"]
-            if row["steps_to_target"] is not None:
-                out[f"steps_to_target/{key}"] = row["steps_to_target"]
+            for name in ("final_loss", "steps_to_target", "time_to_target"):
+                if row[name] is not None:
+                    out[f"{name}/{key}"] = row[name]
+            if row["metric"] is not None:
+                out[f"{row['metric_name']}/{key}"] = row["metric"]
         return out
 
 
