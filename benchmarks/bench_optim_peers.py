@@ -82,8 +82,8 @@ PLANS = (
     Plan("char-transformer", ("adamw", "KRON", "cgd-diag", "muon"), half_decades(-6, -4), seeds=(0,),
          steps=200,
          note="reduced: 200 of 1000 steps, 3-point grid 1e-3 .. 1e-2, seed 0 only, evaluation every 10 "
-         "steps, four optimizers (AdamW, the best cgd-kron variant on the tasks before it, cgd-diag, Muon); when no "
-         "one reaches the target (1.6 nats) the ranking is the final validation loss at equal steps"),
+         "steps, four optimizers (AdamW, the best cgd-kron variant on the tasks before it, cgd-diag, Muon); "
+         "when no one reaches the target (1.6 nats) the ranking is the final validation loss at equal steps"),
 )
 EVAL_EVERY = {"char-transformer": 10}
 """Evaluation interval where it differs from ``steps // 100`` (the char transformer's evaluation is dear)."""
