@@ -66,3 +66,12 @@ def test_verdict_needs_the_baseline_and_a_known_op():
         verdict([row("t", "cgd-a", 1, 1.0, 0.1)])
     with pytest.raises(LearndynValueError, match="op='<'"):
         verdict(synthetic(), metric_checks=[("t1", "<", 1.0)])
+
+
+def test_per_task_best_prefers_a_winner_over_the_fewest_steps():
+    rows = [row("t", "adamw", 100, 1.0, 0.1), row("t", "cgd-full", 40, 30.0, 0.01),
+            row("t", "cgd-diag", 60, 0.5, 0.1), row("t", "cgd-kron", 50, 1.2, 0.1)]
+    (best,) = verdict(rows)["per_task"]
+    assert best["best"] == "cgd-diag" and best["win"]  # cgd-full: 75x the time; cgd-kron: no time gain
+    (best,) = verdict(rows[:2] + rows[3:])["per_task"]
+    assert best["best"] == "cgd-kron" and not best["win"] and not best["slower"]  # beats the fewest steps
