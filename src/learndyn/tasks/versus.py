@@ -16,9 +16,10 @@ A **win** is ``steps ratio >= 1.3`` and ``time ratio >= 1.1``; **more than 1.5x 
    comparison's ranking (fewest median steps to target, then lowest final loss) -- so a configuration with the
    fewest steps but many times AdamW's time to target (``cgd-full``) does not hide a faster one. Does the best
    win on at least ``need_wins`` tasks? Is it never more than 1.5x slower?
-2. the best single candidate across tasks (most wins, then the largest mean ``log`` steps ratio over the
-   tasks, ratios clipped to ``[1e-3, 1e3]``, a task where it did not run or is undecided counting as ``1e-3``;
-   then the mean ``log`` final-loss ratio ``L_b / L_c``) -- the same two questions;
+2. the best single candidate across tasks (most wins, then fewest tasks more than 1.5x slower, then the
+   largest mean ``log`` steps ratio over the tasks, ratios clipped to ``[1e-3, 1e3]``, a task where it did not
+   run or is undecided counting as ``1e-3``; then the mean ``log`` final-loss ratio ``L_b / L_c``) -- the
+   same two questions;
 3. optional metric checks, e.g. ``test_accuracy >= 0.94`` on MNIST-1D CNN for the per-task best candidate,
    and ``val_bits_per_char`` of the best candidate ``<=`` the baseline's at the same step budget.
 """
@@ -128,7 +129,8 @@ def verdict(
             "mean_log_loss_ratio": sum(_score(r["loss_ratio"]) for r in ratios.values()) / len(tasks),
             "ratios": ratios,
         })
-    single.sort(key=lambda s: (-s["wins"], -s["mean_log_steps_ratio"], -s["mean_log_loss_ratio"]))
+    single.sort(key=lambda s: (-s["wins"], len(s["slower_on"]), -s["mean_log_steps_ratio"],
+                               -s["mean_log_loss_ratio"]))
     checks = []
     wins = sum(p["win"] for p in per_task)
     checks.append(_check(f"best CovariantGD per task: >= {WIN_STEPS}x fewer steps and >= {WIN_TIME}x less "
