@@ -191,18 +191,18 @@ def _unit(m: dict[str, Any]) -> str:
     return "steps" if m["on"] == "steps_to_target" else "loss"
 
 
-def _load(plan: Plan) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """``(complete result or None, optimizers already done)`` saved for this plan (same task, grid, seeds and
-    steps); a result is complete when it ran every optimizer of the plan."""
+def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
+    """``(saved result, complete)`` for this plan: a result saved with the same task, grid, seeds and steps
+    (``None`` if there is none), complete when it ran every optimizer of the plan."""
     path = SAVED / f"{plan.task}.json"
     if os.environ.get("LEARNDYN_PEERS_FRESH") or not path.exists():
-        return None, {}
+        return None, False
     saved = json.loads(path.read_text())
     want = json.loads(json.dumps(plan.signature()))
     if saved.get("plan") == want and not saved.get("not_run"):
-        return saved, saved.get("partial", {})
+        return saved, True
     same = all(saved.get("plan", {}).get(k) == want[k] for k in ("task", "grid", "seeds", "steps"))
-    return None, saved.get("partial", {}) if same else {}
+    return (saved, False) if same else (None, False)
 
 
 def _saver(task: str) -> Callable[[dict[str, Any]], None]:
@@ -222,8 +222,9 @@ def run(quick: bool) -> dict[str, Any]:
     try:
         for template in QUICK if quick else PLANS:
             plan = resolve(template, done)
-            saved, partial = (None, {}) if quick else _load(plan)
-            if saved is None and (not only or plan.task in only):
+            saved, complete = (None, False) if quick else _load(plan)
+            if not complete and (not only or plan.task in only):  # run it, or what is missing of it
+                partial = saved.get("partial", {}) if saved else {}
                 saved = run_plan(plan, partial, (lambda r: None) if quick else _saver(plan.task))
             if saved is not None and saved.get("not_run"):
                 notes.append(f"{plan.task}: NOT RUN (compute budget): {', '.join(saved['not_run'])}")
