@@ -222,7 +222,9 @@ def test_tiny_experiment_returns_a_table_summary_and_logs_curves():
     assert torch.get_num_threads() == threads
     assert len(result.table) == 4
     row = result.table[0]
-    assert {"task", "optimizer", "rank", "final_loss", "steps_to_target", "wall_time_s"} <= set(row)
+    assert {"task", "optimizer", "rank", "final_loss", "steps_to_target", "time_to_target_s", "run_time_s",
+            "metric", "metric_name", "clock"} <= set(row)
+    assert list(row).index("time_to_target_s") == list(row).index("steps_to_target") + 1  # side by side
     assert {r["rank"] for r in result.table if r["task"] == "deep-linear"} == {1, 2}
     assert set(result.summary) >= {"final_loss/multiplication/adam", "final_loss/deep-linear/sgd"}
     assert result.passed is None
@@ -280,3 +282,20 @@ def test_report_of_a_stored_comparison_run_shows_the_loss_curves(tmp_path):
         registry.get("optimizer-comparison").run(config, run)
     html = build_html_report(store, [run.id], tmp_path / "r.html").read_text()
     assert "Optimizer comparison: full-data loss" in html
+
+
+def test_verdict_shows_time_to_target_beside_steps_and_the_time_margin():
+    from learndyn.phenomena.optimizer_comparison import comparison_verdict
+
+    summary = {"final_loss/t/adamw": 0.1, "steps_to_target/t/adamw": 200.0, "time_to_target/t/adamw": 3.0,
+               "final_loss/t/muon": 0.1, "steps_to_target/t/muon": 100.0, "time_to_target/t/muon": 2.0,
+               "test_accuracy/t/muon": 0.9}
+    (row,) = comparison_verdict(summary)
+    assert row["winner"] == "muon" and row["time to target (s)"] == 2.0
+    assert row["margin"] == "2.00× fewer steps to target, 1.50× less time"
+
+
+def test_config_checks_the_clock():
+    assert OptimizerComparisonConfig(clock="cpu").clock == "cpu"
+    with pytest.raises(LearndynValueError, match="clock='gpu' is not allowed"):
+        OptimizerComparisonConfig(clock="gpu")

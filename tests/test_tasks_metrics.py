@@ -54,3 +54,19 @@ def test_real_tasks_declare_their_headline_metric(name, metric, higher):
     assert name in task_names()
     task = get_task(name)
     assert task.metric_name == metric and task.higher_is_better is higher
+
+
+def test_compare_reports_each_runs_final_metric_and_the_median_over_seeds():
+    from learndyn.tasks.compare import compare
+
+    def metrics(model):  # a deterministic function of the trained weights, so the median can be checked
+        return {"w": float(model.weight.sum()), "other": 0.0}
+
+    task = _task(metrics=metrics, metric_name="w")
+    result = compare([task], ["sgd"], seeds=(0, 1, 2), steps=3, lr=0.1)
+    values = sorted(r.metrics["w"] for r in result.runs)
+    assert all(r.metric_name == "w" and set(r.metrics) == {"w", "other"} for r in result.runs)
+    (row,) = result.rows()
+    assert row["metric_name"] == "w" and row["metric"] == pytest.approx(values[1])
+    plain = compare([_task()], ["sgd"], seeds=(0,), steps=2, lr=0.1)
+    assert plain.runs[0].metrics == {} and plain.rows()[0]["metric"] is None

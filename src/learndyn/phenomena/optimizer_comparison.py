@@ -1,4 +1,5 @@
-"""The optimizer comparison (``learndyn run optimizer-comparison``): SGD, Adam and CovariantGD on small tasks.
+"""The optimizer comparison (``learndyn run optimizer-comparison``): CovariantGD against SGD, Adam(W), the
+peers of :mod:`learndyn.optim.peers` (Muon, SOAP, Shampoo, PSGD-Kron) on the tasks of :mod:`learndyn.tasks`.
 
 For each task in :mod:`learndyn.tasks` and each optimizer label (see
 :meth:`learndyn.tasks.compare.OptimizerSpec.parse`), train from ``seeds`` seeds and record the full-data loss
@@ -10,8 +11,11 @@ Logged metrics: ``loss/<task>/<optimizer>`` (median across seeds, every ``eval_e
 ``target/<task>`` at step 0. :func:`comparison_figure` draws them (one subplot per task, log scale) from a
 run store frame, a :class:`~learndyn.store.recorder.MemoryRecorder` or a mapping ``name -> (steps, values)``;
 it is the experiment's report figure.
-The result's ``table`` has one row per task and optimizer (``rank`` 1 is the task's winner) and ``summary``
-the final losses and steps to target by ``<task>/<optimizer>``.
+The result's ``table`` has one row per task and optimizer (``rank`` 1 is the task's winner; steps to target
+beside time to target, measured by ``clock``; ``metric`` the task's own final metric, e.g. MNIST-1D test
+accuracy, median over seeds) and ``summary`` the final losses, steps and time to target and metrics by
+``<task>/<optimizer>``. E.g. ``learndyn run optimizer-comparison --set tasks=digits,deep-linear
+--set optimizers=adamw,muon,po-soap,po-kron,cgd-kron --set clock=cpu``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ import torch
 from learndyn.phenomena.registry import Experiment, ExperimentResult, register
 from learndyn.store.recorder import Recorder
 from learndyn.tasks import get_task, task_names
-from learndyn.tasks.compare import OptimizerSpec, compare, margin
+from learndyn.tasks.compare import CLOCKS, OptimizerSpec, compare, margin
 from learndyn.validation import LearndynValueError, as_tuple, check_choice, check_int, check_real
 
 NAME = "optimizer-comparison"
-DESCRIPTION = "SGD vs Adam vs CovariantGD on Rosenbrock, x*y, digits and deep linear regression"
+DESCRIPTION = "CovariantGD vs SGD, Adam(W), Muon, SOAP, Shampoo, PSGD-Kron: steps and time to target per task"
 
 
 @dataclass
@@ -45,7 +49,8 @@ class OptimizerComparisonConfig:
     ``max_full_params``: the ``cgd-full`` structure is skipped on models with more parameters (its
     eigendecompositions would dominate the run time). ``num_threads``: torch CPU threads while running
     (restored afterwards; ``None`` leaves the setting alone) -- these models are too small to gain from more,
-    and one thread keeps wall times comparable between optimizers.
+    and one thread keeps wall times comparable between optimizers. ``clock``: what time to target measures --
+    ``wall`` seconds or the training thread's ``cpu`` seconds (steadier on a shared machine).
     """
 
     tasks: tuple[str, ...] = ("rosenbrock-2d", "rosenbrock-100d", "multiplication", "digits", "deep-linear")
@@ -58,6 +63,7 @@ class OptimizerComparisonConfig:
     eval_every: int | None = None
     max_full_params: int = 1000
     num_threads: int | None = 1
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         owner = "OptimizerComparisonConfig"
@@ -86,6 +92,7 @@ class OptimizerComparisonConfig:
         check_int("max_full_params", self.max_full_params, low=1, owner=owner)
         if self.num_threads is not None:
             check_int("num_threads", self.num_threads, low=1, owner=owner)
+        check_choice("clock", self.clock, CLOCKS, owner=owner)
 
 
 QUICK = {
@@ -115,6 +122,7 @@ def run(config: OptimizerComparisonConfig, recorder: Recorder) -> ExperimentResu
             max_full_params=config.max_full_params,
             recorder=recorder,
             description=NAME,
+            clock=config.clock,
         )
     finally:
         torch.set_num_threads(threads)
@@ -124,11 +132,14 @@ def run(config: OptimizerComparisonConfig, recorder: Recorder) -> ExperimentResu
             "optimizer": r["optimizer"],
             "rank": r["rank"],
             "lr": r["lr"],
-            "final_loss": r["final_loss"],
             "steps_to_target": r["steps_to_target"],
-            "reached": r["reached"],
             "time_to_target_s": r["time_to_target"],
-            "wall_time_s": r["wall_time"],
+            "reached": r["reached"],
+            "final_loss": r["final_loss"],
+            "metric_name": r["metric_name"],
+            "metric": r["metric"],
+            "run_time_s": r["wall_time"],
+            "clock": config.clock,
             "status": r["status"] if not r["note"] else f"{r['status']}: {r['note']}",
         }
         for r in result.rows()
@@ -241,11 +252,11 @@ def comparison_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     per_task: dict[str, dict[str, dict[str, Any]]] = {}
     for key, value in summary.items():
         kind, _, rest = key.partition("/")
-        if kind not in ("final_loss", "steps_to_target") or rest.count("/") != 1:
+        if kind not in ("final_loss", "steps_to_target", "time_to_target") or rest.count("/") != 1:
             continue
         task, optimizer = rest.split("/")
         row = per_task.setdefault(task, {}).setdefault(
-            optimizer, {"final_loss": None, "steps_to_target": None, "status": "ok"}
+            optimizer, {"final_loss": None, "steps_to_target": None, "time_to_target": None, "status": "ok"}
         )
         row[kind] = float(value)
     rows = []
@@ -271,11 +282,15 @@ def comparison_verdict(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         else:
             what = "fewer steps to target" if won_by["on"] == "steps_to_target" else "lower final loss"
             text = f"{won_by['ratio']:.2f}× {what}"
+            times = best["time_to_target"], runner[1]["time_to_target"]
+            if won_by["on"] == "steps_to_target" and times[0] and times[1] is not None:
+                text += f", {times[1] / times[0]:.2f}× less time"
         rows.append(
             {
                 "task": task,
                 "winner": winner,
                 "steps to target": best["steps_to_target"],
+                "time to target (s)": best["time_to_target"],
                 "final loss": best["final_loss"],
                 "runner-up": runner[0] if runner else None,
                 "margin": text,

@@ -11,7 +11,8 @@ Protocol (:func:`compare`):
    ``eval_every`` steps evaluate the full-data loss ``L_t = task.evaluate(model)``. Wall time counts training
    steps only (sampling, forward, backward, optimizer step), not evaluation.
 3. Per run: ``steps_to_target = min{t : L_t <= task.target_loss}`` over evaluated steps (resolution
-   ``eval_every``), the training wall time up to then, and the final loss ``L_T``. A run whose loss becomes
+   ``eval_every``), the training wall time up to then, the final loss ``L_T`` and, for a task with
+   ``metrics``, its final metrics (:meth:`Task.final_metrics`, e.g. test accuracy). A run whose loss becomes
    non-finite or exceeds ``DIVERGENCE_FACTOR * L_0`` stops and counts as diverged (never reaches the
    target, final loss ``inf``).
 4. Across seeds (:meth:`Comparison.rows`): the median of each quantity, a run that never reaches the target
@@ -61,7 +62,9 @@ class RunResult:
     ``status``: ``ok``, ``diverged``, ``does not fit`` (the optimizer refused the model, e.g. ``full`` over
     its memory budget), ``skipped`` (over ``max_full_params``), ``unsupported`` (another constructor error)
     or ``error`` (``optimizer.step`` raised while the parameters were finite); ``message`` says why.
-    ``eval_steps``/``losses``: the full-data loss curve.
+    ``eval_steps``/``losses``: the full-data loss curve. ``metrics``: the task's final metrics after training
+    (:meth:`~learndyn.tasks.base.Task.final_metrics`, not timed; empty for a task without them or a run that
+    did not end ``ok``), ``metric_name`` the task's headline key.
     """
 
     task: str
@@ -76,6 +79,8 @@ class RunResult:
     steps_to_target: int | None = None
     time_to_target: float | None = None
     wall_time: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    metric_name: str | None = None
 
     @property
     def ran(self) -> bool:
@@ -125,7 +130,7 @@ def train(
     steps = check_int("steps", task.steps if steps is None else steps, low=1, owner="train")
     eval_every = check_int("eval_every", eval_every or max(1, steps // 100), low=1, owner="train")
     now = CLOCKS[check_choice("clock", clock, CLOCKS, owner="train")]
-    result = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=lr)
+    result = RunResult(task=task.name, optimizer=spec.label, seed=seed, lr=lr, metric_name=task.metric_name)
 
     model = task.make_model(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -179,6 +184,8 @@ def train(
         if value <= task.target_loss:  # training time to the first evaluation at or below the target
             result.steps_to_target, result.time_to_target = step, (stamp - start if step else 0.0)
             break
+    if result.status == "ok":
+        result.metrics = task.final_metrics(model)
     return result
 
 
@@ -368,14 +375,17 @@ class Comparison:
         """One row per task and optimizer: medians across seeds and the ``rank`` within the task.
 
         Keys: ``task, optimizer, lr, status, note, final_loss, steps_to_target, time_to_target`` (seconds),
-        ``reached`` (``"k/n"`` seeds), ``wall_time`` (seconds per run), ``step_ms``, ``rank`` (1 = best by
-        steps to target then final loss; ``None`` for optimizers that did not run).
+        ``reached`` (``"k/n"`` seeds), ``wall_time`` (seconds per run), ``step_ms``, ``metric_name`` and
+        ``metric`` (the task's headline final metric, median over the seeds that ended ``ok``; ``None`` for a
+        task without one), ``rank`` (1 = best by steps to target then final loss; ``None`` for optimizers
+        that did not run).
         """
         out = []
         for task, name in self.pairs():
             runs = self.runs_of(task, name)
             ran = [r for r in runs if r.ran]
-            row: dict[str, Any] = {"task": task, "optimizer": name, "lr": self.lrs.get((task, name))}
+            row: dict[str, Any] = {"task": task, "optimizer": name, "lr": self.lrs.get((task, name)),
+                                   "metric_name": runs[0].metric_name, "metric": None}
             if not ran:
                 row.update(
                     status=runs[0].status,
@@ -406,6 +416,8 @@ class Comparison:
                 wall_time=_median([r.wall_time for r in ran]),
                 step_ms=1e3 * _median([r.step_time for r in ran]),
             )
+            scored = [r.metrics[r.metric_name] for r in runs if r.metric_name in r.metrics]
+            row["metric"] = _median(scored) if scored else None
             out.append(row)
         for task in dict.fromkeys(r["task"] for r in out):
             ranked = sorted((r for r in out if r["task"] == task and r["final_loss"] is not None), key=_key)
@@ -441,14 +453,16 @@ class Comparison:
         return out
 
     def summary(self) -> dict[str, float]:
-        """Flat scalars: ``final_loss/<task>/<opt>`` and ``steps_to_target/<task>/<opt>`` (when reached)."""
+        """Flat scalars: ``final_loss/<task>/<opt>``, ``steps_to_target/<task>/<opt>`` and
+        ``time_to_target/<task>/<opt>`` (when reached), ``<metric_name>/<task>/<opt>`` (with a metric)."""
         out: dict[str, float] = {}
         for row in self.rows():
             key = f"{row['task']}/{row['optimizer']}"
-            if row["final_loss"] is not None:
-                out[f"final_loss/{key}"] = row["final_loss"]
-            if row["steps_to_target"] is not None:
-                out[f"steps_to_target/{key}"] = row["steps_to_target"]
+            for name in ("final_loss", "steps_to_target", "time_to_target"):
+                if row[name] is not None:
+                    out[f"{name}/{key}"] = row[name]
+            if row["metric"] is not None:
+                out[f"{row['metric_name']}/{key}"] = row["metric"]
         return out
 
 
