@@ -77,3 +77,15 @@ def test_per_task_best_prefers_a_winner_over_the_fewest_steps():
     assert best["best"] == "cgd-diag" and best["win"]  # cgd-full: 75x the time; cgd-kron: no time gain
     (best,) = verdict(rows[:2] + rows[3:])["per_task"]
     assert best["best"] == "cgd-kron" and not best["win"] and not best["slower"]  # beats the fewest steps
+
+
+def test_a_baseline_of_several_labels_takes_each_tasks_best():
+    rows = [row("t1", "adamw", 200, 2.0, 0.1), row("t1", "adam", 100, 1.0, 0.1),
+            row("t1", "cgd-a", 60, 0.6, 0.1), row("t2", "adamw", 100, 1.0, 0.1),
+            row("t2", "adam", None, None, 0.5), row("t2", "cgd-a", 60, 0.6, 0.1)]
+    out = verdict(rows, baseline=("adamw", "adam"), need_wins=1)
+    assert [p["baseline"] for p in out["per_task"]] == ["adam", "adamw"]
+    assert [p["steps_ratio"] for p in out["per_task"]] == pytest.approx([100 / 60, 100 / 60])
+    assert "adamw / adam" in out["checks"][0]["check"]
+    with pytest.raises(LearndynValueError, match="adamw / adam"):
+        verdict([row("t", "cgd-a", 1, 1.0, 0.1)], baseline=("adamw", "adam"))

@@ -87,7 +87,7 @@ def _score(ratio: float | None) -> float:
 def verdict(
     rows: Sequence[Row],
     *,
-    baseline: str = "adamw",
+    baseline: str | Sequence[str] = "adamw",
     is_candidate: Callable[[str], bool] = lambda name: name.startswith("cgd-"),
     need_wins: int = 3,
     metric_checks: Sequence[tuple[str, str, float | None]] = (),
@@ -96,17 +96,23 @@ def verdict(
 
     ``metric_checks``: ``(task, op, threshold)`` with ``op`` ``">="`` (the best candidate's median ``metric``
     is at least ``threshold``) or ``"<=base"`` (at most the baseline's ``metric`` on that task;
-    ``threshold`` ignored). Returns ``{"per_task": [...], "single": [...], "single_best": label,
-    "checks": [{"check", "value", "target", "passed"}, ...]}``. Raises if a task lacks the baseline.
+    ``threshold`` ignored). ``baseline``: one label, or several -- e.g. ``("adamw", "adam")``, AdamW with its
+    weight decay tuned over ``{0.01, 0}`` -- of which each task uses its best-ranked row (fewest steps to
+    target, then lowest final loss; ``per_task[i]["baseline"]`` says which). Returns ``{"per_task": [...],
+    "single": [...], "single_best": label, "checks": [{"check", "value", "target", "passed"}, ...]}``.
+    Raises if a task lacks every baseline.
     """
+    names = (baseline,) if isinstance(baseline, str) else tuple(baseline)
+    shown = " / ".join(names)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     by_task = {t: [r for r in rows if r["task"] == t] for t in tasks}
     base: dict[str, Row] = {}
     for task, task_rows in by_task.items():
-        found = next((r for r in task_rows if r["optimizer"] == baseline), None)
-        if found is None:
-            raise LearndynValueError(f"verdict: task {task!r} has no {baseline!r} row; allowed: rows with it")
-        base[task] = found
+        found = sorted((r for r in task_rows if r["optimizer"] in names and r.get("final_loss") is not None),
+                       key=_key) or [r for r in task_rows if r["optimizer"] in names]
+        if not found:
+            raise LearndynValueError(f"verdict: task {task!r} has no {shown!r} row; allowed: rows with one")
+        base[task] = found[0]
     candidates = list(dict.fromkeys(r["optimizer"] for r in rows if is_candidate(r["optimizer"])))
     per_task = []
     for task, task_rows in by_task.items():
@@ -115,7 +121,8 @@ def verdict(
         ran.sort(key=lambda r: (not judged[r["optimizer"]]["win"], judged[r["optimizer"]]["slower"],
                                 *_key(r)))
         best = ran[0] if ran else None
-        per_task.append({"task": task, "best": best["optimizer"] if best else None,
+        per_task.append({"task": task, "baseline": base[task]["optimizer"],
+                         "best": best["optimizer"] if best else None,
                          "metric": best.get("metric") if best else None,
                          "baseline_metric": base[task].get("metric"), **ratio_vs(best, base[task])})
     single = []
@@ -135,10 +142,10 @@ def verdict(
     checks = []
     wins = sum(p["win"] for p in per_task)
     checks.append(_check(f"best CovariantGD per task: >= {WIN_STEPS}x fewer steps and >= {WIN_TIME}x less "
-                         f"time than {baseline}, on how many tasks", wins, f">= {need_wins} of {len(tasks)}",
+                         f"time than {shown}, on how many tasks", wins, f">= {need_wins} of {len(tasks)}",
                          wins >= need_wins))
     slow = [p["task"] for p in per_task if p["slower"]]
-    checks.append(_check(f"best CovariantGD per task: tasks more than {SLOWER}x slower than {baseline}",
+    checks.append(_check(f"best CovariantGD per task: tasks more than {SLOWER}x slower than {shown}",
                          ", ".join(slow) or "none", "none", not slow))
     if single:
         top = single[0]
@@ -163,7 +170,8 @@ def verdict(
             if op == ">=":
                 target, passed = f">= {threshold}", value is not None and value >= (threshold or 0.0)
             else:
-                target = f"<= {baseline}'s {ref:.4g}" if ref is not None else f"<= {baseline}'s (missing)"
+                who = entry["baseline"]
+                target = f"<= {who}'s {ref:.4g}" if ref is not None else f"<= {who}'s (missing)"
                 passed = value is not None and ref is not None and value <= ref
             label = "best CovariantGD per task" if which == "per task" else "best single configuration"
             checks.append(_check(f"{task}: metric of the {label} ({name})", value, target, passed))
