@@ -76,7 +76,7 @@ class CovariantGD(Optimizer):
         per matrix-shaped parameter (conv weights as ``(out, in·k·k)``) Kronecker factors ``L = EMA[V Vᵀ]``,
         ``R = EMA[Vᵀ V]`` with ``S ≈ L^{½} ⊗ R^{½}``, each factor raised to ``α/2`` (Shampoo's ¼ at α = ½);
         ``ε`` damps each factor for ``'inside'``. Vectors and scalars use ``'diag'``. A side longer than
-        ``max_factor_dim`` keeps only its diagonal; a side longer than ``max_block`` (default 32) keeps the
+        ``max_factor_dim`` keeps only its diagonal; a side longer than ``max_block`` (default 64) keeps the
         diagonal blocks of its factor, at most ``max_block`` wide (:mod:`learndyn.optim.blocking`).
     ``'block'``
         a full ``(n, n)`` matrix per parameter tensor of ``n`` elements.

@@ -25,7 +25,7 @@ EPS_MODES = ("inside", "outside")
 ROOT_METHODS = ("eigh", "newton")
 STALE_DAMPINGS = ("trace", "none")
 ROOT_DTYPES = ("float64", "float32")
-DEFAULT_MAX_BLOCK: int | None = 32
+DEFAULT_MAX_BLOCK: int | None = 64
 """``'kron'``'s block size (``None``: unblocked); see docs/optimizers.md, "Cost of kron"."""
 RELATIVE_EPS_STRUCTURES = ("kron", "block", "full")
 """Structures whose matrix roots ``eps_rel`` damps."""
