@@ -19,7 +19,9 @@ ratio is a statement about the lr landscape of that run, not a held-out estimate
 
 Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each);
 ``GRAFT_BENCH_CACHE=path`` appends each finished run to a JSON-lines file and reuses it on the next call
-(delete it after changing the code); ``GRAFT_BENCH_TASKS=a,b`` restricts the tasks. Progress goes to stderr.
+(delete it after changing the code); ``GRAFT_BENCH_TASKS=a,b`` restricts the tasks;
+``GRAFT_BENCH_SCHEDULE=cosine`` anneals every run's lr (Adam's too) to 0 over its budget instead of keeping
+it constant (a diagnostic: the comparison itself runs at a constant lr). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -68,6 +70,44 @@ def _seeds() -> tuple[int, ...]:
     return tuple(int(x) for x in os.environ.get("GRAFT_BENCH_SEEDS", "0,1,2").split(",") if x.strip())
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def _schedule() -> str:
+    """``GRAFT_BENCH_SCHEDULE``: ``constant`` (default, the comparison's) or ``cosine``."""
+    name = os.environ.get("GRAFT_BENCH_SCHEDULE", "constant")
+    if name not in SCHEDULES:
+        raise ValueError(f"GRAFT_BENCH_SCHEDULE={name!r} is not allowed; allowed: {', '.join(SCHEDULES)}")
+    return name
+
+
+class _Cosine(OptimizerSpec):
+    """An :class:`OptimizerSpec` whose optimizer anneals ``lr`` as ``lr·½(1 + cos(π t/T))`` over ``T`` steps
+    (``t`` = steps taken; no warm-up), for the ``GRAFT_BENCH_SCHEDULE=cosine`` diagnostic."""
+
+    total: int
+
+    @classmethod
+    def of(cls, spec: OptimizerSpec, total: int) -> _Cosine:
+        out = cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
+        object.__setattr__(out, "total", total)
+        return out
+
+    def build(self, params: Any, lr: float, **options: Any) -> torch.optim.Optimizer:
+        opt = super().build(params, lr, **options)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total)))
+        step = opt.step
+
+        def stepped(closure: Any = None) -> Any:
+            out = step(closure)
+            sched.step()
+            return out
+
+        opt.step = stepped  # type: ignore[method-assign]
+        return opt
+
+
 def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, Any]]:
     """One training run; the value holds the final and tail loss, status, ms per step and the task's final
     metric (``metric``: test accuracy on MNIST-1D, validation bits/char on the char transformer; ``None``
@@ -81,6 +121,8 @@ def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, 
         spec = spec.with_options(**{k: float(v) for k, v in (e.split("=") for e in extra)})
     if grafted:
         spec = spec.with_options(graft="adam")
+    if _schedule() == "cosine":
+        spec = _Cosine.of(spec, steps)
     task = get_task(task_name)
     models: list[torch.nn.Module] = []
 
@@ -96,7 +138,7 @@ def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, 
     tail = r.losses[len(r.losses) * 3 // 4:] if r.status == "ok" else []
     tail_mean = math.exp(sum(math.log(max(x, 1e-300)) for x in tail) / len(tail)) if len(tail) else math.inf
     value = {"final": r.final_loss, "tail": tail_mean, "status": r.status, "ms": 1e3 * r.step_time,
-             "metric": metric}
+             "metric": metric, "schedule": _schedule()}
     return job, value
 
 
@@ -135,7 +177,7 @@ def _map_seeds(jobs: list[tuple[str, str, bool, float, int, int]]) -> dict[tuple
         for line in Path(cache).read_text().splitlines():
             key, value = json.loads(line)
             key = tuple(key)  # (task, label, grafted, lr, steps, seed)
-            if key in wanted and "metric" in value:
+            if key in wanted and value.get("schedule", "constant") == _schedule():
                 results[key] = value
     jobs = [job for job in jobs if job not in results]
     workers = min(int(os.environ.get("GRAFT_BENCH_WORKERS", "1")), len(jobs))
