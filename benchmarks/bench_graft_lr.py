@@ -285,13 +285,15 @@ def run(quick: bool) -> dict[str, Any]:
                          "ms_per_step": at_adam["ms"]})
             checks.append({"check": f"{t}: {label}+graft at Adam's lr / own best", "value": ratio,
                            "target": f"<= {TARGET}", "passed": bool(ratio <= TARGET)})
-    accuracy = [] if quick else _accuracy([t for t in tasks if t in ACCURACY_TASKS], adam_lrs)
+    accuracy = [] if quick or _schedule() != "constant" else _accuracy(
+        [t for t in tasks if t in ACCURACY_TASKS], adam_lrs)
     curves = [{"task": t, "optimizer": lab + ("+graft" if g else ""), "lr": lr, "steps": n,
                "final": v["final"], "tail": v["tail"], "metric": v["metric"], "status": v["status"],
                "seeds": v["seeds"]}
               for (t, lab, g, lr, n), v in sorted(results.items(), key=str)]
     notes = [
-        f"{STEPS} steps (char-transformer {TASK_STEPS['char-transformer']}; quick: 300), seeds {_seeds()} "
+        f"{STEPS} steps (char-transformer {TASK_STEPS['char-transformer']}; quick: 300), lr schedule "
+        f"{_schedule()}, seeds {_seeds()} "
         f"(median); Adam tuned on the grid {', '.join(f'{x:g}' for x in grid)}; each grafted "
         f"optimizer tuned on half decades around Adam's lr (kron ±{KRON_WINDOW}, full ±{FULL_WINDOW} half "
         "decades); tuned lr = lowest median final full-data loss (same seeds)",
