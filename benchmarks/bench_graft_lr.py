@@ -1,25 +1,29 @@
 """Learning-rate transfer by grafting: grafted kron and full CovariantGD at Adam's tuned lr vs their own best.
 
-Protocol, per task of the optimizer comparison that is cheap enough on a CPU (``TASKS``): every run is
-``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget) from seed 0 (or the median over
-``GRAFT_BENCH_SEEDS=0,1,2``) with
-:func:`learndyn.tasks.compare.train`, scored by its final full-data loss (diverged: ``inf``). Adam
-(``torch.optim.Adam``) is tuned on the half-decade grid ``GRID`` (``1e-4 .. 1``). ``kron``/``full`` are the
-comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up steps) with ``graft='adam'``,
-each tuned on half decades around Adam's tuned lr (``KRON_WINDOW``/``FULL_WINDOW`` half decades either side:
-a CPU budget, so an own best on the window's edge is flagged). Per grafted optimizer: its final loss at
-*Adam's* tuned lr, its own tuned lr and best final loss, their ratio (target ≤ 1.10 on every task), and the
-same label *without* grafting at Adam's lr. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped
-above ``MAX_FULL`` parameters (digits).
+Protocol, per task of the optimizer comparison that is cheap enough on a CPU (``TASKS``; the char
+transformer on request): every run is ``STEPS`` steps (the ``learndyn run optimizer-comparison`` budget;
+``TASK_STEPS`` for the char transformer) with :func:`learndyn.tasks.compare.train`, scored by its final
+full-data loss (diverged: ``inf``), the median over the seeds ``GRAFT_BENCH_SEEDS`` (default ``0,1,2``).
+Adam (``torch.optim.Adam``) is tuned on the half-decade grid ``GRID`` (``1e-4 .. 1``). ``kron``/``full``
+are the comparison's ``cgd-<structure>-a<α>`` labels (roots every 10 steps, 100 warm-up steps) with
+``graft='adam'``, each tuned on half decades around Adam's tuned lr (``KRON_WINDOW``/``FULL_WINDOW`` half
+decades either side: a CPU budget, so an own best on the window's edge is flagged). Per grafted optimizer:
+its final loss at *Adam's* tuned lr, its own tuned lr and best final loss, their ratio (target ≤ 1.10 on
+every task), the same label *without* grafting at Adam's lr, and the task's final metric (MNIST-1D test
+accuracy) at both lrs. α = 1 also runs with ``eps_rel=EPS_REL``. ``full`` is skipped above ``MAX_FULL``
+parameters (digits, MNIST-1D). ``accuracy`` (MNIST-1D): test accuracy at the task's own 6000-step budget
+for ``ACCURACY_RUNS``.
 
 The same comparison is also reported on the tail loss (geometric mean over the last quarter of the
-evaluations), as one seed's last value is noisy. Tuning and evaluation share the seed (one seed): the
-ratio is a statement about the lr landscape of that run, not a held-out estimate.
+evaluations), as one seed's last value is noisy. Tuning and evaluation share the seeds: the ratio is a
+statement about the lr landscape of those runs, not a held-out estimate.
 ``--quick``: two tasks, kron at α = ½, three lrs, 300 steps.
 
 Workers: ``GRAFT_BENCH_WORKERS=n`` runs the independent training runs in ``n`` processes (1 thread each);
 ``GRAFT_BENCH_CACHE=path`` appends each finished run to a JSON-lines file and reuses it on the next call
 (delete it after changing the code); ``GRAFT_BENCH_TASKS=a,b`` restricts the tasks;
+``GRAFT_BENCH_GRID=1e-3,1e-2`` (Adam's grid), ``GRAFT_BENCH_LABELS=cgd-kron-a0.5`` and
+``GRAFT_BENCH_KRON_WINDOW=1`` (half decades) shrink the search for dear tasks (the char transformer);
 ``GRAFT_BENCH_SCHEDULE=cosine`` anneals every run's lr (Adam's too) to 0 over its budget instead of keeping
 it constant (a diagnostic: the comparison itself runs at a constant lr). Progress goes to stderr.
 """
@@ -236,11 +240,16 @@ def run(quick: bool) -> dict[str, Any]:
     if os.environ.get("GRAFT_BENCH_TASKS"):
         tasks = tuple(t for t in os.environ["GRAFT_BENCH_TASKS"].split(",") if t)
     grid = (1e-3, 1e-2, 1e-1) if quick else GRID
+    if os.environ.get("GRAFT_BENCH_GRID"):
+        grid = tuple(float(x) for x in os.environ["GRAFT_BENCH_GRID"].split(",") if x.strip())
     steps = {t: _steps(t, quick) for t in tasks}
     structures, alphas = (("kron",), (0.5,)) if quick else (STRUCTURES, ALPHAS)
     cgd = [f"cgd-{s}-a{a:g}" for s in structures for a in alphas]
     if not quick:  # α = 1 with relative damping as well (see docs/optimizers.md)
         cgd += [f"cgd-{s}-a1+eps_rel={EPS_REL:g}" for s in structures]
+    if os.environ.get("GRAFT_BENCH_LABELS"):
+        cgd = [x for x in os.environ["GRAFT_BENCH_LABELS"].split(",") if x.strip()]
+    kron_window = int(os.environ.get("GRAFT_BENCH_KRON_WINDOW", KRON_WINDOW))
     n_params = {t: sum(p.numel() for p in get_task(t).make_model(0).parameters()) for t in tasks}
     results = _map([(t, "adam", False, lr, steps[t]) for t in tasks for lr in grid])
     adam_lrs = {t: _best(results, t, "adam", False, grid, steps=steps[t])[0] for t in tasks}
@@ -250,7 +259,7 @@ def run(quick: bool) -> dict[str, Any]:
         for label in cgd:
             if "full" in label and n_params[t] > MAX_FULL:
                 continue
-            width = 1 if quick else (FULL_WINDOW if "full" in label else KRON_WINDOW)
+            width = 1 if quick else (FULL_WINDOW if "full" in label else kron_window)
             windows[(t, label)] = _window(adam_lrs[t], width)
             jobs += [(t, label, True, lr, steps[t]) for lr in windows[(t, label)]]
             jobs.append((t, label, False, adam_lrs[t], steps[t]))
