@@ -155,6 +155,7 @@ def _env(**extra: str) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
         COLUMNS="200",
+        PYTHONFAULTHANDLER="1",  # a child stuck past its deadline dumps every thread on SIGABRT
     )
     env.update(extra)
     return env
@@ -187,6 +188,17 @@ def _start_paused(store: Path, marker: Path, pause: str, *args: str) -> subproce
             pytest.fail(f"the run never reached its pause point {pause}: rc={proc.returncode}\n{out}\n{err}")
         time.sleep(0.05)
     return proc
+
+
+def _wait_after_signal(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
+    """The output of ``proc`` once it has exited after a signal; a generous deadline (a loaded 2-core CI
+    machine), past which the child is aborted so that its threads' tracebacks say where it was stuck."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate()
+        pytest.fail(f"the run did not exit within {timeout} s of the signal; its threads:\n{err[-6000:]}")
 
 
 def _only_run(store: RunStore) -> dict:
@@ -295,7 +307,7 @@ def test_ctrl_c_marks_interrupted_and_resume_continues(tmp_path, reference):
     args = ("--checkpoint-every", "50")
     proc = _start_paused(path, tmp_path / "paused", "0:120", *args)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = _wait_after_signal(proc)
     assert proc.returncode == 130, err
     assert "marked interrupted" in err and "Traceback" not in err
     store = RunStore(path, recover=False)
@@ -313,7 +325,7 @@ def test_sigterm_marks_interrupted(tmp_path):
     path = tmp_path / "s.duckdb"
     proc = _start_paused(path, tmp_path / "paused", "0:10")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = _wait_after_signal(proc)
     assert proc.returncode == 130 and "Traceback" not in err
     assert _only_run(RunStore(path, recover=False))["status"] == "interrupted"
 
