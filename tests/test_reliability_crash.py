@@ -171,6 +171,15 @@ def _cli_here(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM back to their default dispositions. An ignored signal
+    stays ignored across exec, and Python installs its KeyboardInterrupt handler only when SIGINT is not
+    ignored -- a pytest worker whose SIGINT some earlier test (or the worker itself) set to SIG_IGN would
+    otherwise start a child that Ctrl-C cannot reach, and the test would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start_paused(store: Path, marker: Path, pause: str, *args: str) -> subprocess.Popen:
     """Start ``learndyn run`` in a process that stops at ``pause`` ("loop:step"); wait until it does."""
     proc = subprocess.Popen(
@@ -179,6 +188,7 @@ def _start_paused(store: Path, marker: Path, pause: str, *args: str) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         env=_env(**{PAUSE_AT: pause, PAUSE_FILE: str(marker)}),
+        preexec_fn=_default_signals,
     )
     deadline = time.monotonic() + 240
     while not marker.exists():
