@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training", "probes", "store", "checkpoint"),
     ("optim", "stats", "theory"),
     # "": the root package, learndyn.__version__
-    ("validation", "config", "progress", "glossary", "lifeline", ""),
+    ("validation", "config", "progress", "glossary", "lifeline", "optional", ""),
 )
 """Top to bottom. A module may import from its own layer (without cycles) or from any layer below it."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from learndyn.integrations._optional import require
+from learndyn.optional import require
 from learndyn.probes import Monitor, Probe
 from learndyn.probes.base import LossFn
 from learndyn.store.recorder import MemoryRecorder, Recorder

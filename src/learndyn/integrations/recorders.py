@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from learndyn.integrations._optional import require
+from learndyn.optional import require
 from learndyn.store.recorder import Recorder
 
 __all__ = ["MLflowRecorder", "MultiRecorder", "TensorBoardRecorder", "WandbRecorder"]

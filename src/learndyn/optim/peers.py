@@ -19,18 +19,20 @@ would make the comparison meaningless at our budgets (noted per entry):
   costs minutes per shape and is not what a step-count comparison measures).
 
 The packages are optional (``pip install -c constraints.txt "learndyn[bench]"``, pinned there); a missing
-one raises :class:`ModuleNotFoundError` naming the extra. heavyball's PSGDKron is left out: uncompiled, it
-asked for an 824 GB buffer at width 128 (heavyball 3.2.1, torch 2.13).
+one raises :class:`ModuleNotFoundError` naming the extra (:func:`build_peer` checks with
+:func:`learndyn.optional.require`). heavyball's PSGDKron is left out: uncompiled, it asked for an 824 GB
+buffer at width 128 (heavyball 3.2.1, torch 2.13).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from learndyn.optional import require
 
 __all__ = ["PEERS", "Peer", "Combined", "build_peer", "muon_with_adamw"]
 
@@ -121,33 +123,26 @@ def _tensors(params: Iterable[Any]) -> Iterator[torch.Tensor]:
         yield item
 
 
-def _package(name: str, label: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            f"optimizer={label!r} needs the package {name!r}; install it with "
-            "pip install -c constraints.txt 'learndyn[bench]'"
-        ) from exc
-
-
 def _pytorch_optimizer(cls: str, **fixed: Any) -> Callable[..., torch.optim.Optimizer]:
     def build(params: Iterable[Any], lr: float, **options: Any) -> torch.optim.Optimizer:
-        package = _package("pytorch_optimizer", f"po-{cls.lower()}")
-        return getattr(package, cls)(params, lr=lr, **{**fixed, **options})
+        import pytorch_optimizer
+
+        return getattr(pytorch_optimizer, cls)(params, lr=lr, **{**fixed, **options})
 
     return build
 
 
 def _heavyball_soap(params: Iterable[Any], lr: float, **options: Any) -> torch.optim.Optimizer:
-    heavyball = _package("heavyball", "hb-soap")
+    import heavyball
+
     heavyball.utils.compile_mode = None  # eager, see the module doc
     return heavyball.SOAP(params, lr=lr, **options)
 
 
 @dataclass(frozen=True)
 class Peer:
-    """One peer optimizer: its label, the package it comes from and how to build it at a learning rate."""
+    """One peer optimizer: its label, the package it comes from (``torch`` or one of the ``bench`` extra) and
+    how to build it at a learning rate."""
 
     label: str
     package: str
@@ -188,4 +183,7 @@ def build_peer(label: str, params: Iterable[Any], lr: float, **options: Any) -> 
     """The peer optimizer ``label`` (a key of :data:`PEERS`) over ``params`` at learning rate ``lr``."""
     if label not in PEERS:
         raise ValueError(f"optimizer={label!r} is not a peer; allowed: {', '.join(PEERS)}")
-    return PEERS[label].build(params, lr, **options)
+    peer = PEERS[label]
+    if peer.package != "torch":
+        require(peer.package, "bench", needed_by=f"optimizer={label!r}")
+    return peer.build(params, lr, **options)
