@@ -420,7 +420,8 @@ class Comparison:
             row["metric"] = _median(scored) if scored else None
             out.append(row)
         for task in dict.fromkeys(r["task"] for r in out):
-            ranked = sorted((r for r in out if r["task"] == task and r["final_loss"] is not None), key=_key)
+            finished = (r for r in out if r["task"] == task and r["final_loss"] is not None)
+            ranked = sorted(finished, key=rank_key)
             for rank, row in enumerate(ranked, start=1):
                 row["rank"] = rank
         for row in out:
@@ -432,7 +433,7 @@ class Comparison:
         rows = self.rows()
         out = []
         for task in dict.fromkeys(r["task"] for r in rows):
-            ranked = sorted((r for r in rows if r["task"] == task and r["rank"] is not None), key=_key)
+            ranked = sorted((r for r in rows if r["task"] == task and r["rank"] is not None), key=rank_key)
             if not ranked:
                 out.append({"task": task, "winner": None})
                 continue
@@ -466,7 +467,9 @@ class Comparison:
         return out
 
 
-def _key(row: Mapping[str, Any]) -> tuple[float, float]:
+def rank_key(row: Mapping[str, Any]) -> tuple[float, float]:
+    """The ranking's sort key of a :meth:`Comparison.rows` row with a final loss, smaller is better:
+    ``(median steps to target, inf if not reached; median final loss)``."""
     steps = row["steps_to_target"]
     return (math.inf if steps is None else steps), row["final_loss"]
 

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from learndyn.tasks.compare import rank_key
 from learndyn.validation import LearndynValueError
 
 Row = Mapping[str, Any]
@@ -41,11 +42,6 @@ WIN_TIME = 1.1
 SLOWER = 1.5
 """"Never more than this many times slower" than the baseline, in steps or in time."""
 CLIP = 1e3
-
-
-def _key(row: Row) -> tuple[float, float]:
-    steps, loss = row.get("steps_to_target"), row.get("final_loss")
-    return (math.inf if steps is None else steps), (math.inf if loss is None else loss)
 
 
 def ratio_vs(candidate: Row | None, baseline: Row) -> dict[str, Any]:
@@ -109,7 +105,7 @@ def verdict(
     base: dict[str, Row] = {}
     for task, task_rows in by_task.items():
         found = sorted((r for r in task_rows if r["optimizer"] in names and r.get("final_loss") is not None),
-                       key=_key) or [r for r in task_rows if r["optimizer"] in names]
+                       key=rank_key) or [r for r in task_rows if r["optimizer"] in names]
         if not found:
             raise LearndynValueError(f"verdict: task {task!r} has no {shown!r} row; allowed: rows with one")
         base[task] = found[0]
@@ -119,7 +115,7 @@ def verdict(
         ran = [r for r in task_rows if is_candidate(r["optimizer"]) and r.get("final_loss") is not None]
         judged = {r["optimizer"]: ratio_vs(r, base[task]) for r in ran}
         ran.sort(key=lambda r: (not judged[r["optimizer"]]["win"], judged[r["optimizer"]]["slower"],
-                                *_key(r)))
+                                *rank_key(r)))
         best = ran[0] if ran else None
         per_task.append({"task": task, "baseline": base[task]["optimizer"],
                          "best": best["optimizer"] if best else None,
