@@ -143,9 +143,11 @@ def stale_bounded(group: Mapping[str, Any]) -> bool:
     return group["stale_damping"] == "trace" and group["alpha"] > 0
 
 
-def apply_directions(ctx: GroupStep, dirs: list[Tensor]) -> None:
-    """``q ← q·(1 − lr·wd) − lr·d`` (the decay only if decoupled) for every parameter of ``ctx``."""
-    group, params = ctx.group, ctx.params
+def apply_directions(ctx: GroupStep, dirs: list[Tensor], params: list[Tensor] | None = None) -> None:
+    """``q ← q·(1 − lr·wd) − lr·d`` (the decay only if decoupled) for every parameter of ``ctx``, or for
+    ``params`` (some of them, or views of them shaped like ``dirs``) when given."""
+    group = ctx.group
+    params = ctx.params if params is None else params
     lr, wd = group["lr"], group["weight_decay"]
     if wd and group["decoupled_weight_decay"]:
         torch._foreach_mul_(params, 1.0 - lr * wd)

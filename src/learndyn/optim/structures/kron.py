@@ -41,6 +41,7 @@ from learndyn.optim.roots import eigh_float32, inverse_root_float32, refresh_eig
 from learndyn.optim.structures.base import (
     GroupStep,
     Structure,
+    apply_directions,
     real,
     root_due,
     stale_bounded,
@@ -137,20 +138,15 @@ class Kron(Structure):
 
     def step(self, ctx: GroupStep) -> None:
         """``q ← q·(1 − lr·wd) − lr·g⁻¹F`` bucket by bucket, as soon as each bucket's directions are known,
-        so that they can live in the scratch buffers shared by all buckets (no allocation per step; the
-        same arithmetic per parameter as :func:`~learndyn.optim.structures.base.apply_directions`)."""
-        group = ctx.group
-        lr, wd = group["lr"], group["weight_decay"]
-        decay = bool(wd and group["decoupled_weight_decay"])
+        so that they can live in the scratch buffers shared by all buckets (no allocation per step), with
+        :func:`~learndyn.optim.structures.base.apply_directions` per bucket."""
         for idx, D in self._bucket_directions(ctx, reuse=True):
-            ps = [ctx.params[i] for i in idx]
-            if decay:
-                torch._foreach_mul_(ps, 1.0 - lr * wd)
-            targets, ds = [], list(D.unbind(0))
-            for j, p in enumerate(ps):  # the (m, n) view of p; a non-contiguous p takes a reshaped copy
+            targets, ds = [], []
+            for i, d in zip(idx, D.unbind(0), strict=True):
+                p = ctx.params[i]  # its (m, n) view; a non-contiguous p takes a reshaped copy of d instead
                 targets.append(p.view(D.shape[1:]) if p.is_contiguous() else p)
-                ds[j] = ds[j] if p.is_contiguous() else ds[j].reshape(p.shape)
-            torch._foreach_add_(targets, ds, alpha=-lr)
+                ds.append(d if p.is_contiguous() else d.reshape(p.shape))
+            apply_directions(ctx, ds, targets)
 
     def _bucket_directions(self, ctx: GroupStep, reuse: bool) -> Iterator[tuple[list[int], Tensor]]:
         """Per bucket of same-shaped parameters: their positions in ``ctx`` and the stacked ``g⁻¹F``
