@@ -22,11 +22,13 @@ makes the reduction explicit).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils import _pytree as pytree
@@ -37,6 +39,30 @@ Batch = Any
 """A training batch: a tensor or nested tuple/list/dict whose per-sample tensors have the samples on dim 0."""
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def bare_function(fn: Any) -> Any:
+    """``fn`` without the ``functools.partial`` wrappers that bind nothing (to recognise a loss function)."""
+    while isinstance(fn, functools.partial) and not fn.args and not fn.keywords:
+        fn = fn.func
+    return fn
+
+
+def is_plain_cross_entropy(fn: Any) -> bool:
+    """Whether ``fn`` is the mean cross-entropy of class indices with nothing added: ``F.cross_entropy``, or
+    an ``nn.CrossEntropyLoss`` without class weights, label smoothing or an ``ignore_index`` a target could
+    take, reducing by the mean -- the loss whose output Hessian ``diag(p) − p pᵀ`` (per sample, over ``B``)
+    the closed forms use."""
+    fn = bare_function(fn)
+    if fn is F.cross_entropy:
+        return True
+    return (
+        isinstance(fn, nn.CrossEntropyLoss)
+        and fn.weight is None
+        and fn.label_smoothing == 0
+        and fn.reduction == "mean"
+        and fn.ignore_index < 0
+    )
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

@@ -27,16 +27,21 @@ activations (not the weights), so it is cheap for few outputs (classes) and expe
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from learndyn.stats.attention import math_attention
-from learndyn.stats.batch import Batch, BatchAdapter, as_single, batch_size, vmap_dims
+from learndyn.stats.batch import (
+    Batch,
+    BatchAdapter,
+    as_single,
+    batch_size,
+    is_plain_cross_entropy,
+    vmap_dims,
+)
 from learndyn.stats.factors import CHUNK_ELEMENTS, Contraction, FactorCapture, capture_for, verify
 from learndyn.stats.ntk import per_sample_jacobians
 
@@ -68,19 +73,6 @@ def output_hessians(adapter: BatchAdapter, outputs: Tensor, targets: object) -> 
     return vmap(single, in_dims=(dims,))(pair)
 
 
-def _is_plain_cross_entropy(fn: object) -> bool:
-    while isinstance(fn, functools.partial) and not fn.args and not fn.keywords:
-        fn = fn.func
-    if fn is F.cross_entropy:
-        return True
-    return (
-        isinstance(fn, nn.CrossEntropyLoss)
-        and fn.weight is None
-        and fn.label_smoothing == 0
-        and fn.reduction == "mean"
-    )
-
-
 def output_factors(adapter: BatchAdapter, outputs: Tensor, targets: object) -> tuple[Tensor, Tensor]:
     """Cotangents ``U`` (``(R, B, *output shape)``) and signs ``W`` (``(R, B)``) with
     ``(1/B) H_i = Σ_r W_ri U_ri U_riᵀ`` for every sample ``i`` (module docstring).
@@ -94,7 +86,7 @@ def output_factors(adapter: BatchAdapter, outputs: Tensor, targets: object) -> t
     with torch.no_grad():
         if (
             adapter.loss_fn is not None
-            and _is_plain_cross_entropy(adapter.loss_fn)
+            and is_plain_cross_entropy(adapter.loss_fn)
             and outputs.dim() == 2
             and isinstance(targets, Tensor)
             and targets.shape == (B,)

@@ -29,32 +29,21 @@ with hooks and batched backward passes, here with a few small products.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from learndyn.stats.batch import bare_function, is_plain_cross_entropy
+
 _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Identity)
 
 
-def _plain(fn: object) -> object:
-    while isinstance(fn, functools.partial) and not fn.args and not fn.keywords:
-        fn = fn.func
-    return fn
-
-
 def _loss_kind(loss_fn: object) -> str | None:
-    fn = _plain(loss_fn)
-    if fn is F.cross_entropy or (
-        isinstance(fn, nn.CrossEntropyLoss)
-        and fn.weight is None
-        and fn.label_smoothing == 0
-        and fn.reduction == "mean"
-        and fn.ignore_index < 0
-    ):
+    if is_plain_cross_entropy(loss_fn):
         return "ce"
+    fn = bare_function(loss_fn)
     if fn is F.mse_loss or (isinstance(fn, nn.MSELoss) and fn.reduction == "mean"):
         return "mse"
     return None
