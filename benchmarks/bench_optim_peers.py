@@ -14,16 +14,24 @@ only on models of at most 1000 parameters. Each task's result is written to
 ``benchmarks/results/optim_peers/<task>.json`` after every optimizer and reused by a later run with the same
 plan (a partial one is resumed); ``LEARNDYN_PEERS_DEADLINE=<ISO UTC time>`` starts no optimizer after that
 time (the ones left out are printed as NOT RUN). ``LEARNDYN_PEERS_FRESH=1`` ignores saved results;
-``LEARNDYN_PEERS_TASKS=a,b`` runs only those tasks (the verdict then covers every task with a saved result).
+``LEARNDYN_PEERS_TASKS=a,b`` runs only those tasks (the verdict then covers every task with a saved result);
+``LEARNDYN_PEERS_ONLY=x,y`` runs only those optimizers of each plan (the others come from the saved result),
+so several processes can share a task's plan: each save re-reads the file under a lock and keeps what another
+process saved; ``LEARNDYN_PEERS_RERUN=x,y`` drops those optimizers' saved results first (after a change to
+their code).
 Reductions of the full plan (fewer optimizers, steps, seeds or grid points on the costly tasks) are stated in
 each plan's ``note`` and printed.
 
 ``--quick``: rosenbrock-2d and deep-linear, 200 steps, four optimizers, a 3-point grid, seed 0 (not saved).
+
+``python benchmarks/bench_optim_peers.py --markdown``: the per-task tables, the verdict and the checks as
+Markdown, from the saved results only (runs nothing) -- the tables of docs/optimizers.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -83,12 +91,13 @@ PLANS = (
          note="reduced: 4-point grid 3.16e-3 .. 0.1 (AdamW's published rate 1e-2 inside it); one Shampoo "
          "(the stronger of po-shampoo / po-scalable-shampoo on the four small tasks); cgd-full does not fit "
          "(5210 parameters); optimizers in priority order, po-kron (7 ms/step, 3x AdamW) last"),
-    Plan("char-transformer", ("adamw", "adam", "cgd-kron", "cgd-diag", "muon"), half_decades(-6, -4),
-         seeds=(0,), steps=200,
-         note="reduced: 200 of 1000 steps, 3-point grid 1e-3 .. 1e-2, seed 0 only, evaluation every 10 "
-         "steps, five optimizers (AdamW, Adam, cgd-kron -- the kron variant ranked best on the first run's "
-         "earlier tasks --, cgd-diag, Muon); "
+    Plan("char-transformer", ("adamw", "adam", "cgd-kron", "cgd-diag", "muon"), half_decades(-7, -4),
+         note="reduced: 4-point grid 3.16e-4 .. 1e-2, five optimizers (AdamW, Adam, cgd-kron -- the kron "
+         "variant ranked best on the first run's earlier tasks --, cgd-diag, Muon); "
          "when no one reaches the target (1.6 nats) the ranking is the final validation loss at equal steps"),
+    Plan("mnist1d-mlp", tuple(o for o in SMALL if o != "cgd-full"), half_decades(-6, -2),
+         note="grid 1e-3 .. 0.1 (AdamW's published rate 1e-2 inside it); cgd-full does not fit (15k "
+         "parameters)"),
 )
 EVAL_EVERY = {"char-transformer": 10}
 """Evaluation interval where it differs from ``steps // 100`` (the char transformer's evaluation is dear)."""
@@ -145,16 +154,19 @@ def run_plan(plan: Plan, partial: dict[str, Any], save: Callable[[dict[str, Any]
     task = get_task(plan.task)
     deadline = os.environ.get("LEARNDYN_PEERS_DEADLINE")
     stop = datetime.fromisoformat(deadline).replace(tzinfo=UTC) if deadline else None
+    only = _labels("LEARNDYN_PEERS_ONLY")
     done = {k: v for k, v in partial.items() if k in plan.optimizers}
     lrs: dict[tuple[str, str], float] = {}
     result: dict[str, Any] = {}
     for label in plan.optimizers:
-        if label not in done and (stop is None or datetime.now(UTC) < stop):
+        mine = not only or label in only
+        if mine and label not in done and (stop is None or datetime.now(UTC) < stop):
             part = compare([task], [spec(label)], seeds=plan.seeds, steps=plan.steps, tune=True,
                            lr_grid=plan.grid, max_full_params=1000, description=f"{NAME} {plan.task} {label}",
                            clock="cpu", eval_every=EVAL_EVERY.get(plan.task))
             done[label] = {"lr": part.lrs[(plan.task, label)], "runs": [_encode(r) for r in part.runs],
                            "tuning": [_encode(r) for r in part.tuning]}
+        done = {**_saved_partial(plan), **done}
         ran = [o for o in plan.optimizers if o in done]
         runs = [_decode(r) for o in ran for r in done[o]["runs"]]
         tuning = [_decode(r) for o in ran for r in done[o]["tuning"]]
@@ -196,6 +208,33 @@ def _unit(m: dict[str, Any]) -> str:
     return "steps" if m["on"] == "steps_to_target" else "loss"
 
 
+def _labels(variable: str) -> set[str]:
+    return {name for name in os.environ.get(variable, "").split(",") if name}
+
+
+def _lock(task: str) -> Any:
+    """An exclusive lock on ``<task>.lock`` beside the results (released when the returned file closes)."""
+    SAVED.mkdir(parents=True, exist_ok=True)
+    handle = (SAVED / f"{task}.lock").open("a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _saved_partial(plan: Plan) -> dict[str, Any]:
+    """The optimizers of ``plan`` another process saved meanwhile (same task, grid, seeds and steps), less
+    those being rerun."""
+    path = SAVED / f"{plan.task}.json"
+    if not path.exists():
+        return {}
+    with _lock(plan.task):
+        saved = json.loads(path.read_text())
+    want = json.loads(json.dumps(plan.signature()))
+    if any(saved.get("plan", {}).get(k) != want[k] for k in ("task", "grid", "seeds", "steps")):
+        return {}
+    rerun = _labels("LEARNDYN_PEERS_RERUN")
+    return {k: v for k, v in saved.get("partial", {}).items() if k in plan.optimizers and k not in rerun}
+
+
 def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
     """``(saved result, complete)`` for this plan: a result saved with the same task, grid, seeds and steps
     (``None`` if there is none), complete when it ran every optimizer of the plan."""
@@ -203,6 +242,10 @@ def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
     if os.environ.get("LEARNDYN_PEERS_FRESH") or not path.exists():
         return None, False
     saved = json.loads(path.read_text())
+    rerun = _labels("LEARNDYN_PEERS_RERUN")
+    if rerun & set(saved.get("partial", {})):
+        saved["partial"] = {k: v for k, v in saved["partial"].items() if k not in rerun}
+        saved["not_run"] = sorted(rerun)
     want = json.loads(json.dumps(plan.signature()))
     if saved.get("plan") == want and not saved.get("not_run"):
         return saved, True
@@ -212,13 +255,20 @@ def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
 
 def _saver(task: str) -> Callable[[dict[str, Any]], None]:
     def save(result: dict[str, Any]) -> None:
-        SAVED.mkdir(parents=True, exist_ok=True)
-        (SAVED / f"{task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        with _lock(task):
+            path = SAVED / f"{task}.json"
+            if path.exists():  # keep what another process (LEARNDYN_PEERS_ONLY) saved since this one read it
+                other = json.loads(path.read_text())
+                if other.get("plan") == result["plan"]:
+                    for label, value in other.get("partial", {}).items():
+                        result["partial"].setdefault(label, value)
+            path.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
     return save
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, execute: bool = True) -> dict[str, Any]:
+    """The benchmark (see the module doc); ``execute=False`` only reads the saved results."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     only = [t for t in os.environ.get("LEARNDYN_PEERS_TASKS", "").split(",") if t]
@@ -228,7 +278,7 @@ def run(quick: bool) -> dict[str, Any]:
         for template in QUICK if quick else PLANS:
             plan = resolve(template, done)
             saved, complete = (None, False) if quick else _load(plan)
-            if not complete and (not only or plan.task in only):  # run it, or what is missing of it
+            if execute and not complete and (not only or plan.task in only):  # run it, or what is missing
                 partial = saved.get("partial", {}) if saved else {}
                 saved = run_plan(plan, partial, (lambda r: None) if quick else _saver(plan.task))
             if saved is not None and saved.get("not_run"):
@@ -260,7 +310,8 @@ def run(quick: bool) -> dict[str, Any]:
                "mean_log_steps_ratio": s["mean_log_steps_ratio"],
                **{t: _fmt_ratio(r) for t, r in s["ratios"].items()}} for s in judged["single"]]
     return {"rows": rows, "verdict_per_task": per_task, "single_configurations": single,
-            "checks": judged["checks"], "notes": notes}
+            "checks": judged["checks"], "notes": notes, "targets": {t: (r["target"], r["steps"])
+                                                                    for t, r in done.items()}}
 
 
 def _fmt_ratio(r: dict[str, Any]) -> str:
@@ -268,3 +319,58 @@ def _fmt_ratio(r: dict[str, Any]) -> str:
         loss = r["loss_ratio"]
         return "undecided" + (f" (loss {loss:.3g}x)" if loss is not None else " (did not run)")
     return f"{r['steps_ratio']:.3g}x steps / {r['time_ratio']:.3g}x time"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The per-task tables (rows by rank), the verdict tables and the checks of :func:`run`'s result."""
+    out = []
+    for task, (target, steps) in result["targets"].items():
+        rows = sorted((r for r in result["rows"] if r["task"] == task), key=lambda r: r["rank"] or math.inf)
+        metric = next((r["metric_name"] for r in rows if r.get("metric_name")), None)
+        head = ["rank", "optimizer", "lr", "steps to target", "reached", "CPU s to target", "final loss"]
+        head += [metric] if metric else []
+        head += ["ms/step", "margin of the winner", "status"]
+        out += [f"**{task}** (target {target:.3g}, {steps} steps)", "", "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head)]
+        for r in rows:
+            lr = _cell(r["lr"]) + (" (edge)" if r["lr_at_edge"] else "")
+            cells = [_cell(r["rank"]), f"`{r['optimizer']}`", lr, _cell(r["steps_to_target"]), r["reached"],
+                     _cell(r["time_to_target"]), _cell(r["final_loss"])]
+            cells += [f"{r['metric']:.4g}" if r["metric"] is not None else "–"] if metric else []
+            cells += [_cell(r["step_ms"]), r["winner_margin"] or "winner", r["status"]]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["| task | baseline | best CovariantGD | steps ratio | CPU-time ratio | final-loss ratio | win | "
+            ">1.5x slower |", "|---|---|---|---|---|---|---|---|"]
+    for p in result["verdict_per_task"]:
+        cells = [p["task"], f"`{p['baseline']}`", f"`{p['best']}`", p["steps_ratio"], p["time_ratio"],
+                 p["loss_ratio"], "yes" if p["win"] else "no", "yes" if p["slower"] else "no"]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    tasks = list(result["targets"])
+    out += ["", "| configuration | wins | >1.5x slower on | " + " | ".join(tasks) + " |",
+            "|" + "---|" * (3 + len(tasks))]
+    for s in result["single_configurations"]:
+        cells = [f"`{s['optimizer']}`", str(s["wins"]), s["slower_on"]] + [s.get(t, "–") for t in tasks]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    for c in result["checks"]:
+        value = f"{c['value']:.4g}" if isinstance(c["value"], float) else c["value"]
+        out.append(f"- {c['check']}: {value} (target {c['target']}): **{'PASS' if c['passed'] else 'FAIL'}**")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python benchmarks/bench_optim_peers.py --markdown "
+                         "(the benchmark itself runs from benchmarks/run.py --only optim_peers)")
+    print(markdown(run(quick=False, execute=False)), end="")
