@@ -45,7 +45,7 @@ import torch
 
 from learndyn.optim.spec import OptimizerSpec
 from learndyn.tasks import get_task
-from learndyn.tasks.compare import TUNE_SEED, Comparison, RunResult, compare, margin
+from learndyn.tasks.compare import TUNE_SEED, Comparison, RunResult, compare, margin, train
 from learndyn.tasks.versus import verdict
 
 NAME = "optim_peers"
@@ -91,8 +91,8 @@ PLANS = (
          note="reduced: 4-point grid 3.16e-3 .. 0.1 (AdamW's published rate 1e-2 inside it); one Shampoo "
          "(the stronger of po-shampoo / po-scalable-shampoo on the four small tasks); cgd-full does not fit "
          "(5210 parameters); optimizers in priority order, po-kron (7 ms/step, 3x AdamW) last"),
-    Plan("char-transformer", ("adamw", "adam", "cgd-kron", "cgd-diag", "muon"), half_decades(-7, -4),
-         note="reduced: 4-point grid 3.16e-4 .. 1e-2, five optimizers (AdamW, Adam, cgd-kron -- the kron "
+    Plan("char-transformer", ("adamw", "adam", "cgd-kron", "cgd-diag", "muon"), half_decades(-7, -3),
+         note="reduced: 5-point grid 3.16e-4 .. 3.16e-2, five optimizers (AdamW, Adam, cgd-kron -- the kron "
          "variant ranked best on the first run's earlier tasks --, cgd-diag, Muon); "
          "when no one reaches the target (1.6 nats) the ranking is the final validation loss at equal steps"),
     Plan("mnist1d-mlp", tuple(o for o in SMALL if o != "cgd-full"), half_decades(-6, -2),
@@ -150,23 +150,31 @@ def _decode(data: dict[str, Any]) -> RunResult:
 def run_plan(plan: Plan, partial: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Tune and run one task's plan, one optimizer at a time, saving after each (``partial``: the optimizers
     already done, by label, as saved before). Optimizers not started by ``LEARNDYN_PEERS_DEADLINE`` (an ISO
-    UTC time) are left out and listed under ``not_run``. Returns rows (medians) and tuning runs (JSON)."""
+    UTC time) are left out and listed under ``not_run``. A saved optimizer whose tuning lacks some rates of
+    the plan's grid (the grid was widened) is tuned on those only (:func:`_widen`). Under
+    ``LEARNDYN_PEERS_ONLY`` the other optimizers are read back from the saved file before every save.
+    Returns rows (medians) and tuning runs (JSON)."""
     task = get_task(plan.task)
     deadline = os.environ.get("LEARNDYN_PEERS_DEADLINE")
     stop = datetime.fromisoformat(deadline).replace(tzinfo=UTC) if deadline else None
     only = _labels("LEARNDYN_PEERS_ONLY")
+    own = {o for o in plan.optimizers if not only or o in only}
     done = {k: v for k, v in partial.items() if k in plan.optimizers}
     lrs: dict[tuple[str, str], float] = {}
     result: dict[str, Any] = {}
     for label in plan.optimizers:
-        mine = not only or label in only
-        if mine and label not in done and (stop is None or datetime.now(UTC) < stop):
-            part = compare([task], [spec(label)], seeds=plan.seeds, steps=plan.steps, tune=True,
-                           lr_grid=plan.grid, max_full_params=1000, description=f"{NAME} {plan.task} {label}",
-                           clock="cpu", eval_every=EVAL_EVERY.get(plan.task))
-            done[label] = {"lr": part.lrs[(plan.task, label)], "runs": [_encode(r) for r in part.runs],
-                           "tuning": [_encode(r) for r in part.tuning]}
-        done = {**_saved_partial(plan), **done}
+        if label in own and (stop is None or datetime.now(UTC) < stop):
+            if label in done:
+                done[label] = _widen(plan, task, label, done[label])
+            else:
+                part = compare([task], [spec(label)], seeds=plan.seeds, steps=plan.steps, tune=True,
+                               lr_grid=plan.grid, max_full_params=1000,
+                               description=f"{NAME} {plan.task} {label}", clock="cpu",
+                               eval_every=EVAL_EVERY.get(plan.task))
+                done[label] = {"lr": part.lrs[(plan.task, label)], "runs": [_encode(r) for r in part.runs],
+                               "tuning": [_encode(r) for r in part.tuning]}
+        others = {k: v for k, v in _saved_partial(plan).items() if k not in own}
+        done = {o: (others.get(o) or done.get(o)) for o in plan.optimizers if o in others or o in done}
         ran = [o for o in plan.optimizers if o in done]
         runs = [_decode(r) for o in ran for r in done[o]["runs"]]
         tuning = [_decode(r) for o in ran for r in done[o]["tuning"]]
@@ -175,13 +183,43 @@ def run_plan(plan: Plan, partial: dict[str, Any], save: Callable[[dict[str, Any]
         merged = Comparison(runs=runs, tuning=tuning, lrs=lrs, targets=targets, tuned=True)
         result = {"plan": plan.signature(), "note": plan.note, "target": task.target_loss,
                   "steps": plan.steps or task.steps, "rows": table(merged, plan),
-                  "not_run": [o for o in plan.optimizers if o not in done], "partial": done,
+                  "not_run": [o for o in plan.optimizers if o not in done or _missing(plan, done[o])],
+                  "partial": done,
                   "tuning": [{"optimizer": r.optimizer, "lr": r.lr, "status": r.status,
                               "steps_to_target": r.steps_to_target,
                               "final_loss": r.final_loss if math.isfinite(r.final_loss) else None}
                              for r in tuning]}
-        save(result)
+        save(result, own)
     return result
+
+
+def _missing(plan: Plan, entry: dict[str, Any]) -> list[float]:
+    """The rates of ``plan.grid`` that a saved optimizer's tuning did not try (none if it could not run)."""
+    if entry["lr"] is None or math.isnan(entry["lr"]):
+        return []
+    tried = {float(f"{r['lr']:.3g}") for r in entry["tuning"]}
+    return [lr for lr in plan.grid if lr not in tried]
+
+
+def _widen(plan: Plan, task: Any, label: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A saved optimizer tuned on part of the grid, tuned on the rest: the missing rates run on the tuning
+    seed, the best of all (:func:`learndyn.tasks.compare.tune_lr`'s order) is chosen, and the evaluation
+    seeds run again only if the choice moved."""
+    missing = _missing(plan, entry)
+    if not missing:
+        return entry
+    sp = spec(label)
+    tuning = [_decode(r) for r in entry["tuning"]] + [
+        train(task, sp, lr, seed=TUNE_SEED, steps=plan.steps, eval_every=EVAL_EVERY.get(plan.task),
+              max_full_params=1000, clock="cpu") for lr in missing]
+    best = min(tuning, key=lambda r: (r.score(), r.lr)).lr
+    runs = entry["runs"]
+    if best != entry["lr"]:
+        part = compare([task], [sp], seeds=plan.seeds, steps=plan.steps, lr=best, max_full_params=1000,
+                       description=f"{NAME} {plan.task} {label} (grid widened)", clock="cpu",
+                       eval_every=EVAL_EVERY.get(plan.task))
+        runs = [_encode(r) for r in part.runs]
+    return {"lr": best, "runs": runs, "tuning": [_encode(r) for r in tuning]}
 
 
 def table(result: Comparison, plan: Plan) -> list[dict[str, Any]]:
@@ -228,16 +266,15 @@ def _saved_partial(plan: Plan) -> dict[str, Any]:
         return {}
     with _lock(plan.task):
         saved = json.loads(path.read_text())
-    want = json.loads(json.dumps(plan.signature()))
-    if any(saved.get("plan", {}).get(k) != want[k] for k in ("task", "grid", "seeds", "steps")):
+    if not _compatible(saved.get("plan", {}), plan):
         return {}
     rerun = _labels("LEARNDYN_PEERS_RERUN")
     return {k: v for k, v in saved.get("partial", {}).items() if k in plan.optimizers and k not in rerun}
 
 
 def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
-    """``(saved result, complete)`` for this plan: a result saved with the same task, grid, seeds and steps
-    (``None`` if there is none), complete when it ran every optimizer of the plan."""
+    """``(saved result, complete)`` for this plan: a result saved under a :func:`_compatible` plan (``None``
+    if there is none), complete when it is this plan's and ran every optimizer of it."""
     path = SAVED / f"{plan.task}.json"
     if os.environ.get("LEARNDYN_PEERS_FRESH") or not path.exists():
         return None, False
@@ -249,19 +286,29 @@ def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
     want = json.loads(json.dumps(plan.signature()))
     if saved.get("plan") == want and not saved.get("not_run"):
         return saved, True
-    same = all(saved.get("plan", {}).get(k) == want[k] for k in ("task", "grid", "seeds", "steps"))
-    return (saved, False) if same else (None, False)
+    return (saved, False) if _compatible(saved.get("plan", {}), plan) else (None, False)
 
 
-def _saver(task: str) -> Callable[[dict[str, Any]], None]:
-    def save(result: dict[str, Any]) -> None:
+def _compatible(saved_plan: dict[str, Any], plan: Plan) -> bool:
+    """Whether results saved under ``saved_plan`` serve ``plan``: same task, seeds and steps, and a grid
+    within the plan's (a widened grid tunes the saved optimizers on the new rates only)."""
+    want = json.loads(json.dumps(plan.signature()))
+    same = all(saved_plan.get(k) == want[k] for k in ("task", "seeds", "steps"))
+    return same and set(saved_plan.get("grid") or ()) <= set(want["grid"])
+
+
+def _saver(task: str) -> Callable[[dict[str, Any], set[str]], None]:
+    def save(result: dict[str, Any], own: set[str]) -> None:
+        """Write ``result``; the optimizers this process does not own (``LEARNDYN_PEERS_ONLY``) are taken
+        from the file as another process saved them since this one read it."""
         with _lock(task):
             path = SAVED / f"{task}.json"
-            if path.exists():  # keep what another process (LEARNDYN_PEERS_ONLY) saved since this one read it
+            if path.exists():
                 other = json.loads(path.read_text())
                 if other.get("plan") == result["plan"]:
                     for label, value in other.get("partial", {}).items():
-                        result["partial"].setdefault(label, value)
+                        if label not in own:
+                            result["partial"][label] = value
             path.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
     return save
@@ -280,7 +327,7 @@ def run(quick: bool, execute: bool = True) -> dict[str, Any]:
             saved, complete = (None, False) if quick else _load(plan)
             if execute and not complete and (not only or plan.task in only):  # run it, or what is missing
                 partial = saved.get("partial", {}) if saved else {}
-                saved = run_plan(plan, partial, (lambda r: None) if quick else _saver(plan.task))
+                saved = run_plan(plan, partial, (lambda r, own: None) if quick else _saver(plan.task))
             if saved is not None and saved.get("not_run"):
                 notes.append(f"{plan.task}: NOT RUN (compute budget): {', '.join(saved['not_run'])}")
             if saved is not None and saved["rows"]:
