@@ -39,7 +39,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 SideKind = Literal["diag", "full", "blocks"]
 
@@ -81,12 +80,6 @@ def side_layout(size: int, max_factor_dim: int | None, max_block: int | None) ->
         return Side("full", size)
     nb = -(-size // max_block)
     return Side("blocks", size, nb, -(-size // nb))
-
-
-def pad(X: Tensor, left: Side, right: Side) -> Tensor:
-    """``X`` ``(B, m, n)`` zero-padded to ``(B, left.padded, right.padded)`` (``X`` itself if no padding)."""
-    dm, dn = left.padded - X.shape[-2], right.padded - X.shape[-1]
-    return X if dm == 0 and dn == 0 else F.pad(X, (0, dn, 0, dm))
 
 
 def _row_blocks(X: Tensor, side: Side) -> Tensor:
@@ -171,8 +164,8 @@ def right_statistics_ema_(R: Tensor, V: Tensor, side: Side, beta: float, work: T
 
 def stack_padded(xs: list[Tensor], m: int, n: int, left: Side, right: Side, out: Tensor) -> Tensor:
     """The tensors ``xs`` (each of ``m·n`` elements) as the matrices of ``out``
-    ``(len(xs), left.padded, right.padded)`` (contiguous), zero-padded: :func:`pad` of their stack without
-    a new allocation."""
+    ``(len(xs), left.padded, right.padded)`` (contiguous), zero-padded below and to the right, without a new
+    allocation."""
     if left.padded == m and right.padded == n:
         return torch.stack([x.reshape(m, n) for x in xs], out=out)
     out.zero_()
