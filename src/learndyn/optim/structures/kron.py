@@ -218,7 +218,7 @@ class Kron(Structure):
             else:
                 Fp = stack_padded([ctx.grads[i] for i in idx], m, n, left, right, slots[0])
                 F = Fp[:, :m, :n]
-            stale = self._stale(group, sts) if stale_bounded(group) else []
+            stale = self._stale(group, sts) if stale_bounded(group) else {}
             f_norm = torch.linalg.vector_norm(F, dim=(-2, -1)) if stale else None  # before Fp is overwritten
             if inside:
                 Linv, Rinv = stk.stacked("kron_Linv", sts), stk.stacked("kron_Rinv", sts)
@@ -351,33 +351,33 @@ class Kron(Structure):
             sts[j]["kron_root_count"] = Fn.statistics_count(sts[j]["step"], group["statistics_every"])
 
     @staticmethod
-    def _stale(group: Mapping[str, Any], sts: list[dict]) -> list[int]:
-        """Bucket members whose cached roots are stale (statistics added since the root)."""
+    def _stale(group: Mapping[str, Any], sts: list[dict]) -> dict[int, int]:
+        """Bucket members whose cached roots are stale (statistics added since the root), with their
+        statistics count now."""
         k = group["statistics_every"]
-        return [  # roots cached before this option existed carry no count: left as they are
-            j
+        return {  # roots cached before this option existed carry no count: left as they are
+            j: u
             for j, s in enumerate(sts)
             if (u := Fn.statistics_count(s["step"], k)) != s.get("kron_root_count", u)
-        ]
+        }
 
     @staticmethod
     def _cap(
         group: Mapping[str, Any],
         sts: list[dict],
-        stale: list[int],
+        stale: dict[int, int],
         L: Tensor,
         R: Tensor,
         f_norm: Tensor,
         D: Tensor,
     ) -> Tensor | None:
         """``stale_damping='trace'``: the factors ``(B, 1, 1)`` that scale the stacked directions ``D`` of the
-        ``stale`` members to at most ``G‖F‖`` (1 elsewhere; ``f_norm``: ``‖F‖`` of every member), ``G`` the
-        gain bound of :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each
-        factor since its root (no extra matrix products); ``None`` when nothing is to be scaled."""
-        k = group["statistics_every"]
-        counts = [Fn.statistics_count(s["step"], k) for s in sts]
+        ``stale`` members (:meth:`_stale`: member → statistics count) to at most ``G‖F‖`` (1 elsewhere;
+        ``f_norm``: ``‖F‖`` of every member), ``G`` the gain bound of
+        :func:`~learndyn.optim.functional.kron_stale_gain` from the statistics added to each factor since its
+        root (no extra matrix products); ``None`` when nothing is to be scaled."""
         whole = len(stale) == len(sts)
-        sel = None if whole else torch.tensor(stale, device=D.device)
+        sel = None if whole else torch.tensor(list(stale), device=D.device)
 
         def pick(X: Tensor) -> Tensor:
             return X if sel is None else X.index_select(0, sel)
@@ -385,15 +385,15 @@ class Kron(Structure):
         now = torch.stack([trace(pick(L)), trace(pick(R))], dim=-1).to(COMPUTE_DTYPE)
         root = torch.stack([sts[j]["kron_root_trace"] for j in stale]).to(COMPUTE_DTYPE)
         beta, enabled = stat_beta(group), group["bias_correction"]
-        pairs = {(counts[j], sts[j]["kron_root_count"]) for j in stale}
+        pairs = {(u, sts[j]["kron_root_count"]) for j, u in stale.items()}
         if len(pairs) == 1:  # the usual case: the bucket's members are in step
             ((u, u0),) = pairs
             _, tau = Fn.stale_bound(now, root, u, u0, beta, enabled)
         else:  # scalars per member (counts differ within the bucket)
             tau = torch.stack(
                 [
-                    Fn.stale_bound(now[i], root[i], counts[j], sts[j]["kron_root_count"], beta, enabled)[1]
-                    for i, j in enumerate(stale)
+                    Fn.stale_bound(now[i], root[i], u, sts[j]["kron_root_count"], beta, enabled)[1]
+                    for i, (j, u) in enumerate(stale.items())
                 ]
             )
         gain = Fn.kron_stale_gain(
