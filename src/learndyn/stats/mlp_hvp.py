@@ -66,20 +66,59 @@ def _layers(model: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None
     return out
 
 
+def _plain_layers(model: nn.Module, inputs: object) -> list[tuple[nn.Linear, nn.Module | None]] | None:
+    """:func:`_layers` of ``model`` when the written-out products apply to it and ``inputs`` whatever the
+    loss: no hooks (a hook may change what a module returns), every parameter trainable, 2-D float inputs;
+    else ``None``."""
+    layers = _layers(model)
+    if layers is None or not isinstance(inputs, Tensor):
+        return None
+    if inputs.dim() != 2 or not inputs.is_floating_point():
+        return None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None
+    if not all(p.requires_grad for p in model.parameters()):
+        return None
+    return layers
+
+
+def _forward(
+    Ws: list[Tensor], bs: list[Tensor | None], acts: list[nn.Module | None], x: Tensor, second: bool
+) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None], Tensor]:
+    """The forward pass ``z_l = h_{l−1} W_lᵀ + b_l``, ``h_l = σ(z_l)`` without a graph: ``(h_0 .. h_{L−1}``
+    (each layer's input), ``σ'(z_l)`` (``None``: identity), ``σ''(z_l)`` (``None``: zero, or not asked for
+    when not ``second``), the output ``z_L``)."""
+    h = x.detach()
+    hs: list[Tensor] = []
+    d1: list[Tensor | None] = []
+    d2: list[Tensor | None] = []
+    for W, b, act in zip(Ws, bs, acts, strict=True):
+        hs.append(h)
+        z = F.linear(h, W, b)
+        if isinstance(act, nn.ReLU):
+            d1.append((z > 0).to(z.dtype))
+            d2.append(None)
+            h = torch.relu(z)
+        elif isinstance(act, nn.Tanh):
+            h = torch.tanh(z)
+            d1.append(1 - h * h)
+            d2.append(-2 * h * d1[-1] if second else None)
+        else:
+            d1.append(None)
+            d2.append(None)
+            h = z
+    return hs, d1, d2, h
+
+
 def supported(model: nn.Module, loss_fn: object, inputs: object, targets: object) -> bool:
     """Whether :class:`MLPHessianVectorProduct` applies: an ``nn.Sequential`` of ``nn.Linear`` layers with
     at most one ReLU/Tanh/Identity after each (none after the last), every parameter trainable, 2-D float
     inputs, and ``F.cross_entropy`` (class indices) or ``F.mse_loss`` with mean reduction."""
-    layers = _layers(model)
+    layers = _plain_layers(model, inputs)
     kind = _loss_kind(loss_fn)
-    if layers is None or kind is None or not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+    if layers is None or kind is None or not isinstance(targets, Tensor):
         return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        return False  # a hook may change what a module returns
-    if inputs.dim() != 2 or not inputs.is_floating_point():
-        return False
-    if not all(p.requires_grad for p in model.parameters()):
-        return False
+    assert isinstance(inputs, Tensor)
     B = inputs.shape[0]
     out_dim = layers[-1][0].out_features
     if kind == "ce":
@@ -106,28 +145,8 @@ class MLPHessianVectorProduct:
         self.sizes = [p.numel() for p in self.params]
         self.shapes = [p.shape for p in self.params]
         with torch.no_grad():
-            h = inputs.detach()
-            self.h = [h]  # h_0 .. h_{L−1}: the inputs of each layer
-            self.d1: list[Tensor | None] = []  # σ'(z_l) (None: identity)
-            self.d2: list[Tensor | None] = []  # σ''(z_l) (None: zero)
-            for k, (_, act) in enumerate(layers):
-                z = F.linear(h, self.W[k], self.b[k])
-                if isinstance(act, nn.ReLU):
-                    self.d1.append((z > 0).to(z.dtype))
-                    self.d2.append(None)
-                    h = torch.relu(z)
-                elif isinstance(act, nn.Tanh):
-                    h = torch.tanh(z)
-                    d1 = 1 - h * h
-                    self.d1.append(d1)
-                    self.d2.append(-2 * h * d1)
-                else:
-                    self.d1.append(None)
-                    self.d2.append(None)
-                    h = z
-                if k + 1 < len(layers):
-                    self.h.append(h)
-            out = h
+            # h_0 .. h_{L−1} (the inputs of each layer), σ'(z_l) (None: identity), σ''(z_l) (None: zero)
+            self.h, self.d1, self.d2, out = _forward(self.W, self.b, [a for _, a in layers], inputs, True)
             B = out.shape[0]
             if kind == "ce":
                 self.p = torch.softmax(out, -1)
@@ -229,14 +248,7 @@ class MLPHessianVectorProduct:
 def ntk_supported(model: nn.Module, inputs: object) -> bool:
     """Whether :func:`mlp_ntk` applies: a supported ``nn.Sequential`` (:func:`supported`, any loss), no
     hooks, every parameter trainable, 2-D float inputs."""
-    return (
-        _layers(model) is not None
-        and isinstance(inputs, Tensor)
-        and inputs.dim() == 2
-        and inputs.is_floating_point()
-        and all(p.requires_grad for p in model.parameters())
-        and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    )
+    return _plain_layers(model, inputs) is not None
 
 
 def mlp_ntk(
@@ -245,38 +257,18 @@ def mlp_ntk(
     """The empirical NTK of a supported MLP (:func:`ntk_supported`) on ``inputs`` (module docstring):
     ``(n, n)`` for ``outputs="trace"``, ``(n·O, n·O)`` (rows sample-major) for ``"full"``. ``params``
     overrides parameters by name (e.g. the initial ones)."""
-    named = dict(model.named_parameters())
+    layers = _layers(model)
+    assert layers is not None
+    name = {id(p): n for n, p in model.named_parameters()}
     over = {} if params is None else params
 
-    def get(name: str) -> Tensor:
-        return (over[name] if name in over else named[name]).detach()
+    def get(p: Tensor) -> Tensor:
+        return over.get(name[id(p)], p).detach()
 
-    Ws: list[Tensor] = []
-    bs: list[Tensor | None] = []
-    acts: list[nn.Module | None] = []
-    for prefix, m in model.named_children():
-        if isinstance(m, nn.Linear):
-            Ws.append(get(f"{prefix}.weight"))
-            bs.append(get(f"{prefix}.bias") if m.bias is not None else None)
-            acts.append(None)
-        else:
-            acts[-1] = m
+    Ws = [get(lin.weight) for lin, _ in layers]
+    bs = [None if lin.bias is None else get(lin.bias) for lin, _ in layers]
     with torch.no_grad():
-        h = inputs.detach()
-        feats: list[Tensor] = []  # h_{l−1}, the input of layer l
-        d1: list[Tensor | None] = []
-        for W, b, act in zip(Ws, bs, acts, strict=True):
-            feats.append(h)
-            z = F.linear(h, W, b)
-            if isinstance(act, nn.ReLU):
-                d1.append((z > 0).to(z.dtype))
-                h = torch.relu(z)
-            elif isinstance(act, nn.Tanh):
-                h = torch.tanh(z)
-                d1.append(1 - h * h)
-            else:
-                d1.append(None)
-                h = z
+        feats, d1, _, h = _forward(Ws, bs, [a for _, a in layers], inputs, False)  # feats[l]: h_{l−1}
         n, O = h.shape
         D = torch.eye(O, dtype=h.dtype, device=h.device).unsqueeze(1).expand(O, n, O)  # δ^a_{L,i} = e_a
         K = None
