@@ -128,17 +128,9 @@ def _run(job: tuple[str, str, bool, float, int, int]) -> tuple[tuple, dict[str, 
     if _schedule() == "cosine":
         spec = _Cosine.of(spec, steps)
     task = get_task(task_name)
-    models: list[torch.nn.Module] = []
-
-    def build() -> torch.nn.Module:  # keeps the trained model for the final metric
-        models.append(task.build_model())
-        return models[-1]
-
-    r = train(dataclasses.replace(task, build_model=build), spec, lr, seed=seed, steps=steps,
-              eval_every=max(1, steps // 20), max_full_params=MAX_FULL)
-    metric = None
-    if task.metric_name is not None and r.status == "ok" and models:
-        metric = task.final_metrics(models[-1])[task.metric_name]
+    r = train(task, spec, lr, seed=seed, steps=steps, eval_every=max(1, steps // 20),
+              max_full_params=MAX_FULL)
+    metric = r.metrics.get(task.metric_name) if task.metric_name is not None else None  # {} unless ok
     tail = r.losses[len(r.losses) * 3 // 4:] if r.status == "ok" else []
     tail_mean = math.exp(sum(math.log(max(x, 1e-300)) for x in tail) / len(tail)) if len(tail) else math.inf
     value = {"final": r.final_loss, "tail": tail_mean, "status": r.status, "ms": 1e3 * r.step_time,
