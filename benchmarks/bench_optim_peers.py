@@ -45,7 +45,7 @@ import torch
 
 from learndyn.optim.spec import OptimizerSpec
 from learndyn.tasks import get_task
-from learndyn.tasks.compare import TUNE_SEED, Comparison, RunResult, compare, margin, train
+from learndyn.tasks.compare import TUNE_SEED, Comparison, RunResult, compare, margin, tune_lr
 from learndyn.tasks.versus import verdict
 
 NAME = "optim_peers"
@@ -204,17 +204,14 @@ def _missing(plan: Plan, entry: dict[str, Any]) -> list[float]:
 
 
 def _widen(plan: Plan, task: Any, label: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """A saved optimizer tuned on part of the grid, tuned on the rest: the missing rates run on the tuning
-    seed, the best of all (:func:`learndyn.tasks.compare.tune_lr`'s order) is chosen, and the evaluation
-    seeds run again only if the choice moved."""
-    missing = _missing(plan, entry)
-    if not missing:
+    """A saved optimizer tuned on part of the grid, tuned on the whole of it by
+    :func:`~learndyn.tasks.compare.tune_lr` with the saved tuning runs reused (only the missing rates run);
+    the evaluation seeds run again only if the choice moved."""
+    if not _missing(plan, entry):
         return entry
     sp = spec(label)
-    tuning = [_decode(r) for r in entry["tuning"]] + [
-        train(task, sp, lr, seed=TUNE_SEED, steps=plan.steps, eval_every=EVAL_EVERY.get(plan.task),
-              max_full_params=1000, clock="cpu") for lr in missing]
-    best = min(tuning, key=lambda r: (r.score(), r.lr)).lr
+    best, tuning = tune_lr(task, sp, grid=plan.grid, steps=plan.steps, eval_every=EVAL_EVERY.get(plan.task),
+                           max_full_params=1000, clock="cpu", tried=[_decode(r) for r in entry["tuning"]])
     runs = entry["runs"]
     if best != entry["lr"]:
         part = compare([task], [sp], seeds=plan.seeds, steps=plan.steps, lr=best, max_full_params=1000,

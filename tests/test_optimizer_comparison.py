@@ -117,6 +117,15 @@ def test_tune_lr_picks_the_best_of_the_grid_on_the_held_out_seed():
     assert best == min(runs, key=lambda r: r.score()).lr
 
 
+def test_tune_lr_reuses_the_runs_it_is_given_and_runs_only_the_rest():
+    task = get_task("rosenbrock-2d", steps=200)
+    first_best, first = tune_lr(task, "adam", grid=(1e-3, 1e-2))
+    best, runs = tune_lr(task, "adam", grid=(1e-3, 1e-2, 1e-1), tried=first)
+    assert runs[:2] == first and [r.lr for r in runs[2:]] == [1e-1]  # the same objects: not run again
+    full_best, _ = tune_lr(task, "adam", grid=(1e-3, 1e-2, 1e-1))
+    assert best == full_best and first_best in (1e-3, 1e-2)
+
+
 def test_default_lr_uses_the_tuned_table_with_canonical_labels_then_the_family():
     task = get_task("digits")
     tuned = DEFAULT_LRS[("digits", "cgd-kron-a0.5")]

@@ -261,16 +261,19 @@ def tune_lr(
     max_full_params: int | None = None,
     on_run: Callable[[], None] | None = None,
     clock: str = "wall",
+    tried: Sequence[RunResult] = (),
 ) -> tuple[float, list[RunResult]]:
     """Best learning rate of ``optimizer`` on ``task`` by :meth:`RunResult.score` from one (held-out) seed.
 
     With an explicit ``grid`` every value is tried once. Without, the search is adaptive: decades
     ``1e-4 ... 1``, extended by one decade at a time (down to ``1e-6``, up to ``10``) while the best value
     lies on the edge, then refined with the two half-decade neighbours ``best * 10^(+-1/2)``.
-    Returns ``(best lr, all tuning runs)``; if the optimizer cannot run, ``(nan, [that run])``.
+    ``tried``: runs of this optimizer on this task and seed made before (e.g. on part of a grid since
+    widened), reused instead of run again. Returns ``(best lr, all tuning runs)`` (``tried`` among them); if
+    the optimizer cannot run, ``(nan, [that run])``.
     """
     spec = as_spec(optimizer)
-    runs: dict[float, RunResult] = {}
+    runs: dict[float, RunResult] = {float(f"{r.lr:.3g}"): r for r in tried}
 
     def attempt(lr: float) -> RunResult:
         lr = float(f"{lr:.3g}")
