@@ -257,35 +257,37 @@ def _lock(task: str) -> Any:
     return handle
 
 
-def _saved_partial(plan: Plan) -> dict[str, Any]:
-    """The optimizers of ``plan`` another process saved meanwhile (same task, grid, seeds and steps), less
-    those being rerun."""
+def _read(plan: Plan) -> dict[str, Any] | None:
+    """The result saved for ``plan``'s task under a :func:`_compatible` plan (``None`` if there is none), read
+    under the lock, with the optimizers of ``LEARNDYN_PEERS_RERUN`` dropped (and listed as not run)."""
     path = SAVED / f"{plan.task}.json"
     if not path.exists():
-        return {}
+        return None
     with _lock(plan.task):
         saved = json.loads(path.read_text())
     if not _compatible(saved.get("plan", {}), plan):
-        return {}
-    rerun = _labels("LEARNDYN_PEERS_RERUN")
-    return {k: v for k, v in saved.get("partial", {}).items() if k in plan.optimizers and k not in rerun}
-
-
-def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
-    """``(saved result, complete)`` for this plan: a result saved under a :func:`_compatible` plan (``None``
-    if there is none), complete when it is this plan's and ran every optimizer of it."""
-    path = SAVED / f"{plan.task}.json"
-    if os.environ.get("LEARNDYN_PEERS_FRESH") or not path.exists():
-        return None, False
-    saved = json.loads(path.read_text())
+        return None
     rerun = _labels("LEARNDYN_PEERS_RERUN")
     if rerun & set(saved.get("partial", {})):
         saved["partial"] = {k: v for k, v in saved["partial"].items() if k not in rerun}
         saved["not_run"] = sorted(rerun)
+    return saved
+
+
+def _saved_partial(plan: Plan) -> dict[str, Any]:
+    """The optimizers of ``plan`` saved so far, by this process or another (:func:`_read`)."""
+    saved = _read(plan) or {}
+    return {k: v for k, v in saved.get("partial", {}).items() if k in plan.optimizers}
+
+
+def _load(plan: Plan) -> tuple[dict[str, Any] | None, bool]:
+    """``(saved result, complete)`` for this plan (:func:`_read`; ``None`` under ``LEARNDYN_PEERS_FRESH``),
+    complete when it is this plan's and ran every optimizer of it."""
+    saved = None if os.environ.get("LEARNDYN_PEERS_FRESH") else _read(plan)
+    if saved is None:
+        return None, False
     want = json.loads(json.dumps(plan.signature()))
-    if saved.get("plan") == want and not saved.get("not_run"):
-        return saved, True
-    return (saved, False) if _compatible(saved.get("plan", {}), plan) else (None, False)
+    return saved, saved.get("plan") == want and not saved.get("not_run")
 
 
 def _compatible(saved_plan: dict[str, Any], plan: Plan) -> bool:
